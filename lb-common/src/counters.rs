@@ -1,0 +1,64 @@
+//! Global per-CPU counters (array indexed by these constants). Every verdict the data
+//! path takes that is not a plain forward has its own counter, so `lb stats` can say
+//! why a packet was dropped or handed to the kernel.
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident = $idx:literal, $label:literal;)*) => {
+        $($(#[doc = $doc])* pub const $name: u32 = $idx;)*
+        /// Number of global counters.
+        pub const COUNT: u32 = [$($idx),*].len() as u32;
+        /// Stable names, indexed by counter, for stats output and metrics.
+        pub const NAMES: [&str; COUNT as usize] = [$($label),*];
+    };
+}
+
+counters! {
+    /// Not IPv4 (ARP, IPv6, VLAN...): passed untouched.
+    PASS_NOT_IPV4 = 0, "pass_not_ipv4";
+    /// IPv4 not addressed to a VIP service or a live flow: passed untouched.
+    PASS_NOT_OURS = 1, "pass_not_ours";
+    /// Frame shorter than an Ethernet header: dropped.
+    DROP_SHORT_FRAME = 2, "drop_short_frame";
+    /// IPv4 header cut short by the end of the frame: dropped.
+    DROP_IP_TRUNCATED = 3, "drop_ip_truncated";
+    /// IHL below 5: dropped.
+    DROP_IP_BAD_IHL = 4, "drop_ip_bad_ihl";
+    /// Total length beyond the frame or shorter than the header: dropped.
+    DROP_IP_BAD_LENGTH = 5, "drop_ip_bad_length";
+    /// IPv4 options on a packet to a balancer address: dropped.
+    DROP_IP_OPTIONS = 6, "drop_ip_options";
+    /// IPv4 fragment to a balancer address: dropped.
+    DROP_IP_FRAGMENT = 7, "drop_ip_fragment";
+    /// TCP header cut short, to a balancer address: dropped.
+    DROP_TCP_TRUNCATED = 8, "drop_tcp_truncated";
+    /// TCP data offset below 5 (or beyond the packet), to a balancer address: dropped.
+    DROP_TCP_BAD_DOFF = 9, "drop_tcp_bad_doff";
+    /// UDP header cut short, to a balancer address: dropped.
+    DROP_UDP_TRUNCATED = 10, "drop_udp_truncated";
+    /// TCP without SYN to a service, with no flow entry: dropped.
+    DROP_NO_FLOW = 11, "drop_no_flow";
+    /// New flow to a service that has no usable backend: dropped.
+    DROP_NO_BACKEND = 12, "drop_no_backend";
+    /// No free full-NAT source port after the bounded probes: dropped.
+    DROP_SNAT_EXHAUSTED = 13, "drop_snat_exhausted";
+    /// The reverse entry of a new flow collided (DNAT) or could not be inserted: dropped.
+    DROP_FLOW_INSERT = 14, "drop_flow_insert";
+    /// TTL would reach zero: passed to the kernel, which sends the ICMP error.
+    PASS_TTL_EXPIRED = 15, "pass_ttl_expired";
+    /// Packets that matched a flow entry.
+    FLOW_HITS = 16, "flow_hits";
+    /// New flows created by the classifier.
+    NEW_FLOWS = 17, "new_flows";
+    /// Rewritten, next hop not resolved yet: passed to the kernel to resolve and forward.
+    PASS_NO_NEIGH = 18, "pass_no_neigh";
+    /// Rewritten, no usable route from XDP (unreachable, forwarding off...): passed to the kernel.
+    PASS_FIB_FAILED = 19, "pass_fib_failed";
+    /// Sent back out of the ingress interface.
+    TX = 20, "tx";
+    /// Redirected to another interface.
+    REDIRECT = 21, "redirect";
+    /// To a balancer address but no service port: passed to the kernel's stack.
+    PASS_LOCAL = 22, "pass_local";
+    /// Flow entries of a closed or reused connection replaced by a new SYN.
+    FLOW_REPLACED = 23, "flow_replaced";
+}

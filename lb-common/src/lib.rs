@@ -1,0 +1,248 @@
+//! Types shared by the XDP program (`lb-ebpf`) and the controller (`lb-userspace`).
+//!
+//! Every map key and value is `#[repr(C)]`, made only of plain integers, with every
+//! padding byte spelled out as a field, so the kernel and userspace agree byte for byte
+//! and hashed keys never contain garbage. Addresses and ports are stored exactly as they
+//! appear on the wire (network byte order) so the data path never swaps bytes.
+#![no_std]
+
+pub mod counters;
+pub mod hash;
+
+/// Size of one Maglev lookup ring (a prime, as Maglev requires). Each service owns two
+/// rings (double buffer): the controller fills the idle one, then flips the service entry.
+pub const MAGLEV_RING_SIZE: u32 = 65_537;
+
+/// IP protocol numbers used in keys.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Default capacity of the maps; the controller may resize them before loading.
+pub const DEFAULT_MAX_SERVICES: u32 = 64;
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+pub const MAX_INTERFACES: u32 = 64;
+
+/// Names of the maps in the object file, used for pinning and lookups by the controller.
+pub mod map_names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV_RINGS: &str = "MAGLEV_RINGS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const ALL: [&str; 10] = [
+        SERVICES,
+        BACKENDS,
+        MAGLEV_RINGS,
+        FLOWS,
+        LOCAL_ADDRS,
+        SETTINGS,
+        TX_PORTS,
+        GLOBAL_COUNTERS,
+        SERVICE_STATS,
+        BACKEND_STATS,
+    ];
+}
+
+/// Name of the XDP program in the object file.
+pub const XDP_PROGRAM_NAME: &str = "lb_xdp";
+
+/// Services map key: the (VIP, port, protocol) a client addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ServiceKey {
+    /// VIP, network byte order.
+    pub vip: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Forwarding mode of a service (`Service::mode`).
+pub const MODE_FULL_NAT: u8 = 0;
+pub const MODE_DNAT: u8 = 1;
+
+/// Services map value: the policy for new flows of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Service {
+    /// Index into SERVICE_STATS and owner id of the service's two rings.
+    pub id: u32,
+    /// Index of slot 0 of the live ring in MAGLEV_RINGS.
+    pub ring_offset: u32,
+    /// Internal source address for full-NAT, network byte order (0 in DNAT mode).
+    pub snat_ip: u32,
+    /// Number of backends in the live ring; 0 means no backend can take a new flow.
+    pub backend_count: u16,
+    pub mode: u8,
+    pub flags: u8,
+}
+
+/// Backends map value (array indexed by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Backend {
+    /// Network byte order.
+    pub ip: u32,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Flow table key: a packet's 5-tuple as seen on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKey {
+    pub src_ip: u32,
+    pub dst_ip: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Flow states (`FlowEntry::state`).
+pub const FLOW_STATE_SYN_SEEN: u8 = 1;
+pub const FLOW_STATE_ESTABLISHED: u8 = 2;
+pub const FLOW_STATE_CLOSING: u8 = 3;
+pub const FLOW_STATE_UDP: u8 = 4;
+
+/// Flow directions (`FlowEntry::direction`).
+pub const FLOW_DIR_CLIENT_TO_SERVER: u8 = 0;
+pub const FLOW_DIR_SERVER_TO_CLIENT: u8 = 1;
+
+/// Flow table value: the rewrite for packets matching the key (seed 001's access
+/// correspondence table). The peer entry's key is this entry's rewritten tuple
+/// reversed, so it needs no storage of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowEntry {
+    /// Source address/port to write, network byte order.
+    pub new_src_ip: u32,
+    pub new_dst_ip: u32,
+    pub new_src_port: u16,
+    pub new_dst_port: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// Added to SEQ (client→server: to ACK) by the SYN proxy; 0 without it.
+    pub seq_delta: u32,
+    /// Added to TCP timestamps by the SYN proxy; 0 without it.
+    pub ts_delta: u32,
+    pub state: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) when the flow was created.
+    pub created_ns: u64,
+    /// CLOCK_MONOTONIC of the last packet, refreshed at `LAST_SEEN_GRANULARITY_NS`.
+    pub last_seen_ns: u64,
+}
+
+/// The data path writes `last_seen_ns` only when it is older than this, so the
+/// established path rarely dirties a shared cache line.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+impl FlowEntry {
+    /// Key of the entry for the opposite direction of the same connection.
+    pub const fn peer_key(&self, proto: u8) -> FlowKey {
+        FlowKey {
+            src_ip: self.new_dst_ip,
+            dst_ip: self.new_src_ip,
+            src_port: self.new_dst_port,
+            dst_port: self.new_src_port,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// LOCAL_ADDRS values: which of the balancer's own roles an address plays.
+pub const ADDR_KIND_VIP: u32 = 1;
+pub const ADDR_KIND_SNAT: u32 = 2;
+
+/// SETTINGS (array of one): knobs the controller sets for the data path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Settings {
+    /// Inclusive range of full-NAT source ports, host byte order.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub _pad: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            snat_port_min: 1024,
+            snat_port_max: 65535,
+            _pad: 0,
+        }
+    }
+}
+
+/// How many random source ports the classifier tries before giving up on a flow.
+pub const SNAT_PORT_PROBES: u32 = 8;
+
+/// Per-service counters (per-CPU array indexed by service id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ServiceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops: u64,
+}
+
+/// Per-backend counters (per-CPU array indexed by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub _reserved: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is repr(C), made of plain integers, with explicit padding.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::BackendStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 8);
+        assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<Backend>(), 8);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<FlowEntry>(), 48);
+        assert_eq!(size_of::<Settings>(), 8);
+        assert_eq!(size_of::<ServiceStats>(), 32);
+        assert_eq!(size_of::<BackendStats>(), 32);
+    }
+}
