@@ -43,8 +43,8 @@ counters! {
     DROP_SNAT_EXHAUSTED = 13, "drop_snat_exhausted";
     /// The reverse entry of a new flow collided (DNAT) or could not be inserted: dropped.
     DROP_FLOW_INSERT = 14, "drop_flow_insert";
-    /// TTL would reach zero: passed to the kernel, which sends the ICMP error.
-    PASS_TTL_EXPIRED = 15, "pass_ttl_expired";
+    /// TTL would reach zero on a forwarded packet: dropped.
+    DROP_TTL_EXPIRED = 15, "drop_ttl_expired";
     /// Packets that matched a flow entry.
     FLOW_HITS = 16, "flow_hits";
     /// New flows created by the classifier.

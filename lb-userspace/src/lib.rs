@@ -1,1 +1,14 @@
-//! lb controller library
+//! Controller library of the load balancer: config, map programming, daemon, API.
+//! The `lb` binary (src/main.rs) is a thin CLI over it; the data-plane tests use it to
+//! load and program the XDP program exactly as the daemon does.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod ebpf;
+pub mod flows;
+pub mod maglev;
+pub mod output;
+pub mod services;
+pub mod sys;

@@ -1,1 +1,482 @@
-fn main() {}
+//! `cargo xtask`: developer tasks for the XDP load balancer.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use xtask::setup;
+use xtask::testbed::{self, Role, TeardownHandle, Topology};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for the XDP load balancer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: Debian packages, nightly + rust-src,
+    /// bpf-linker (LLVM 22), bpffs mount. Idempotent.
+    Setup,
+    /// Manage a netns testbed by hand (for debugging).
+    Testbed {
+        #[command(subcommand)]
+        action: TestbedCmd,
+    },
+    /// Build everything, run the balancer on a testbed and send it traffic.
+    Demo {
+        /// Number of HTTP requests, each on a new connection.
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+        /// Skip `setup` and `cargo build` (reuse the existing target/debug/lb).
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Setup, build, then unit tests and the root-only (ignored) tests.
+    Test,
+}
+
+#[derive(Subcommand)]
+enum TestbedCmd {
+    /// Create the namespaces; they stay until `testbed down`.
+    Up {
+        #[arg(long, default_value = "lbdev")]
+        prefix: String,
+        /// Also run the test servers in s1..s3, in the foreground until
+        /// Ctrl-C (the namespaces stay afterwards).
+        #[arg(long)]
+        serve: bool,
+    },
+    /// Delete the namespaces of one testbed.
+    Down {
+        #[arg(long, default_value = "lbdev")]
+        prefix: String,
+    },
+    /// Delete every leftover testbed namespace whose name starts with
+    /// PREFIX_START (and ends in a testbed role such as `-client`).
+    Clean {
+        #[arg(long, default_value = "lb")]
+        prefix_start: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Cmd::Testbed { action } => testbed_cmd(action).map(|()| ExitCode::SUCCESS),
+        Cmd::Demo { requests, no_build } => demo(requests, no_build),
+        Cmd::Test => test().map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask/ sits directly in the workspace root.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// Run cargo in the workspace root with inherited stdio (output streams).
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    println!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(setup::cargo())
+        .args(args)
+        .current_dir(root)
+        .status()
+        .context("starting cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Tear down on Ctrl-C/SIGTERM/SIGHUP and exit 130. The handle slot is
+/// filled once the topology exists; before that only leftovers with the
+/// prefix are removed (they would be by the next `up` anyway).
+fn install_interrupt_teardown(prefix: &str) -> Result<Arc<Mutex<Option<TeardownHandle>>>> {
+    let slot: Arc<Mutex<Option<TeardownHandle>>> = Arc::default();
+    let (slot2, prefix) = (slot.clone(), prefix.to_string());
+    ctrlc::set_handler(move || {
+        eprintln!("\nxtask: interrupted, tearing down testbed {prefix}");
+        let handle = slot2.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match handle {
+            Some(h) => h.teardown(),
+            None => testbed::destroy(&prefix),
+        }
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(slot)
+}
+
+fn testbed_cmd(action: TestbedCmd) -> Result<()> {
+    match action {
+        TestbedCmd::Up { prefix, serve } => {
+            setup::require_root("cargo xtask testbed up")?;
+            let mut topo = Topology::up(&prefix)?;
+            println!("testbed {prefix} is up:");
+            for role in Role::ALL {
+                println!("  {}", topo.ns(role));
+            }
+            println!(
+                "  client {} -> lb {} | lb {} -> servers {} {} {}; VIP {} SNAT {}",
+                testbed::CLIENT_IP,
+                testbed::LB_EXT_IP,
+                testbed::LB_INT_IP,
+                testbed::SERVER_IPS[0],
+                testbed::SERVER_IPS[1],
+                testbed::SERVER_IPS[2],
+                testbed::VIP,
+                testbed::SNAT_IP
+            );
+            if serve {
+                let (tx, rx) = std::sync::mpsc::channel();
+                ctrlc::set_handler(move || {
+                    let _ = tx.send(());
+                })
+                .context("installing the Ctrl-C handler")?;
+                topo.start_servers()?;
+                println!(
+                    "test servers run (HTTP :{}, UDP :{}); Ctrl-C stops them",
+                    testbed::HTTP_PORT,
+                    testbed::UDP_PORT
+                );
+                let _ = rx.recv();
+            }
+            topo.persist();
+            println!("remove it with: cargo xtask testbed down --prefix {prefix}");
+            Ok(())
+        }
+        TestbedCmd::Down { prefix } => {
+            setup::require_root("cargo xtask testbed down")?;
+            testbed::destroy(&prefix);
+            println!("testbed {prefix} removed");
+            Ok(())
+        }
+        TestbedCmd::Clean { prefix_start } => {
+            setup::require_root("cargo xtask testbed clean")?;
+            let deleted = testbed::cleanup_stale(&prefix_start);
+            if deleted.is_empty() {
+                println!("no testbed namespaces starting with {prefix_start:?}");
+            } else {
+                println!("deleted: {}", deleted.join(" "));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn test() -> Result<()> {
+    setup::require_root("cargo xtask test")?;
+    setup::run()?;
+    let root = workspace_root();
+    cargo(&root, &["build", "--workspace"])?;
+    let mut tally = Tally::default();
+    // --no-fail-fast: report every failing test binary, not just the first.
+    let unit_ok = cargo_test(&root, &["--workspace", "--no-fail-fast"], &mut tally)?;
+    // Root-only tests (BPF_PROG_TEST_RUN, netns traffic) are #[ignore]d in
+    // a plain `cargo test`; one at a time because they attach XDP programs
+    // and compete for two cores.
+    let root_ok = cargo_test(
+        &root,
+        &[
+            "--workspace",
+            "--no-fail-fast",
+            "--",
+            "--ignored",
+            "--test-threads=1",
+        ],
+        &mut tally,
+    )?;
+    // One summary over both runs (the last libtest line alone would be the
+    // last crate's doc tests, usually "0 passed").
+    println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+    match (unit_ok, root_ok) {
+        (true, true) => Ok(()),
+        (false, _) => bail!("unit tests failed"),
+        (true, false) => bail!("root-only (ignored) tests failed"),
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+/// `cargo test ARGS`, streaming its stdout while adding up libtest's
+/// "test result:" lines. Returns whether cargo succeeded.
+fn cargo_test(root: &Path, args: &[&str], tally: &mut Tally) -> Result<bool> {
+    println!("xtask: cargo test {}", args.join(" "));
+    let mut child = Command::new(setup::cargo())
+        .arg("test")
+        .args(args)
+        .current_dir(root)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    if let Some(out) = child.stdout.take() {
+        let mut stdout = std::io::stdout().lock();
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            writeln!(stdout, "{line}")?;
+            stdout.flush()?;
+            if let Some((passed, failed)) = parse_test_result(&line) {
+                tally.passed += passed;
+                tally.failed += failed;
+            }
+        }
+    }
+    Ok(child.wait().context("waiting for cargo test")?.success())
+}
+
+/// `test result: ok. 8 passed; 0 failed; 1 ignored; ...` -> (8, 0).
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("test result:")?;
+    let count = |word: &str| {
+        rest.split(';').find_map(|part| {
+            let part = part
+                .trim()
+                .trim_start_matches("ok.")
+                .trim_start_matches("FAILED.");
+            part.trim().strip_suffix(word)?.trim().parse::<u64>().ok()
+        })
+    };
+    Some((count("passed")?, count("failed")?))
+}
+
+const DEMO_PREFIX: &str = "lbdemo";
+const DEMO_SOCKET: &str = "/run/lb/lbdemo.sock";
+/// Backend weights of the `web` service in examples/lb.toml, for the
+/// expected share column.
+const DEMO_WEIGHTS: [u32; 3] = [2, 1, 1];
+
+fn demo(requests: usize, no_build: bool) -> Result<ExitCode> {
+    let slot = install_interrupt_teardown(DEMO_PREFIX)?;
+    let root = workspace_root();
+    if no_build {
+        setup::require_root("cargo xtask demo")?;
+    } else {
+        setup::run()?;
+        // Also builds the XDP object through lb-userspace's build script.
+        cargo(&root, &["build", "--workspace"])?;
+    }
+    let target = target_dir(&root);
+    let lb = target.join("debug").join("lb");
+    let config = root.join("examples").join("lb.toml");
+    let log = target.join("demo").join("lb.log");
+
+    println!("demo: building testbed {DEMO_PREFIX}");
+    let mut topo = Topology::up(DEMO_PREFIX)?;
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(topo.teardown_handle());
+    topo.start_servers()?;
+
+    let result = run_demo(&topo, &lb, &config, &log, requests);
+    if result.is_err() {
+        show_log(&log);
+    }
+    println!("demo: tearing down");
+    drop(topo);
+    result
+}
+
+fn run_demo(
+    topo: &Topology,
+    lb: &Path,
+    config: &Path,
+    log: &Path,
+    requests: usize,
+) -> Result<ExitCode> {
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let rust_log = format!("RUST_LOG={rust_log}");
+    let (lb_s, config_s) = (lb.to_string_lossy(), config.to_string_lossy());
+    println!(
+        "demo: starting {lb_s} run --config {config_s} (log: {})",
+        log.display()
+    );
+    // `env` execs lb, so the PID we track is lb's own.
+    let pid = topo.spawn_logged(
+        Role::Lb,
+        &["env", &rust_log, &lb_s, "run", "--config", &config_s],
+        log,
+    )?;
+
+    wait_for_status(topo, pid, lb)?;
+
+    println!(
+        "demo: {requests} HTTP requests, each on a new connection, client -> http://{}/",
+        testbed::VIP
+    );
+    let url = format!("http://{}/", testbed::VIP);
+    let mut counts = [0usize; 3];
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    for _ in 0..requests {
+        let out = topo.exec_unchecked(
+            Role::Client,
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+                "-H",
+                "Connection: close",
+                &url,
+            ],
+        )?;
+        let body = String::from_utf8_lossy(&out.stdout);
+        let server = body
+            .trim()
+            .strip_prefix('s')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| (1..=3).contains(n));
+        match server {
+            Some(n) if out.status.success() => counts[n - 1] += 1,
+            _ => failures.push(format!("curl {}: {:?}", out.status, body.trim())),
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+
+    let total_weight: u32 = DEMO_WEIGHTS.iter().sum();
+    println!();
+    println!("server  address        weight  answers   share  expected");
+    for i in 0..3 {
+        println!(
+            "s{}      {:<13}  {:>6}  {:>7}  {:>5.1}%  {:>7.1}%",
+            i + 1,
+            testbed::SERVER_IPS[i],
+            DEMO_WEIGHTS[i],
+            counts[i],
+            100.0 * counts[i] as f64 / requests.max(1) as f64,
+            100.0 * f64::from(DEMO_WEIGHTS[i]) / f64::from(total_weight)
+        );
+    }
+    println!("failed                         {:>7}", failures.len());
+    println!("({requests} requests in {took:.1}s)");
+    for f in failures.iter().take(5) {
+        println!("  e.g. {f}");
+    }
+    println!();
+
+    let mut ok = failures.is_empty();
+    for what in ["stats", "flows"] {
+        println!("$ lb --socket {DEMO_SOCKET} {what}");
+        match lb_cli(lb, &[what]) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                println!("failed: {e:#}");
+                ok = false;
+            }
+        }
+    }
+
+    println!("demo: stopping lb (SIGTERM to pid {pid})");
+    let status = topo.stop_child(pid)?;
+    if !status.success() {
+        println!("demo: warning: lb exited with {status}");
+    }
+    if ok {
+        println!("demo: OK, all {requests} requests answered");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "demo: FAILED ({} of {requests} requests failed)",
+            failures.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Poll `lb status` for up to 15 s; fail early if lb exits.
+fn wait_for_status(topo: &Topology, pid: u32, lb: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = topo.try_wait_child(pid)? {
+            bail!("lb exited during startup: {status}");
+        }
+        match lb_cli(lb, &["status"]) {
+            Ok(text) => {
+                println!("demo: lb is up\n{text}");
+                return Ok(());
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context("lb did not answer `status` within 15 s"));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// `lb --socket SOCKET args...`; the control socket is a filesystem path,
+/// so this works from the root namespace.
+fn lb_cli(lb: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(lb)
+        .args(["--socket", DEMO_SOCKET])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", lb.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`lb --socket {DEMO_SOCKET} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+}
+
+fn show_log(log: &Path) {
+    match std::fs::read_to_string(log) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(60);
+            eprintln!(
+                "---- {} (last {} lines) ----",
+                log.display(),
+                lines.len() - from
+            );
+            for l in &lines[from..] {
+                eprintln!("{l}");
+            }
+            eprintln!("---- end of log ----");
+        }
+        Err(e) => eprintln!("(no lb log at {}: {e})", log.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_test_result;
+
+    #[test]
+    fn test_result_lines() {
+        let ok = "test result: ok. 8 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        assert_eq!(parse_test_result(ok), Some((8, 0)));
+        let bad = "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 8 filtered out";
+        assert_eq!(parse_test_result(bad), Some((0, 1)));
+        assert_eq!(parse_test_result("running 3 tests"), None);
+    }
+}

@@ -1,0 +1,58 @@
+//! The flow table: per-direction entries, TCP state for timeouts, coarse last-seen.
+
+use lb_common::{
+    FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_SYN_SEEN,
+    FlowEntry, FlowKey, LAST_SEEN_GRANULARITY_NS,
+};
+
+use crate::{
+    maps::FLOWS,
+    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+/// Updates state and last-seen of a hit entry. `tcp_flags` is `None` for UDP.
+///
+/// State changes are mirrored into the peer entry (one extra lookup, only on the few
+/// packets that change state) so the garbage collector can judge each entry alone.
+///
+/// # Safety
+/// `entry` must come from a lookup in `FLOWS` during this program run.
+#[inline(always)]
+pub unsafe fn touch(entry: *mut FlowEntry, tcp_flags: Option<u8>, proto: u8, now: u64) {
+    // SAFETY: map value pointer valid for this run (caller).
+    unsafe {
+        if let Some(flags) = tcp_flags {
+            let state = (*entry).state;
+            let next = if flags & (TCP_FIN | TCP_RST) != 0 {
+                FLOW_STATE_CLOSING
+            } else if state == FLOW_STATE_SYN_SEEN
+                && (*entry).direction == FLOW_DIR_SERVER_TO_CLIENT
+                && flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK)
+            {
+                FLOW_STATE_ESTABLISHED
+            } else {
+                state
+            };
+            // CLOSING is final: only a new SYN (handled by the caller) replaces the flow.
+            if next != state && state != FLOW_STATE_CLOSING {
+                (*entry).state = next;
+                (*entry).last_seen_ns = now;
+                if let Some(peer) = FLOWS.get_ptr_mut((*entry).peer_key(proto)) {
+                    (*peer).state = next;
+                    (*peer).last_seen_ns = now;
+                }
+                return;
+            }
+        }
+        if now.wrapping_sub((*entry).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+            (*entry).last_seen_ns = now;
+        }
+    }
+}
+
+/// Removes both entries of a connection (a SYN reusing a closed connection's tuple).
+#[inline(always)]
+pub fn remove_pair(key: &FlowKey, entry: &FlowEntry) {
+    let _ = FLOWS.remove(entry.peer_key(key.proto));
+    let _ = FLOWS.remove(key);
+}

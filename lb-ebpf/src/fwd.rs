@@ -1,0 +1,92 @@
+//! Egress: FIB lookup for next hop and MACs, then XDP_TX or a devmap redirect.
+//! When the neighbour is not resolved the rewritten packet goes to the kernel, which
+//! resolves it and forwards: a new backend is never blackholed.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    },
+    helpers::generated::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use lb_common::counters;
+
+use crate::{
+    maps::TX_PORTS,
+    nat::decrement_ttl,
+    parse::{EthHdr, Ipv4Hdr},
+    stats::count,
+};
+
+const AF_INET: u8 = 2;
+
+/// Sends a rewritten packet on its way.
+///
+/// # Safety
+/// `eth` and `ip` must point at bounds-checked headers of the packet in `ctx`.
+#[inline(always)]
+pub unsafe fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> u32 {
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: `ip` is bounds-checked; the unions are plain integers.
+    unsafe {
+        params.family = AF_INET;
+        params.l4_protocol = (*ip).protocol;
+        params.__bindgen_anon_1.tot_len = u16::from_be((*ip).tot_len);
+        params.__bindgen_anon_2.tos = (*ip).tos;
+        params.__bindgen_anon_3.ipv4_src = (*ip).saddr;
+        params.__bindgen_anon_4.ipv4_dst = (*ip).daddr;
+    }
+    params.ifindex = ingress;
+
+    // SAFETY: `params` is a valid, writable bpf_fib_lookup of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            count(counters::PASS_NO_NEIGH);
+            return XDP_PASS;
+        }
+        _ => {
+            count(counters::PASS_FIB_FAILED);
+            return XDP_PASS;
+        }
+    }
+
+    // SAFETY: headers are bounds-checked by the caller.
+    unsafe {
+        if (*ip).ttl <= 1 {
+            count(counters::DROP_TTL_EXPIRED);
+            return XDP_DROP;
+        }
+        decrement_ttl(ip);
+        (*eth).dst = params.dmac;
+        (*eth).src = params.smac;
+    }
+
+    if params.ifindex == ingress {
+        count(counters::TX);
+        return XDP_TX;
+    }
+    match TX_PORTS.redirect(params.ifindex, 0) {
+        Ok(action) => {
+            count(counters::REDIRECT);
+            action
+        }
+        Err(_) => {
+            // Egress interface not served by the balancer: let the kernel send it.
+            count(counters::PASS_FIB_FAILED);
+            XDP_PASS
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! XDP program of the load balancer.
+//!
+//! Path of a packet (see DESIGN.md §4):
+//! 1. parse with strict bounds checks; not IPv4 → pass untouched;
+//! 2. flow-table hit → rewrite addresses/ports, incremental checksums, forward;
+//! 3. miss on a SYN or a UDP datagram to a service → Maglev pick, both flow entries,
+//!    rewrite, forward;
+//! 4. anything else for a balancer address → documented drop or pass; everything not
+//!    for the balancer → pass untouched.
+//!
+//! Malformed packets get the verdicts documented on `lb_common::counters`.
+#![no_std]
+#![no_main]
+
+mod csum;
+mod flow;
+mod fwd;
+mod maps;
+mod nat;
+mod parse;
+mod sched;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_ANY,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
+    helpers::bpf_ktime_get_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    FLOW_DIR_CLIENT_TO_SERVER, FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_SYN_SEEN,
+    FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, MODE_DNAT, Service, ServiceKey,
+    counters,
+};
+
+use crate::{
+    maps::{FLOWS, LOCAL_ADDRS, SERVICES},
+    nat::L4,
+    parse::{
+        ETH_HDR_LEN, ETH_P_IP_WIRE, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_HDR_LEN,
+        TCP_SYN, TcpHdr, UDP_HDR_LEN, UdpHdr, ptr_at,
+    },
+    stats::{account, account_new_flow, account_service_drop, count},
+};
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    // SAFETY: all packet pointers below come from `ptr_at` bounds checks.
+    unsafe { process(&ctx) }
+}
+
+/// Verdict for a packet that is malformed: dropped (and counted) if it is addressed to
+/// the balancer, passed untouched otherwise (the kernel judges other hosts' traffic).
+#[inline(always)]
+fn malformed(daddr: u32, counter: u32) -> u32 {
+    if LOCAL_ADDRS.get_ptr(daddr).is_some() {
+        count(counter);
+        XDP_DROP
+    } else {
+        count(counters::PASS_NOT_OURS);
+        XDP_PASS
+    }
+}
+
+#[inline(always)]
+unsafe fn process(ctx: &XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        count(counters::DROP_SHORT_FRAME);
+        return XDP_DROP;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    if unsafe { (*eth).ether_type } != ETH_P_IP_WIRE {
+        count(counters::PASS_NOT_IPV4);
+        return XDP_PASS;
+    }
+    // A truncated, IHL<5 or over-long IPv4 header is dropped whoever it is for: the
+    // kernel would drop it too, and its addresses cannot be trusted.
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HDR_LEN) else {
+        count(counters::DROP_IP_TRUNCATED);
+        return XDP_DROP;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let (version_ihl, tot_len, daddr, proto) = unsafe {
+        (
+            (*ip).version_ihl,
+            u16::from_be((*ip).tot_len) as usize,
+            (*ip).daddr,
+            (*ip).protocol,
+        )
+    };
+    let ihl_bytes = ((version_ihl & 0x0f) as usize) * 4;
+    if version_ihl >> 4 != 4 || ihl_bytes < IPV4_HDR_LEN {
+        count(counters::DROP_IP_BAD_IHL);
+        return XDP_DROP;
+    }
+    if tot_len < ihl_bytes || ctx.data() + ETH_HDR_LEN + tot_len > ctx.data_end() {
+        count(counters::DROP_IP_BAD_LENGTH);
+        return XDP_DROP;
+    }
+    // Options and fragments are refused for balancer traffic (a fragment's tail has no
+    // ports to look up); other hosts' packets pass.
+    if ihl_bytes != IPV4_HDR_LEN {
+        return malformed(daddr, counters::DROP_IP_OPTIONS);
+    }
+    // SAFETY: bounds-checked by ptr_at.
+    if unsafe { (*ip).is_fragment() } {
+        return malformed(daddr, counters::DROP_IP_FRAGMENT);
+    }
+
+    let l4_len = tot_len - IPV4_HDR_LEN;
+    let (l4, src_port, dst_port, tcp_flags) = match proto {
+        IPPROTO_TCP => {
+            let Some(tcp) = ptr_at::<TcpHdr>(ctx, L4_OFFSET) else {
+                return malformed(daddr, counters::DROP_TCP_TRUNCATED);
+            };
+            if l4_len < TCP_HDR_LEN {
+                return malformed(daddr, counters::DROP_TCP_TRUNCATED);
+            }
+            // SAFETY: bounds-checked by ptr_at.
+            let (doff_res, source, dest, flags) =
+                unsafe { ((*tcp).doff_res, (*tcp).source, (*tcp).dest, (*tcp).flags) };
+            let doff_bytes = ((doff_res >> 4) as usize) * 4;
+            if doff_bytes < TCP_HDR_LEN || doff_bytes > l4_len {
+                return malformed(daddr, counters::DROP_TCP_BAD_DOFF);
+            }
+            (L4::Tcp(tcp), source, dest, Some(flags))
+        }
+        IPPROTO_UDP => {
+            let Some(udp) = ptr_at::<UdpHdr>(ctx, L4_OFFSET) else {
+                return malformed(daddr, counters::DROP_UDP_TRUNCATED);
+            };
+            if l4_len < UDP_HDR_LEN {
+                return malformed(daddr, counters::DROP_UDP_TRUNCATED);
+            }
+            // SAFETY: bounds-checked by ptr_at.
+            let (source, dest) = unsafe { ((*udp).source, (*udp).dest) };
+            (L4::Udp(udp), source, dest, None)
+        }
+        _ => {
+            count(counters::PASS_NOT_OURS);
+            return XDP_PASS;
+        }
+    };
+
+    let key = FlowKey {
+        // SAFETY: bounds-checked by ptr_at.
+        src_ip: unsafe { (*ip).saddr },
+        dst_ip: daddr,
+        src_port,
+        dst_port,
+        proto,
+        _pad: [0; 3],
+    };
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let is_syn = matches!(tcp_flags, Some(flags) if flags & (TCP_SYN | TCP_ACK) == TCP_SYN);
+
+    // Fast path: an established flow in either direction.
+    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: map value valid for this run; headers bounds-checked.
+        unsafe {
+            // A SYN on a closed connection's tuple is a new connection (port reuse):
+            // drop the old pair and schedule it afresh.
+            if is_syn
+                && (*entry).state == FLOW_STATE_CLOSING
+                && (*entry).direction == FLOW_DIR_CLIENT_TO_SERVER
+            {
+                flow::remove_pair(&key, &*entry);
+                count(counters::FLOW_REPLACED);
+            } else {
+                let now = bpf_ktime_get_ns();
+                flow::touch(entry, tcp_flags, proto, now);
+                let rewrite = *entry;
+                count(counters::FLOW_HITS);
+                account(rewrite.service_id, rewrite.backend_id, frame_len);
+                nat::rewrite(ip, l4, &rewrite);
+                return fwd::forward(ctx, eth, ip);
+            }
+        }
+    }
+
+    // Classifier: is this a new flow to a service?
+    let service_key = ServiceKey {
+        vip: daddr,
+        port: dst_port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only copy of a map value.
+    let Some(service) = (unsafe { SERVICES.get(service_key) }).copied() else {
+        if LOCAL_ADDRS.get_ptr(daddr).is_some() {
+            count(counters::PASS_LOCAL);
+        } else {
+            count(counters::PASS_NOT_OURS);
+        }
+        return XDP_PASS;
+    };
+    if tcp_flags.is_some() && !is_syn {
+        count(counters::DROP_NO_FLOW);
+        account_service_drop(service.id);
+        return XDP_DROP;
+    }
+    let Some(forward) = create_flow(&service, &key, tcp_flags.is_some()) else {
+        account_service_drop(service.id);
+        return XDP_DROP;
+    };
+    count(counters::NEW_FLOWS);
+    account_new_flow(forward.service_id, forward.backend_id);
+    account(forward.service_id, forward.backend_id, frame_len);
+    // SAFETY: headers bounds-checked above.
+    unsafe {
+        nat::rewrite(ip, l4, &forward);
+        fwd::forward(ctx, eth, ip)
+    }
+}
+
+/// Creates both flow entries of a new connection and returns the forward one.
+/// Counts the reason when it cannot.
+#[inline(always)]
+fn create_flow(service: &Service, key: &FlowKey, is_tcp: bool) -> Option<FlowEntry> {
+    if service.backend_count == 0 {
+        count(counters::DROP_NO_BACKEND);
+        return None;
+    }
+    let Some((backend_id, backend)) = sched::pick_backend(service, key) else {
+        count(counters::DROP_NO_BACKEND);
+        return None;
+    };
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let state = if is_tcp {
+        FLOW_STATE_SYN_SEEN
+    } else {
+        FLOW_STATE_UDP
+    };
+    let dnat = service.mode == MODE_DNAT;
+    // Server → balancer: restore the VIP as source and the client as destination.
+    let reverse = FlowEntry {
+        new_src_ip: key.dst_ip,
+        new_dst_ip: key.src_ip,
+        new_src_port: key.dst_port,
+        new_dst_port: key.src_port,
+        service_id: service.id,
+        backend_id,
+        seq_delta: 0,
+        ts_delta: 0,
+        state,
+        direction: FLOW_DIR_SERVER_TO_CLIENT,
+        _pad: [0; 2],
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    let mut reverse_key = FlowKey {
+        src_ip: backend.ip,
+        dst_ip: if dnat { key.src_ip } else { service.snat_ip },
+        src_port: backend.port,
+        dst_port: key.src_port,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let (new_src_ip, new_src_port) = if dnat {
+        if FLOWS
+            .insert(&reverse_key, &reverse, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
+            .is_err()
+        {
+            count(counters::DROP_FLOW_INSERT);
+            return None;
+        }
+        (key.src_ip, key.src_port)
+    } else {
+        let Some(port) = sched::insert_with_snat_port(&mut reverse_key, &reverse) else {
+            count(counters::DROP_SNAT_EXHAUSTED);
+            return None;
+        };
+        (service.snat_ip, port)
+    };
+    let forward = FlowEntry {
+        new_src_ip,
+        new_dst_ip: backend.ip,
+        new_src_port,
+        new_dst_port: backend.port,
+        direction: FLOW_DIR_CLIENT_TO_SERVER,
+        ..reverse
+    };
+    if FLOWS.insert(key, &forward, u64::from(BPF_ANY)).is_err() {
+        let _ = FLOWS.remove(&reverse_key);
+        count(counters::DROP_FLOW_INSERT);
+        return None;
+    }
+    Some(forward)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// bpf_fib_lookup is GPL-only; the program is dual licensed so it may call it.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,54 @@
+//! The BPF maps of the balancer. Sizes here are defaults: the controller sets the real
+//! capacities (from its config) before loading.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES, FlowEntry,
+    FlowKey, MAGLEV_RING_SIZE, MAX_INTERFACES, Service, ServiceKey, ServiceStats, Settings,
+    counters,
+};
+
+/// (VIP, port, protocol) → policy for new flows.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Backend id → address. Ids are stable for a backend's lifetime.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Two Maglev rings per service (double buffer), each `MAGLEV_RING_SIZE` backend ids.
+#[map]
+pub static MAGLEV_RINGS: Array<u32> =
+    Array::with_max_entries(DEFAULT_MAX_SERVICES * 2 * MAGLEV_RING_SIZE, 0);
+
+/// The access-correspondence table: one entry per direction of every connection.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Addresses the balancer answers for (VIPs and SNAT addresses) → `ADDR_KIND_*`.
+/// Consulted only off the fast path, to tell "ours but malformed" from "not ours".
+#[map]
+pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Egress interfaces for XDP_REDIRECT, keyed by ifindex.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+
+#[map]
+pub static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+
+#[map]
+pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);

@@ -1,0 +1,49 @@
+//! New-flow scheduling: Maglev lookup of the backend for a flow, and full-NAT source
+//! port allocation.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
+use lb_common::{
+    Backend, FlowEntry, FlowKey, MAGLEV_RING_SIZE, SNAT_PORT_PROBES, Service, Settings,
+    hash::flow_hash,
+};
+
+use crate::maps::{BACKENDS, FLOWS, MAGLEV_RINGS, SETTINGS};
+
+/// Picks the backend for a new flow from the service's live Maglev ring.
+/// Returns the backend id and its address.
+#[inline(always)]
+pub fn pick_backend(service: &Service, key: &FlowKey) -> Option<(u32, Backend)> {
+    let hash = flow_hash(key.src_ip, key.dst_ip, key.src_port, key.dst_port, key.proto);
+    let slot = service.ring_offset + hash % MAGLEV_RING_SIZE;
+    let backend_id = *MAGLEV_RINGS.get(slot)?;
+    let backend = *BACKENDS.get(backend_id)?;
+    if backend.ip == 0 {
+        return None;
+    }
+    Some((backend_id, backend))
+}
+
+/// Inserts the reverse entry of a full-NAT flow under a free source port of the
+/// SNAT address, trying a bounded number of random ports. `NOEXIST` makes the insert
+/// itself the collision check, so two CPUs can never hand out the same port.
+/// Returns the chosen port (network byte order).
+#[inline(always)]
+pub fn insert_with_snat_port(reverse_key: &mut FlowKey, reverse: &FlowEntry) -> Option<u16> {
+    // A zeroed entry means the controller has not written its settings yet.
+    let settings = match SETTINGS.get(0) {
+        Some(settings) if settings.snat_port_max != 0 => *settings,
+        _ => Settings::default(),
+    };
+    let low = u32::from(settings.snat_port_min);
+    let span = u32::from(settings.snat_port_max).saturating_sub(low) + 1;
+    for _ in 0..SNAT_PORT_PROBES {
+        // SAFETY: helper without side effects.
+        let random = unsafe { bpf_get_prandom_u32() };
+        let port = ((low + random % span) as u16).to_be();
+        reverse_key.dst_port = port;
+        if FLOWS.insert(&*reverse_key, reverse, u64::from(BPF_NOEXIST)).is_ok() {
+            return Some(port);
+        }
+    }
+    None
+}

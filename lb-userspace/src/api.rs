@@ -1,0 +1,97 @@
+//! Operator API over a Unix socket: one JSON request line, one JSON answer line.
+//!
+//! Request: `{"command":"status"}` (also `stats`, `flows`, `reload`).
+//! Answer: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest request line accepted: requests are tiny, anything larger is refused.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Stats,
+    Flows,
+    Reload,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Answer {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Answer {
+    pub fn from_result(result: Result<Value>) -> Answer {
+        match result {
+            Ok(value) => Answer {
+                ok: true,
+                result: Some(value),
+                error: None,
+            },
+            Err(e) => Answer {
+                ok: false,
+                result: None,
+                error: Some(format!("{e:#}")),
+            },
+        }
+    }
+}
+
+/// Sends one request to the daemon and returns its result.
+pub fn call(socket: &Path, request: &Request) -> Result<Value> {
+    let stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the lb daemon at {} (is `lb run` running, and are you allowed to use its socket?)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes())?;
+    let mut reader = BufReader::new(&stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    let answer: Answer = serde_json::from_str(&answer)
+        .with_context(|| format!("malformed answer from the daemon: {answer:?}"))?;
+    if answer.ok {
+        Ok(answer.result.unwrap_or(Value::Null))
+    } else {
+        Err(anyhow!(
+            answer.error.unwrap_or_else(|| "unknown error".into())
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"command":"status"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"command":"reload"}"#).unwrap(),
+            Request::Reload
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"command":"format-disk"}"#).is_err());
+    }
+}

@@ -1,0 +1,960 @@
+//! Data-plane tests: crafted packets through the real XDP program in the kernel with
+//! `BPF_PROG_TEST_RUN`, exact bytes and verdict out, flow table and counters checked.
+//!
+//! Each test runs on its own thread inside a throw-away network namespace whose routes
+//! and permanent neighbour entries make `bpf_fib_lookup` deterministic. Expected
+//! packets are built from scratch (etherparse computes their checksums), so a byte-exact
+//! match also proves the program's incremental checksum updates.
+//!
+//! Needs root: run with `cargo xtask test` (or `cargo test -- --ignored` as root).
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use etherparse::PacketBuilder;
+use lb_common::{
+    FLOW_DIR_CLIENT_TO_SERVER, FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING,
+    FLOW_STATE_ESTABLISHED, FLOW_STATE_SYN_SEEN, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP,
+    IPPROTO_UDP, counters,
+};
+use lb_userspace::{
+    config::Config,
+    dataplane::{Capacity, Dataplane},
+    services::ServiceTable,
+    sys,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+const DNAT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
+const NO_NEIGH_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 12);
+const SNAT: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
+const SERVER1: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 11);
+const SERVER2: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 12);
+const SERVER3: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 13);
+const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 50);
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const LB_EXT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+const LB_INT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
+const SERVER1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const SERVER2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+const SERVER3_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x13];
+
+const CONFIG: &str = r#"
+name = "dptest"
+[interfaces]
+attach = ["ext0"]
+[timeouts]
+tcp_syn = 5
+[limits]
+max_flows = 4096
+max_services = 8
+max_backends = 64
+[snat]
+port_min = 20000
+port_max = 20999
+[[service]]
+name = "web"
+vip = "198.18.1.10"
+port = 80
+snat_ip = "198.19.1.1"
+[[service.backend]]
+address = "198.19.0.11"
+port = 8080
+[[service]]
+name = "web-dnat"
+vip = "198.18.1.11"
+port = 80
+mode = "dnat"
+[[service.backend]]
+address = "198.19.0.12"
+[[service]]
+name = "dns"
+vip = "198.18.1.10"
+port = 5353
+protocol = "udp"
+snat_ip = "198.19.1.1"
+[[service.backend]]
+address = "198.19.0.13"
+[[service]]
+name = "unresolved"
+vip = "198.18.1.12"
+port = 80
+snat_ip = "198.19.1.1"
+[[service.backend]]
+address = "198.19.0.99"
+"#;
+
+fn run(cmd: &str) {
+    let status = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(status.success(), "command failed: {cmd}");
+}
+
+/// A network namespace with an "external" and an "internal" interface, static
+/// neighbours for the client and servers, and forwarding on. Deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "lbdp{}x{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        run(&format!("ip netns add {name}"));
+        let netns = Netns { name };
+        let n = &netns.name;
+        for cmd in [
+            format!("ip -n {n} link set lo up"),
+            format!("ip -n {n} link add ext0 type veth peer name ext1"),
+            format!("ip -n {n} link add int0 type veth peer name int1"),
+            format!("ip -n {n} link set ext0 address 02:00:00:00:01:01"),
+            format!("ip -n {n} link set int0 address 02:00:00:00:02:01"),
+            format!("ip -n {n} addr add 198.18.0.1/24 dev ext0"),
+            format!("ip -n {n} addr add 198.19.0.1/24 dev int0"),
+            format!("ip -n {n} link set ext0 up"),
+            format!("ip -n {n} link set ext1 up"),
+            format!("ip -n {n} link set int0 up"),
+            format!("ip -n {n} link set int1 up"),
+            format!(
+                "ip -n {n} neigh replace 198.18.0.2 lladdr 02:00:00:00:00:02 dev ext0 nud permanent"
+            ),
+            format!(
+                "ip -n {n} neigh replace 198.19.0.11 lladdr 02:00:00:00:00:11 dev int0 nud permanent"
+            ),
+            format!(
+                "ip -n {n} neigh replace 198.19.0.12 lladdr 02:00:00:00:00:12 dev int0 nud permanent"
+            ),
+            format!(
+                "ip -n {n} neigh replace 198.19.0.13 lladdr 02:00:00:00:00:13 dev int0 nud permanent"
+            ),
+            format!("ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1"),
+        ] {
+            run(&cmd);
+        }
+        netns
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (fib lookups of the
+    /// program under test happen in the caller's namespace).
+    fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: valid fd of a network namespace; affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The program loaded and programmed from `CONFIG`, inside a prepared namespace.
+struct Harness {
+    dp: Dataplane,
+    _table: ServiceTable,
+    ext_ifindex: u32,
+    int_ifindex: u32,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let config = Config::parse(CONFIG, Path::new("dataplane-test.toml")).expect("config");
+        let mut dp = Dataplane::load(
+            Capacity {
+                max_services: config.limits.max_services,
+                max_backends: config.limits.max_backends,
+                max_flows: config.limits.max_flows,
+            },
+            None,
+        )
+        .expect("load XDP program");
+        let mut table = ServiceTable::default();
+        table.apply(&mut dp, &config).expect("program tables");
+        let ext_ifindex = sys::ifindex("ext0").unwrap();
+        let int_ifindex = sys::ifindex("int0").unwrap();
+        for ifindex in [ext_ifindex, int_ifindex] {
+            dp.tx_ports.insert(ifindex, ifindex, None, 0).unwrap();
+        }
+        Harness {
+            dp,
+            _table: table,
+            ext_ifindex,
+            int_ifindex,
+        }
+    }
+
+    /// One run of the program: verdict and the packet as it left.
+    fn run(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; packet.len() + 512];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let result = self.dp.program().unwrap().test_run(opts).expect("test_run");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn counter(&self, index: u32) -> u64 {
+        self.dp.global_counters().unwrap()[index as usize].1
+    }
+
+    fn flows(&self) -> Vec<(FlowKey, FlowEntry)> {
+        self.dp.flow_entries()
+    }
+
+    fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        self.dp.flows.get(key, 0).ok()
+    }
+}
+
+fn key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        src_ip: u32::from(src).to_be(),
+        dst_ip: u32::from(dst).to_be(),
+        src_port: sport.to_be(),
+        dst_port: dport.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Tcp {
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    ack: Option<u32>,
+    fin: bool,
+    rst: bool,
+    seq: u32,
+}
+
+impl Tcp {
+    fn syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Tcp {
+        Tcp {
+            src_mac: CLIENT_MAC,
+            dst_mac: LB_EXT_MAC,
+            src,
+            dst,
+            ttl: 64,
+            sport,
+            dport,
+            syn: true,
+            ack: None,
+            fin: false,
+            rst: false,
+            seq: 1000,
+        }
+    }
+
+    fn build(&self, payload: &[u8]) -> Vec<u8> {
+        let mut builder = PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
+            .ipv4(self.src.octets(), self.dst.octets(), self.ttl)
+            .tcp(self.sport, self.dport, self.seq, 64240);
+        if self.syn {
+            builder = builder.syn();
+        }
+        if let Some(ack) = self.ack {
+            builder = builder.ack(ack);
+        }
+        if self.fin {
+            builder = builder.fin();
+        }
+        if self.rst {
+            builder = builder.rst();
+        }
+        let mut out = Vec::new();
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn udp_packet(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    ttl: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src.octets(), dst.octets(), ttl)
+        .udp(sport, dport)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// Independent check that the IPv4 and L4 checksums of `packet` are right.
+fn assert_checksums_valid(packet: &[u8]) {
+    let sliced = etherparse::SlicedPacket::from_ethernet(packet).expect("parse output");
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &sliced.net else {
+        panic!("not IPv4");
+    };
+    let header = ip.header().to_header();
+    assert_eq!(
+        header.header_checksum,
+        header.calc_header_checksum(),
+        "IPv4 checksum"
+    );
+    match &sliced.transport {
+        Some(etherparse::TransportSlice::Tcp(tcp)) => {
+            let expected = tcp
+                .to_header()
+                .calc_checksum_ipv4(&header, tcp.payload())
+                .unwrap();
+            assert_eq!(tcp.checksum(), expected, "TCP checksum");
+        }
+        Some(etherparse::TransportSlice::Udp(udp)) => {
+            let expected = udp
+                .to_header()
+                .calc_checksum_ipv4(&header, udp.payload())
+                .unwrap();
+            assert_eq!(udp.checksum(), expected, "UDP checksum");
+        }
+        _ => panic!("no TCP/UDP"),
+    }
+}
+
+fn with_harness(test: impl FnOnce(&mut Harness) + Send + 'static) {
+    let netns = Netns::new();
+    netns.enter(move || {
+        let mut harness = Harness::new();
+        test(&mut harness);
+    });
+}
+
+/// Opens a full-NAT connection client:40000 → VIP:80 and returns the SNAT port.
+fn open_full_nat(h: &mut Harness) -> u16 {
+    let syn = Tcp::syn(CLIENT, 40000, VIP, 80);
+    let (verdict, _) = h.run(&syn.build(&[]));
+    assert_eq!(verdict, XDP_REDIRECT);
+    let forward = h.flow(&key(CLIENT, 40000, VIP, 80, IPPROTO_TCP)).unwrap();
+    u16::from_be(forward.new_src_port)
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn tcp_syn_to_full_nat_vip_is_rewritten_and_creates_both_entries() {
+    with_harness(|h| {
+        let syn = Tcp::syn(CLIENT, 40000, VIP, 80);
+        let (verdict, out) = h.run(&syn.build(&[]));
+        assert_eq!(
+            verdict, XDP_REDIRECT,
+            "redirected to the internal interface"
+        );
+
+        let forward = h
+            .flow(&key(CLIENT, 40000, VIP, 80, IPPROTO_TCP))
+            .expect("forward entry");
+        let port = u16::from_be(forward.new_src_port);
+        assert!(
+            (20000..=20999).contains(&port),
+            "SNAT port {port} in the configured range"
+        );
+        assert_eq!(forward.direction, FLOW_DIR_CLIENT_TO_SERVER);
+        assert_eq!(forward.state, FLOW_STATE_SYN_SEEN);
+        assert_eq!(forward.new_src_ip, u32::from(SNAT).to_be());
+        assert_eq!(forward.new_dst_ip, u32::from(SERVER1).to_be());
+        assert_eq!(u16::from_be(forward.new_dst_port), 8080);
+
+        let reverse = h
+            .flow(&key(SERVER1, 8080, SNAT, port, IPPROTO_TCP))
+            .expect("reverse entry");
+        assert_eq!(reverse.direction, FLOW_DIR_SERVER_TO_CLIENT);
+        assert_eq!(reverse.new_src_ip, u32::from(VIP).to_be());
+        assert_eq!(reverse.new_dst_ip, u32::from(CLIENT).to_be());
+        assert_eq!(u16::from_be(reverse.new_src_port), 80);
+        assert_eq!(u16::from_be(reverse.new_dst_port), 40000);
+        assert_eq!(h.flows().len(), 2);
+
+        let expected = Tcp {
+            src_mac: LB_INT_MAC,
+            dst_mac: SERVER1_MAC,
+            src: SNAT,
+            dst: SERVER1,
+            ttl: 63,
+            sport: port,
+            dport: 8080,
+            ..syn
+        }
+        .build(&[]);
+        assert_eq!(out, expected, "exact bytes out");
+        assert_checksums_valid(&out);
+        assert_eq!(h.counter(counters::NEW_FLOWS), 1);
+        assert_eq!(h.counter(counters::REDIRECT), 1);
+        let _ = h.int_ifindex;
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn tcp_syn_to_dnat_vip_keeps_the_client_address() {
+    with_harness(|h| {
+        let syn = Tcp::syn(CLIENT, 41000, DNAT_VIP, 80);
+        let (verdict, out) = h.run(&syn.build(b""));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = Tcp {
+            src_mac: LB_INT_MAC,
+            dst_mac: SERVER2_MAC,
+            dst: SERVER2,
+            ttl: 63,
+            ..syn
+        }
+        .build(&[]);
+        assert_eq!(out, expected);
+        assert_checksums_valid(&out);
+        let reverse = h
+            .flow(&key(SERVER2, 80, CLIENT, 41000, IPPROTO_TCP))
+            .expect("reverse entry keyed on the client address");
+        assert_eq!(reverse.new_src_ip, u32::from(DNAT_VIP).to_be());
+
+        // The server's SYN-ACK goes back with the VIP as source.
+        let syn_ack = Tcp {
+            src_mac: SERVER2_MAC,
+            dst_mac: LB_INT_MAC,
+            src: SERVER2,
+            dst: CLIENT,
+            sport: 80,
+            dport: 41000,
+            ack: Some(1001),
+            seq: 7000,
+            ..syn
+        };
+        let (verdict, out) = h.run(&syn_ack.build(&[]));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = Tcp {
+            src_mac: LB_EXT_MAC,
+            dst_mac: CLIENT_MAC,
+            src: DNAT_VIP,
+            ttl: 63,
+            ..syn_ack
+        }
+        .build(&[]);
+        assert_eq!(out, expected);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn server_reply_is_rewritten_back_to_the_vip() {
+    with_harness(|h| {
+        let port = open_full_nat(h);
+        let syn_ack = Tcp {
+            src_mac: SERVER1_MAC,
+            dst_mac: LB_INT_MAC,
+            src: SERVER1,
+            dst: SNAT,
+            ttl: 64,
+            sport: 8080,
+            dport: port,
+            syn: true,
+            ack: Some(1001),
+            fin: false,
+            rst: false,
+            seq: 5000,
+        };
+        let (verdict, out) = h.run(&syn_ack.build(&[]));
+        assert_eq!(
+            verdict, XDP_REDIRECT,
+            "redirected to the external interface"
+        );
+        let expected = Tcp {
+            src_mac: LB_EXT_MAC,
+            dst_mac: CLIENT_MAC,
+            src: VIP,
+            dst: CLIENT,
+            ttl: 63,
+            sport: 80,
+            dport: 40000,
+            ..syn_ack
+        }
+        .build(&[]);
+        assert_eq!(out, expected);
+        assert_checksums_valid(&out);
+        // SYN-ACK from the server establishes both directions.
+        let forward = h.flow(&key(CLIENT, 40000, VIP, 80, IPPROTO_TCP)).unwrap();
+        let reverse = h
+            .flow(&key(SERVER1, 8080, SNAT, port, IPPROTO_TCP))
+            .unwrap();
+        assert_eq!(forward.state, FLOW_STATE_ESTABLISHED);
+        assert_eq!(reverse.state, FLOW_STATE_ESTABLISHED);
+        let _ = h.ext_ifindex;
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn established_flow_data_is_forwarded_by_the_flow_entry() {
+    with_harness(|h| {
+        let port = open_full_nat(h);
+        let data = Tcp {
+            syn: false,
+            ack: Some(5001),
+            seq: 1001,
+            ..Tcp::syn(CLIENT, 40000, VIP, 80)
+        };
+        let payload = b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n";
+        let (verdict, out) = h.run(&data.build(payload));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = Tcp {
+            src_mac: LB_INT_MAC,
+            dst_mac: SERVER1_MAC,
+            src: SNAT,
+            dst: SERVER1,
+            ttl: 63,
+            sport: port,
+            dport: 8080,
+            ..data
+        }
+        .build(payload);
+        assert_eq!(out, expected);
+        assert_checksums_valid(&out);
+        assert_eq!(h.counter(counters::FLOW_HITS), 1);
+        assert_eq!(h.counter(counters::NEW_FLOWS), 1, "no second flow");
+        assert_eq!(h.flows().len(), 2);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn udp_datagram_both_ways() {
+    with_harness(|h| {
+        let request = udp_packet(
+            CLIENT_MAC, LB_EXT_MAC, CLIENT, 50000, VIP, 5353, 64, b"query",
+        );
+        let (verdict, out) = h.run(&request);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let forward = h.flow(&key(CLIENT, 50000, VIP, 5353, IPPROTO_UDP)).unwrap();
+        assert_eq!(forward.state, FLOW_STATE_UDP);
+        let port = u16::from_be(forward.new_src_port);
+        let expected = udp_packet(
+            LB_INT_MAC,
+            SERVER3_MAC,
+            SNAT,
+            port,
+            SERVER3,
+            5353,
+            63,
+            b"query",
+        );
+        assert_eq!(out, expected);
+        assert_checksums_valid(&out);
+
+        let reply = udp_packet(
+            SERVER3_MAC,
+            LB_INT_MAC,
+            SERVER3,
+            5353,
+            SNAT,
+            port,
+            64,
+            b"answer!",
+        );
+        let (verdict, out) = h.run(&reply);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = udp_packet(
+            LB_EXT_MAC, CLIENT_MAC, VIP, 5353, CLIENT, 50000, 63, b"answer!",
+        );
+        assert_eq!(out, expected);
+        assert_checksums_valid(&out);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn udp_without_checksum_stays_without_checksum() {
+    with_harness(|h| {
+        let mut request = udp_packet(CLIENT_MAC, LB_EXT_MAC, CLIENT, 50001, VIP, 5353, 64, b"q");
+        request[14 + 20 + 6] = 0;
+        request[14 + 20 + 7] = 0;
+        let (verdict, out) = h.run(&request);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(&out[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn traffic_not_for_the_balancer_passes_untouched() {
+    with_harness(|h| {
+        let tcp = Tcp::syn(CLIENT, 40000, OTHER_HOST, 22).build(&[]);
+        let udp = udp_packet(
+            CLIENT_MAC, LB_EXT_MAC, CLIENT, 1000, OTHER_HOST, 53, 64, b"x",
+        );
+        // TCP to the VIP on a port without a service: the kernel's business.
+        let other_port = Tcp::syn(CLIENT, 40000, VIP, 22).build(&[]);
+        let mut icmp = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_EXT_MAC)
+            .ipv4(CLIENT.octets(), VIP.octets(), 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut icmp, b"ping")
+            .unwrap();
+        let mut arp = vec![0xff; 6];
+        arp.extend_from_slice(&CLIENT_MAC);
+        arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&CLIENT_MAC);
+        arp.extend_from_slice(&CLIENT.octets());
+        arp.extend_from_slice(&[0; 6]);
+        arp.extend_from_slice(&VIP.octets());
+        let mut ipv6 = vec![0x33, 0x33, 0, 0, 0, 1];
+        ipv6.extend_from_slice(&CLIENT_MAC);
+        ipv6.extend_from_slice(&[0x86, 0xdd]);
+        ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
+        ipv6.extend_from_slice(&[0; 32]);
+        for packet in [&tcp, &udp, &other_port, &icmp, &arp, &ipv6] {
+            let (verdict, out) = h.run(packet);
+            assert_eq!(verdict, XDP_PASS);
+            assert_eq!(&out, packet, "untouched");
+        }
+        assert!(h.flows().is_empty());
+        assert_eq!(h.counter(counters::PASS_NOT_IPV4), 2);
+        assert_eq!(h.counter(counters::PASS_NOT_OURS), 3);
+        assert_eq!(h.counter(counters::PASS_LOCAL), 1);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn tcp_without_syn_and_without_flow_is_dropped() {
+    with_harness(|h| {
+        let ack = Tcp {
+            syn: false,
+            ack: Some(1),
+            ..Tcp::syn(CLIENT, 40000, VIP, 80)
+        };
+        let (verdict, _) = h.run(&ack.build(&[]));
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(h.counter(counters::DROP_NO_FLOW), 1);
+        assert!(h.flows().is_empty());
+    });
+}
+
+/// Each malformed packet: its documented verdict, its counter, and no flow entry.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn malformed_packets_get_documented_verdicts() {
+    with_harness(|h| {
+        let syn = Tcp::syn(CLIENT, 40000, VIP, 80).build(&[]);
+        let udp = udp_packet(CLIENT_MAC, LB_EXT_MAC, CLIENT, 50000, VIP, 5353, 64, b"q");
+        let with = |base: &[u8], edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut p = base.to_vec();
+            edit(&mut p);
+            p
+        };
+        let fix_ip_checksum = |p: &mut Vec<u8>| {
+            p[24] = 0;
+            p[25] = 0;
+            let mut sum = 0u32;
+            for i in (14..34).step_by(2) {
+                sum += u32::from(u16::from_be_bytes([p[i], p[i + 1]]));
+            }
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            let check = !(sum as u16);
+            p[24..26].copy_from_slice(&check.to_be_bytes());
+        };
+        let set_tot_len = |p: &mut Vec<u8>, len: usize| {
+            p[16..18].copy_from_slice(&(len as u16).to_be_bytes());
+        };
+        let cases: Vec<(&str, Vec<u8>, u32, u32)> = vec![
+            (
+                "truncated IPv4 header",
+                syn[..14 + 12].to_vec(),
+                XDP_DROP,
+                counters::DROP_IP_TRUNCATED,
+            ),
+            (
+                "IHL < 5",
+                with(&syn, &|p| {
+                    p[14] = 0x44;
+                    fix_ip_checksum(p);
+                }),
+                XDP_DROP,
+                counters::DROP_IP_BAD_IHL,
+            ),
+            (
+                "total length beyond the frame",
+                with(&syn, &|p| {
+                    set_tot_len(p, 200);
+                    fix_ip_checksum(p);
+                }),
+                XDP_DROP,
+                counters::DROP_IP_BAD_LENGTH,
+            ),
+            (
+                "IP options",
+                with(&syn, &|p| {
+                    // Four bytes of NOP options after the base header.
+                    p.splice(34..34, [1u8, 1, 1, 1]);
+                    p[14] = 0x46;
+                    let len = p.len() - 14;
+                    set_tot_len(p, len);
+                    fix_ip_checksum(p);
+                }),
+                XDP_DROP,
+                counters::DROP_IP_OPTIONS,
+            ),
+            (
+                "fragment",
+                with(&syn, &|p| {
+                    p[20] = 0x20; // more fragments
+                    p[21] = 0;
+                    fix_ip_checksum(p);
+                }),
+                XDP_DROP,
+                counters::DROP_IP_FRAGMENT,
+            ),
+            (
+                "truncated TCP header",
+                with(&syn, &|p| {
+                    p.truncate(34 + 12);
+                    set_tot_len(p, 20 + 12);
+                    fix_ip_checksum(p);
+                }),
+                XDP_DROP,
+                counters::DROP_TCP_TRUNCATED,
+            ),
+            (
+                "TCP data offset < 5",
+                with(&syn, &|p| p[34 + 12] = 0x40),
+                XDP_DROP,
+                counters::DROP_TCP_BAD_DOFF,
+            ),
+            (
+                "TCP data offset beyond the packet",
+                with(&syn, &|p| p[34 + 12] = 0xf0),
+                XDP_DROP,
+                counters::DROP_TCP_BAD_DOFF,
+            ),
+            (
+                "truncated UDP header",
+                with(&udp, &|p| {
+                    p.truncate(34 + 4);
+                    set_tot_len(p, 20 + 4);
+                    fix_ip_checksum(p);
+                }),
+                XDP_DROP,
+                counters::DROP_UDP_TRUNCATED,
+            ),
+        ];
+        for (name, packet, verdict, counter) in cases {
+            let before = h.counter(counter);
+            let (got, _) = h.run(&packet);
+            assert_eq!(got, verdict, "{name}: verdict");
+            assert_eq!(h.counter(counter), before + 1, "{name}: counter");
+            assert!(h.flows().is_empty(), "{name}: no flow entry");
+        }
+        assert_eq!(h.counter(counters::NEW_FLOWS), 0);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn malformed_packets_for_other_hosts_pass() {
+    with_harness(|h| {
+        let mut options = Tcp::syn(CLIENT, 40000, OTHER_HOST, 80).build(&[]);
+        options.splice(34..34, [1u8, 1, 1, 1]);
+        options[14] = 0x46;
+        let len = (options.len() - 14) as u16;
+        options[16..18].copy_from_slice(&len.to_be_bytes());
+        let (verdict, out) = h.run(&options);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, options);
+        assert_eq!(h.counter(counters::DROP_IP_OPTIONS), 0);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn frame_shorter_than_ethernet_never_reaches_a_verdict_that_creates_state() {
+    with_harness(|h| {
+        // The kernel refuses to run XDP on less than an Ethernet header (here: 10 bytes
+        // behind 12 bytes of metadata, the only way to ask); drivers never deliver such
+        // frames either. The program still checks (the verifier insists) and would drop
+        // and count DROP_SHORT_FRAME.
+        let mut input = vec![0u8; 12];
+        input.extend_from_slice(&[0xab; 10]);
+        let mut ctx = Vec::new();
+        for field in [12u32, input.len() as u32, 0, 0, 0, 0] {
+            ctx.extend_from_slice(&field.to_ne_bytes());
+        }
+        let mut out = vec![0u8; 64];
+        let opts = TestRunOptions {
+            data_in: Some(&input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        };
+        let refused = h.dp.program().unwrap().test_run(opts);
+        assert!(refused.is_err(), "the kernel runs XDP on a 10-byte frame");
+
+        // The shortest frame that does arrive: a bare Ethernet header.
+        let mut bare_ipv4 = CLIENT_MAC.to_vec();
+        bare_ipv4.extend_from_slice(&LB_EXT_MAC);
+        bare_ipv4.extend_from_slice(&[0x08, 0x00]);
+        let (verdict, _) = h.run(&bare_ipv4);
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(h.counter(counters::DROP_IP_TRUNCATED), 1);
+        let mut bare_other = bare_ipv4.clone();
+        bare_other[12..14].copy_from_slice(&[0x88, 0xb5]);
+        let (verdict, out) = h.run(&bare_other);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, bare_other);
+        assert_eq!(h.counter(counters::DROP_SHORT_FRAME), 0);
+        assert!(h.flows().is_empty());
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn fin_closes_and_a_new_syn_replaces_the_flow() {
+    with_harness(|h| {
+        let first_port = open_full_nat(h);
+        let fin = Tcp {
+            syn: false,
+            fin: true,
+            ack: Some(1),
+            ..Tcp::syn(CLIENT, 40000, VIP, 80)
+        };
+        let (verdict, _) = h.run(&fin.build(&[]));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let forward = h.flow(&key(CLIENT, 40000, VIP, 80, IPPROTO_TCP)).unwrap();
+        let reverse = h
+            .flow(&key(SERVER1, 8080, SNAT, first_port, IPPROTO_TCP))
+            .unwrap();
+        assert_eq!(forward.state, FLOW_STATE_CLOSING);
+        assert_eq!(reverse.state, FLOW_STATE_CLOSING, "mirrored to the peer");
+
+        // The client reuses its port for a new connection.
+        open_full_nat(h);
+        assert_eq!(h.counter(counters::FLOW_REPLACED), 1);
+        let forward = h.flow(&key(CLIENT, 40000, VIP, 80, IPPROTO_TCP)).unwrap();
+        assert_eq!(forward.state, FLOW_STATE_SYN_SEEN);
+        assert_eq!(h.flows().len(), 2, "the old pair is gone");
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn rst_from_the_server_closes_the_flow() {
+    with_harness(|h| {
+        let port = open_full_nat(h);
+        let rst = Tcp {
+            src_mac: SERVER1_MAC,
+            dst_mac: LB_INT_MAC,
+            src: SERVER1,
+            dst: SNAT,
+            ttl: 64,
+            sport: 8080,
+            dport: port,
+            syn: false,
+            ack: Some(1001),
+            fin: false,
+            rst: true,
+            seq: 0,
+        };
+        let (verdict, _) = h.run(&rst.build(&[]));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let forward = h.flow(&key(CLIENT, 40000, VIP, 80, IPPROTO_TCP)).unwrap();
+        assert_eq!(forward.state, FLOW_STATE_CLOSING);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn unresolved_next_hop_goes_to_the_kernel_rewritten() {
+    with_harness(|h| {
+        let syn = Tcp::syn(CLIENT, 40000, NO_NEIGH_VIP, 80);
+        let (verdict, out) = h.run(&syn.build(&[]));
+        assert_eq!(
+            verdict, XDP_PASS,
+            "the kernel resolves the neighbour and forwards"
+        );
+        let forward = h
+            .flow(&key(CLIENT, 40000, NO_NEIGH_VIP, 80, IPPROTO_TCP))
+            .unwrap();
+        let expected = Tcp {
+            src: SNAT,
+            dst: Ipv4Addr::new(198, 19, 0, 99),
+            sport: u16::from_be(forward.new_src_port),
+            ..syn
+        }
+        .build(&[]);
+        assert_eq!(out, expected, "rewritten, MACs and TTL left to the kernel");
+        assert_checksums_valid(&out);
+        assert_eq!(h.counter(counters::PASS_NO_NEIGH), 1);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn expiring_ttl_is_dropped() {
+    with_harness(|h| {
+        let syn = Tcp {
+            ttl: 1,
+            ..Tcp::syn(CLIENT, 40000, VIP, 80)
+        };
+        let (verdict, _) = h.run(&syn.build(&[]));
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(h.counter(counters::DROP_TTL_EXPIRED), 1);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn snat_ports_never_collide() {
+    with_harness(|h| {
+        let mut ports = std::collections::HashSet::new();
+        for client_port in 30000..30200u16 {
+            let (verdict, _) = h.run(&Tcp::syn(CLIENT, client_port, VIP, 80).build(&[]));
+            assert_eq!(verdict, XDP_REDIRECT);
+            let forward = h
+                .flow(&key(CLIENT, client_port, VIP, 80, IPPROTO_TCP))
+                .unwrap();
+            assert!(ports.insert(forward.new_src_port), "SNAT port reused");
+        }
+        assert_eq!(h.flows().len(), 400);
+    });
+}
