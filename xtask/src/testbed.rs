@@ -568,8 +568,12 @@ fn netns_command(ns: &str, args: &[&str]) -> Result<Command> {
     if args.is_empty() {
         bail!("empty command for namespace {ns}");
     }
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).args(args);
+    // nsenter switches only the network namespace; `ip netns exec` would also give the
+    // command a private /sys without the host's bpffs, hiding the balancer's pinned maps.
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={NETNS_DIR}/{ns}"))
+        .arg("--")
+        .args(args);
     Ok(cmd)
 }
 

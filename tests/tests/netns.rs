@@ -1,0 +1,399 @@
+//! Integration tests: real TCP and UDP traffic from real clients (curl, std sockets)
+//! through the XDP balancer attached in native mode, in network namespaces.
+//!
+//! Needs root: run with `cargo xtask test` (or `cargo test -- --ignored --test-threads=1`).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddrV4, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use lb_common::{IPPROTO_TCP, MAGLEV_RING_SIZE, hash::flow_hash};
+use lb_integration::{Balancer, SERVER_IPS, config_toml, server_of};
+use lb_userspace::maglev::{MaglevBackend, build_ring};
+use xtask::testbed::{self, Role, payload_sha256, run_in_netns, udp_request, unique_prefix};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HTTP/1.1 keep-alive connection from the client namespace to the VIP.
+struct KeepAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    fn open(balancer: &Balancer) -> KeepAlive {
+        let ns = balancer.topo.ns(Role::Client);
+        let stream = run_in_netns(&ns, || {
+            TcpStream::connect_timeout(&Balancer::vip(80).into(), TIMEOUT)
+        })
+        .expect("enter client ns")
+        .expect("connect to the VIP");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        KeepAlive {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// GET / on this connection; which server answered.
+    fn get(&mut self) -> std::io::Result<usize> {
+        self.reader
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+        let mut content_length = 0usize;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        self.reader.read_exact(&mut body)?;
+        server_of(&String::from_utf8_lossy(&body))
+            .ok_or_else(|| std::io::Error::other("unexpected body"))
+    }
+}
+
+fn start(weights: [u32; 3], extra: &str) -> Balancer {
+    let prefix = unique_prefix();
+    let config = config_toml(&prefix, weights, extra);
+    Balancer::start(&prefix, &config).expect("start testbed and lb")
+}
+
+fn flow_count(balancer: &Balancer) -> usize {
+    balancer.json("flows").unwrap().as_array().unwrap().len()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn attaches_natively_to_both_interfaces() {
+    let balancer = start([1, 1, 1], "");
+    let status = balancer.json("status").unwrap();
+    let interfaces = status["interfaces"].as_array().unwrap();
+    assert_eq!(interfaces.len(), 2);
+    for interface in interfaces {
+        assert_eq!(interface["mode"], "native", "{interface}");
+    }
+    assert!(std::path::Path::new(&format!("/sys/fs/bpf/{}/FLOWS", balancer.name)).exists());
+}
+
+/// 300 requests on new connections spread 2:1:1, and every connection went exactly
+/// where the controller's Maglev ring says its 5-tuple belongs.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn http_requests_spread_by_weight() {
+    let balancer = start([2, 1, 1], "");
+    let mut answers = [0usize; 3];
+    for i in 0..300 {
+        let body = balancer
+            .curl("/")
+            .unwrap_or_else(|e| panic!("request {i}: {e:#}"));
+        answers[server_of(&body).expect("server name") - 1] += 1;
+    }
+    let expected = [0.5, 0.25, 0.25];
+    for (server, (&count, share)) in answers.iter().zip(expected).enumerate() {
+        let got = count as f64 / 300.0;
+        assert!(
+            (got - share).abs() <= 0.15,
+            "s{}: {count} of 300 ({:.1}%), expected {:.0}% ± 15 points; all: {answers:?}",
+            server + 1,
+            got * 100.0,
+            share * 100.0
+        );
+    }
+    // Every answer counted by the servers is a new flow in the balancer's counters.
+    let stats = balancer.json("stats").unwrap();
+    let web = &stats["services"][0];
+    assert_eq!(web["name"], "web");
+    assert_eq!(web["new_flows"], 300);
+    let per_backend: Vec<u64> = web["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["new_flows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_backend, answers.map(|a| a as u64).to_vec());
+    assert_eq!(stats["counters"]["drop_no_flow"], 0);
+    assert_eq!(stats["counters"]["drop_snat_exhausted"], 0);
+
+    // The kernel picked exactly the backend the controller's ring assigns to each
+    // connection's 5-tuple (closed connections stay listed for tcp_closing = 10 s).
+    let backends: Vec<MaglevBackend<'_>> = Vec::new();
+    let keys: Vec<String> = SERVER_IPS.iter().map(|ip| format!("{ip}:80")).collect();
+    let ids: Vec<u32> = web["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_u64().unwrap() as u32)
+        .collect();
+    let mut backends = backends;
+    for ((key, id), weight) in keys.iter().zip(&ids).zip([2, 1, 1]) {
+        backends.push(MaglevBackend {
+            key,
+            weight,
+            id: *id,
+        });
+    }
+    let ring = build_ring(&backends, MAGLEV_RING_SIZE);
+    let flows = balancer.json("flows").unwrap();
+    let flows = flows.as_array().unwrap();
+    assert_eq!(flows.len(), 300);
+    for flow in flows {
+        let client: SocketAddrV4 = flow["client"].as_str().unwrap().parse().unwrap();
+        let vip: SocketAddrV4 = flow["vip"].as_str().unwrap().parse().unwrap();
+        let hash = flow_hash(
+            u32::from(*client.ip()).to_be(),
+            u32::from(*vip.ip()).to_be(),
+            client.port().to_be(),
+            vip.port().to_be(),
+            IPPROTO_TCP,
+        );
+        let id = ring[(hash % MAGLEV_RING_SIZE) as usize];
+        let index = ids.iter().position(|&i| i == id).unwrap();
+        assert_eq!(flow["server"], keys[index], "{flow}");
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_100_mib_transfer_arrives_intact() {
+    let balancer = start([1, 1, 1], "");
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let script = format!(
+        "curl -sS --max-time 300 http://{}/bytes/{SIZE} | sha256sum",
+        testbed::VIP
+    );
+    let out = balancer.client(&["sh", "-c", &script]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let digest = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        digest.split_whitespace().next().unwrap(),
+        payload_sha256(SIZE),
+        "sha256 of the bytes that went through the VIP"
+    );
+    let stats = balancer.json("stats").unwrap();
+    let bytes = stats["services"][0]["bytes"].as_u64().unwrap();
+    assert!(
+        bytes > SIZE,
+        "the transfer went through XDP ({bytes} bytes counted)"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn udp_request_response_through_the_vip() {
+    let balancer = start([1, 1, 1], "");
+    let ns = balancer.topo.ns(Role::Client);
+    let mut servers = BTreeMap::new();
+    for i in 0..30 {
+        let payload = format!("ping {i}");
+        let reply = udp_request(&ns, Balancer::vip(5353), payload.as_bytes(), TIMEOUT)
+            .unwrap_or_else(|e| panic!("datagram {i}: {e:#}"));
+        let reply = String::from_utf8(reply).unwrap();
+        let (server, echoed) = reply.split_once(':').expect("server:payload");
+        assert_eq!(echoed, payload);
+        *servers.entry(server.to_string()).or_insert(0) += 1;
+    }
+    assert!(servers.len() > 1, "new UDP flows are balanced: {servers:?}");
+    let flows = balancer.json("flows").unwrap();
+    assert!(
+        flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["protocol"] == "udp" && f["state"] == "udp")
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_lb_host_itself_still_answers() {
+    let balancer = start([1, 1, 1], "");
+    for target in [testbed::LB_EXT_IP.to_string(), testbed::VIP.to_string()] {
+        let out = balancer
+            .client(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &target])
+            .unwrap();
+        assert!(out.status.success(), "ping {target}: {out:?}");
+    }
+    // A TCP service of the LB host's own (think sshd) on its external address.
+    let lb_ns = balancer.topo.ns(Role::Lb);
+    let listener = run_in_netns(&lb_ns, || {
+        TcpListener::bind(SocketAddrV4::new(testbed::LB_EXT_IP, 2222))
+    })
+    .unwrap()
+    .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(b"lb host here\n").unwrap();
+    });
+    let client_ns = balancer.topo.ns(Role::Client);
+    let text = run_in_netns(&client_ns, || {
+        let mut conn = TcpStream::connect_timeout(
+            &SocketAddrV4::new(testbed::LB_EXT_IP, 2222).into(),
+            TIMEOUT,
+        )
+        .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
+    })
+    .unwrap();
+    server.join().unwrap();
+    assert_eq!(text, "lb host here\n");
+    assert!(
+        balancer.counter("pass_not_ours").unwrap() > 0
+            || balancer.counter("pass_local").unwrap() > 0
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn reload_removing_a_server_keeps_established_connections() {
+    let balancer = start([1, 1, 1], "");
+    // Keep-alive connections until each server has at least two.
+    let mut connections = Vec::new();
+    let mut per_server = [0usize; 3];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while per_server.iter().any(|&n| n < 2) {
+        assert!(
+            Instant::now() < deadline,
+            "could not reach every server: {per_server:?}"
+        );
+        let mut conn = KeepAlive::open(&balancer);
+        let server = conn.get().unwrap();
+        per_server[server - 1] += 1;
+        connections.push((server, conn));
+    }
+
+    let summary = balancer
+        .reload(&config_toml(&balancer.name, [1, 1, 0], ""))
+        .unwrap();
+    assert!(summary.contains("rings_swapped"), "{summary}");
+
+    // Established connections to the remaining servers keep working, on the same server.
+    for (server, conn) in connections.iter_mut().filter(|(s, _)| *s != 3) {
+        for _ in 0..3 {
+            assert_eq!(conn.get().unwrap(), *server, "same server after the reload");
+        }
+    }
+    // New connections go only to the remaining servers.
+    for i in 0..60 {
+        let body = balancer
+            .curl("/")
+            .unwrap_or_else(|e| panic!("request {i}: {e:#}"));
+        assert_ne!(
+            server_of(&body),
+            Some(3),
+            "request {i} went to the removed server"
+        );
+    }
+    let status = balancer.json("status").unwrap();
+    assert_eq!(status["generation"], 2);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_bad_reload_changes_nothing() {
+    let balancer = start([1, 1, 1], "");
+    let good = std::fs::read_to_string(&balancer.config_path).unwrap();
+    let bad = good.replace("weight = 1", "weight = \"heavy\"");
+    let error = balancer.reload(&bad).unwrap_err().to_string();
+    assert!(
+        error.contains("lb.toml:"),
+        "names the file and line: {error}"
+    );
+    let status = balancer.json("status").unwrap();
+    assert_eq!(status["generation"], 1);
+    assert!(
+        status["last_reload"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused")
+    );
+    let mut seen = [false; 3];
+    for _ in 0..60 {
+        seen[server_of(&balancer.curl("/").unwrap()).unwrap() - 1] = true;
+    }
+    assert_eq!(seen, [true; 3], "all servers still in service");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn flow_entries_disappear_after_their_timeouts() {
+    let timeouts = "[timeouts]\ntcp_syn = 2\ntcp_established = 3\ntcp_closing = 1\nudp = 2\n";
+    let balancer = start([1, 1, 1], timeouts);
+    let wait_until_empty = |what: &str, limit: Duration| {
+        let started = Instant::now();
+        while flow_count(&balancer) > 0 {
+            assert!(
+                started.elapsed() < limit,
+                "{what}: flows still there after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        started.elapsed()
+    };
+
+    // A closed connection: closing timeout (1 s) plus the 1 s collector period.
+    balancer.curl("/").unwrap();
+    assert_eq!(flow_count(&balancer), 1);
+    wait_until_empty("closed TCP", Duration::from_secs(4));
+
+    // A UDP exchange: 2 s.
+    let ns = balancer.topo.ns(Role::Client);
+    udp_request(&ns, Balancer::vip(5353), b"x", TIMEOUT).unwrap();
+    assert_eq!(flow_count(&balancer), 1);
+    let took = wait_until_empty("UDP", Duration::from_secs(5));
+    assert!(
+        took >= Duration::from_millis(1500),
+        "UDP flow expired early ({took:?})"
+    );
+
+    // An idle established connection: 3 s.
+    let mut conn = KeepAlive::open(&balancer);
+    conn.get().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let flows = balancer.json("flows").unwrap();
+    assert_eq!(flows[0]["state"], "established", "{flows}");
+    let took = wait_until_empty("idle established TCP", Duration::from_secs(6));
+    assert!(
+        took >= Duration::from_millis(1000),
+        "expired early ({took:?})"
+    );
+    assert!(
+        balancer.json("status").unwrap()["flows_expired"]
+            .as_u64()
+            .unwrap()
+            >= 6
+    );
+    drop(conn);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn sigterm_detaches_and_unpins() {
+    let mut balancer = start([1, 1, 1], "");
+    balancer.curl("/").unwrap();
+    assert!(balancer.stop_daemon().unwrap(), "clean exit on SIGTERM");
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/{}", balancer.name)).exists());
+    let out = balancer
+        .topo
+        .exec_unchecked(Role::Lb, &["ip", "-d", "link", "show", "lb-ext"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("xdp"), "still attached: {text}");
+    // Without the balancer the VIP is just a local address of the LB host: HTTP to it
+    // is refused by the kernel instead of balanced.
+    assert!(balancer.curl("/").is_err());
+    let _ = SERVER_IPS;
+}
