@@ -23,7 +23,7 @@ mod stats;
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY,
+        BPF_ANY, BPF_NOEXIST,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     helpers::bpf_ktime_get_ns,
@@ -262,7 +262,7 @@ fn create_flow(service: &Service, key: &FlowKey, is_tcp: bool) -> Option<FlowEnt
     };
     let (new_src_ip, new_src_port) = if dnat {
         if FLOWS
-            .insert(&reverse_key, &reverse, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
+            .insert(reverse_key, reverse, u64::from(BPF_NOEXIST))
             .is_err()
         {
             count(counters::DROP_FLOW_INSERT);
@@ -284,8 +284,8 @@ fn create_flow(service: &Service, key: &FlowKey, is_tcp: bool) -> Option<FlowEnt
         direction: FLOW_DIR_CLIENT_TO_SERVER,
         ..reverse
     };
-    if FLOWS.insert(key, &forward, u64::from(BPF_ANY)).is_err() {
-        let _ = FLOWS.remove(&reverse_key);
+    if FLOWS.insert(key, forward, u64::from(BPF_ANY)).is_err() {
+        let _ = FLOWS.remove(reverse_key);
         count(counters::DROP_FLOW_INSERT);
         return None;
     }

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES, FlowEntry,
-    FlowKey, MAGLEV_RING_SIZE, MAX_INTERFACES, Service, ServiceKey, ServiceStats, Settings,
-    counters,
+    Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
+    FlowEntry, FlowKey, MAGLEV_RING_SIZE, MAX_INTERFACES, Service, ServiceKey, ServiceStats,
+    Settings, counters,
 };
 
 /// (VIP, port, protocol) → policy for new flows.

@@ -13,7 +13,13 @@ use crate::maps::{BACKENDS, FLOWS, MAGLEV_RINGS, SETTINGS};
 /// Returns the backend id and its address.
 #[inline(always)]
 pub fn pick_backend(service: &Service, key: &FlowKey) -> Option<(u32, Backend)> {
-    let hash = flow_hash(key.src_ip, key.dst_ip, key.src_port, key.dst_port, key.proto);
+    let hash = flow_hash(
+        key.src_ip,
+        key.dst_ip,
+        key.src_port,
+        key.dst_port,
+        key.proto,
+    );
     let slot = service.ring_offset + hash % MAGLEV_RING_SIZE;
     let backend_id = *MAGLEV_RINGS.get(slot)?;
     let backend = *BACKENDS.get(backend_id)?;
@@ -41,7 +47,10 @@ pub fn insert_with_snat_port(reverse_key: &mut FlowKey, reverse: &FlowEntry) -> 
         let random = unsafe { bpf_get_prandom_u32() };
         let port = ((low + random % span) as u16).to_be();
         reverse_key.dst_port = port;
-        if FLOWS.insert(&*reverse_key, reverse, u64::from(BPF_NOEXIST)).is_ok() {
+        if FLOWS
+            .insert(*reverse_key, reverse, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
             return Some(port);
         }
     }
