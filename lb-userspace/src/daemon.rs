@@ -75,6 +75,13 @@ impl Controller {
                  handed to the kernel, which must forward them"
             );
         }
+        if !bpffs_mounted() {
+            bail!(
+                "no bpffs at /sys/fs/bpf in this mount namespace (run `cargo xtask setup`; \
+                 note that `ip netns exec` hides it: enter the namespace with \
+                 `nsenter --net=/var/run/netns/NAME` instead)"
+            );
+        }
         let mut dataplane = Dataplane::load(capacity(&config), Some(&pin_dir(&config.name)))?;
         let mut table = ServiceTable::default();
         let summary = table.apply(&mut dataplane, &config)?;
@@ -240,6 +247,16 @@ impl Controller {
         self.dataplane.detach_all();
         self.dataplane.unpin_maps();
     }
+}
+
+fn bpffs_mounted() -> bool {
+    fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, target, fstype) = (fields.next(), fields.next(), fields.next());
+            target == Some("/sys/fs/bpf") && fstype == Some("bpf")
+        })
+    })
 }
 
 /// Refuses to start over a live daemon's socket; removes a stale one.

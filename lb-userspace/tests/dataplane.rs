@@ -31,6 +31,7 @@ use lb_userspace::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -145,6 +146,9 @@ impl Netns {
             format!(
                 "ip -n {n} neigh replace 198.19.0.13 lladdr 02:00:00:00:00:13 dev int0 nud permanent"
             ),
+            format!(
+                "ip -n {n} neigh replace 198.19.0.50 lladdr 02:00:00:00:00:50 dev int0 nud permanent"
+            ),
             format!("ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1"),
         ] {
             run(&cmd);
@@ -218,6 +222,25 @@ impl Harness {
         let opts = TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let result = self.dp.program().unwrap().test_run(opts).expect("test_run");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// One run as if the packet arrived on `ifindex` (the program must be attached
+    /// there, so the kernel has the receive queue the context names).
+    fn run_on(&mut self, packet: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        let mut ctx = Vec::new();
+        for field in [0u32, packet.len() as u32, 0, ifindex, 0, 0] {
+            ctx.extend_from_slice(&field.to_ne_bytes());
+        }
+        let mut out = vec![0u8; packet.len() + 512];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
             ..TestRunOptions::default()
         };
         let result = self.dp.program().unwrap().test_run(opts).expect("test_run");
@@ -956,5 +979,71 @@ fn snat_ports_never_collide() {
             assert!(ports.insert(forward.new_src_port), "SNAT port reused");
         }
         assert_eq!(h.flows().len(), 400);
+    });
+}
+
+/// One-arm: the client and the servers sit behind the same interface, so the
+/// rewritten packet leaves where it came in, with XDP_TX.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn one_arm_sends_back_out_of_the_same_interface() {
+    with_harness(|h| {
+        h.dp.attach("int0", Some(lb_userspace::dataplane::AttachedMode::Native))
+            .expect("attach to int0");
+        let local_client = Ipv4Addr::new(198, 19, 0, 50);
+        let local_client_mac = [0x02, 0, 0, 0, 0, 0x50];
+        let syn = Tcp {
+            src_mac: local_client_mac,
+            dst_mac: LB_INT_MAC,
+            ..Tcp::syn(local_client, 42000, VIP, 80)
+        };
+        let int = h.int_ifindex;
+        let (verdict, out) = h.run_on(&syn.build(&[]), int);
+        assert_eq!(verdict, XDP_TX);
+        let forward = h
+            .flow(&key(local_client, 42000, VIP, 80, IPPROTO_TCP))
+            .unwrap();
+        let port = u16::from_be(forward.new_src_port);
+        let expected = Tcp {
+            src_mac: LB_INT_MAC,
+            dst_mac: SERVER1_MAC,
+            src: SNAT,
+            dst: SERVER1,
+            ttl: 63,
+            sport: port,
+            dport: 8080,
+            ..syn
+        }
+        .build(&[]);
+        assert_eq!(out, expected);
+
+        let syn_ack = Tcp {
+            src_mac: SERVER1_MAC,
+            dst_mac: LB_INT_MAC,
+            src: SERVER1,
+            dst: SNAT,
+            sport: 8080,
+            dport: port,
+            ack: Some(1001),
+            seq: 9000,
+            ..syn
+        };
+        let (verdict, out) = h.run_on(&syn_ack.build(&[]), int);
+        assert_eq!(verdict, XDP_TX);
+        let expected = Tcp {
+            src_mac: LB_INT_MAC,
+            dst_mac: local_client_mac,
+            src: VIP,
+            dst: local_client,
+            ttl: 63,
+            sport: 80,
+            dport: 42000,
+            ..syn_ack
+        }
+        .build(&[]);
+        assert_eq!(out, expected);
+        assert_checksums_valid(&out);
+        assert_eq!(h.counter(counters::TX), 2);
+        h.dp.detach_all();
     });
 }

@@ -271,7 +271,6 @@ const DEMO_PREFIX: &str = "lbdemo";
 const DEMO_SOCKET: &str = "/run/lb/lbdemo.sock";
 /// Backend weights of the `web` service in examples/lb.toml, for the
 /// expected share column.
-const DEMO_WEIGHTS: [u32; 3] = [2, 1, 1];
 
 fn demo(requests: usize, no_build: bool) -> Result<ExitCode> {
     let slot = install_interrupt_teardown(DEMO_PREFIX)?;
@@ -359,7 +358,9 @@ fn run_demo(
     }
     let took = started.elapsed().as_secs_f64();
 
-    let total_weight: u32 = DEMO_WEIGHTS.iter().sum();
+    // The weights the running balancer was configured with (examples/lb.toml).
+    let weights = configured_weights(lb)?;
+    let total_weight: u32 = weights.iter().sum();
     println!();
     println!("server  address        weight  answers   share  expected");
     for i in 0..3 {
@@ -367,10 +368,10 @@ fn run_demo(
             "s{}      {:<13}  {:>6}  {:>7}  {:>5.1}%  {:>7.1}%",
             i + 1,
             testbed::SERVER_IPS[i],
-            DEMO_WEIGHTS[i],
+            weights[i],
             counts[i],
             100.0 * counts[i] as f64 / requests.max(1) as f64,
-            100.0 * f64::from(DEMO_WEIGHTS[i]) / f64::from(total_weight)
+            100.0 * f64::from(weights[i]) / f64::from(total_weight.max(1))
         );
     }
     println!("failed                         {:>7}", failures.len());
@@ -384,6 +385,18 @@ fn run_demo(
     for what in ["stats", "flows"] {
         println!("$ lb --socket {DEMO_SOCKET} {what}");
         match lb_cli(lb, &[what]) {
+            Ok(text) if what == "flows" => {
+                // Seed 001's access-correspondence table; the head is enough to see it.
+                let lines: Vec<&str> = text.lines().collect();
+                let shown = lines.len().min(12);
+                for line in &lines[..shown] {
+                    println!("{line}");
+                }
+                if lines.len() > shown {
+                    println!("... ({} more lines)", lines.len() - shown);
+                }
+                println!();
+            }
             Ok(text) => println!("{text}"),
             Err(e) => {
                 println!("failed: {e:#}");
@@ -407,6 +420,24 @@ fn run_demo(
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Weights of the three servers in the demo's "web" service, as the daemon reports.
+fn configured_weights(lb: &Path) -> Result<[u32; 3]> {
+    let stats: serde_json::Value = serde_json::from_str(&lb_cli(lb, &["stats", "--json"])?)?;
+    let mut weights = [0u32; 3];
+    let services = stats["services"].as_array().into_iter().flatten();
+    for service in services.filter(|s| s["name"] == "web") {
+        for backend in service["backends"].as_array().into_iter().flatten() {
+            let address = backend["address"].as_str().unwrap_or_default();
+            for (i, ip) in testbed::SERVER_IPS.iter().enumerate() {
+                if address.split(':').next() == Some(&ip.to_string()) {
+                    weights[i] = backend["weight"].as_u64().unwrap_or(0) as u32;
+                }
+            }
+        }
+    }
+    Ok(weights)
 }
 
 /// Poll `lb status` for up to 15 s; fail early if lb exits.

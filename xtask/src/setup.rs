@@ -131,6 +131,10 @@ fn ensure_nightly_rust_src() -> Result<bool> {
             "minimal",
             "--component",
             "rust-src",
+            "--component",
+            "clippy",
+            "--component",
+            "rustfmt",
         ]))?;
         return Ok(true);
     }
