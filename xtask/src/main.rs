@@ -269,9 +269,6 @@ fn parse_test_result(line: &str) -> Option<(u64, u64)> {
 
 const DEMO_PREFIX: &str = "lbdemo";
 const DEMO_SOCKET: &str = "/run/lb/lbdemo.sock";
-/// Backend weights of the `web` service in examples/lb.toml, for the
-/// expected share column.
-
 fn demo(requests: usize, no_build: bool) -> Result<ExitCode> {
     let slot = install_interrupt_teardown(DEMO_PREFIX)?;
     let root = workspace_root();
