@@ -61,4 +61,12 @@ counters! {
     PASS_LOCAL = 22, "pass_local";
     /// Flow entries of a closed or reused connection replaced by a new SYN.
     FLOW_REPLACED = 23, "flow_replaced";
+    /// New flow from a client outside the service's allow-list: dropped.
+    DROP_NOT_ELIGIBLE = 24, "drop_not_eligible";
+    /// TCP SYN from a client outside the allow-list of a `deny = "reset"` service: answered with a RST.
+    TX_RST_NOT_ELIGIBLE = 25, "tx_rst_not_eligible";
+    /// New flow sent to the backend its client's session names.
+    SESSION_HITS = 26, "session_hits";
+    /// Session whose backend is no longer active (drained, down, removed): re-pinned.
+    SESSION_REPINNED = 27, "session_repinned";
 }

@@ -35,7 +35,9 @@ pub mod map_names {
     pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
-    pub const ALL: [&str; 10] = [
+    pub const ELIGIBILITY: &str = "ELIGIBILITY";
+    pub const SESSIONS: &str = "SESSIONS";
+    pub const ALL: [&str; 12] = [
         SERVICES,
         BACKENDS,
         MAGLEV_RINGS,
@@ -46,6 +48,8 @@ pub mod map_names {
         GLOBAL_COUNTERS,
         SERVICE_STATS,
         BACKEND_STATS,
+        ELIGIBILITY,
+        SESSIONS,
     ];
 }
 
@@ -69,6 +73,13 @@ pub struct ServiceKey {
 pub const MODE_FULL_NAT: u8 = 0;
 pub const MODE_DNAT: u8 = 1;
 
+/// `Service::flags`: only clients in the service's ELIGIBILITY prefixes may open flows.
+pub const SERVICE_FLAG_AUTH_REQUIRED: u8 = 1;
+/// `Service::flags`: an ineligible TCP SYN is answered with a RST instead of dropped.
+pub const SERVICE_FLAG_AUTH_RST: u8 = 2;
+/// `Service::flags`: new flows of a client follow its SESSIONS entry (client-IP affinity).
+pub const SERVICE_FLAG_AFFINITY: u8 = 4;
+
 /// Services map value: the policy for new flows of one service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,7 +94,11 @@ pub struct Service {
     /// Number of backends in the live ring; 0 means no backend can take a new flow.
     pub backend_count: u16,
     pub mode: u8,
+    /// `SERVICE_FLAG_*` bits.
     pub flags: u8,
+    /// Session idle timeout in seconds when `SERVICE_FLAG_AFFINITY` is set.
+    pub session_timeout_s: u32,
+    pub _pad: u32,
 }
 
 /// Backends map value (array indexed by backend id).
@@ -95,8 +110,58 @@ pub struct Backend {
     pub ip: u32,
     /// Network byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// `BACKEND_STATE_*`: sessions never pin new flows to a backend that is not active.
+    pub state: u8,
+    pub _pad: u8,
 }
+
+/// Backend states (`Backend::state`). Drained and down backends are also left out of
+/// every Maglev ring by the controller; the state lets the data path re-pin sessions.
+pub const BACKEND_STATE_ACTIVE: u8 = 0;
+pub const BACKEND_STATE_DRAINING: u8 = 1;
+pub const BACKEND_STATE_DOWN: u8 = 2;
+
+/// ELIGIBILITY (LPM trie) key data, after the trie's `prefix_len`. The service id is
+/// matched in full (prefix lengths are `32 + client prefix length`), so one trie holds
+/// every service's allow-list.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct EligibilityKey {
+    /// Service id, big-endian so that it forms the leading bits of the prefix.
+    pub service_id_be: u32,
+    /// Client address, network byte order.
+    pub addr: u32,
+}
+
+/// Capacity of ELIGIBILITY (prefixes over all services).
+pub const MAX_ELIGIBILITY_PREFIXES: u32 = 16_384;
+
+/// SESSIONS (LRU hash) key: one client of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SessionKey {
+    pub service_id: u32,
+    /// Client address, network byte order.
+    pub client_ip: u32,
+}
+
+/// SESSIONS value: the backend a client's new connections go to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SessionEntry {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC when the session was made (or re-pinned).
+    pub created_ns: u64,
+    /// CLOCK_MONOTONIC of the last new connection that used it.
+    pub last_seen_ns: u64,
+}
+
+/// Capacity of SESSIONS (least recently used sessions are evicted first).
+pub const MAX_SESSIONS: u32 = 262_144;
 
 /// Flow table key: a packet's 5-tuple as seen on the wire.
 #[repr(C)]
@@ -203,6 +268,8 @@ pub struct ServiceStats {
     pub bytes: u64,
     pub new_flows: u64,
     pub drops: u64,
+    /// New flows refused because the client is not in the allow-list (also in `drops`).
+    pub denied: u64,
 }
 
 /// Per-backend counters (per-CPU array indexed by backend id).
@@ -227,6 +294,9 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::BackendStats {}
+    unsafe impl aya::Pod for super::EligibilityKey {}
+    unsafe impl aya::Pod for super::SessionKey {}
+    unsafe impl aya::Pod for super::SessionEntry {}
 }
 
 #[cfg(test)]
@@ -237,12 +307,15 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<Service>(), 24);
         assert_eq!(size_of::<Backend>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<FlowEntry>(), 48);
         assert_eq!(size_of::<Settings>(), 8);
-        assert_eq!(size_of::<ServiceStats>(), 32);
+        assert_eq!(size_of::<ServiceStats>(), 40);
+        assert_eq!(size_of::<EligibilityKey>(), 8);
+        assert_eq!(size_of::<SessionKey>(), 8);
+        assert_eq!(size_of::<SessionEntry>(), 24);
         assert_eq!(size_of::<BackendStats>(), 32);
     }
 }

@@ -13,12 +13,14 @@
 #![no_main]
 
 mod csum;
+mod eligibility;
 mod flow;
 mod fwd;
 mod maps;
 mod nat;
 mod parse;
 mod sched;
+mod session;
 mod stats;
 
 use aya_ebpf::{
@@ -32,8 +34,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     FLOW_DIR_CLIENT_TO_SERVER, FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_SYN_SEEN,
-    FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, MODE_DNAT, Service, ServiceKey,
-    counters,
+    FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, MODE_DNAT, SERVICE_FLAG_AUTH_RST,
+    Service, ServiceKey, counters,
 };
 
 use crate::{
@@ -43,7 +45,7 @@ use crate::{
         ETH_HDR_LEN, ETH_P_IP_WIRE, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_HDR_LEN,
         TCP_SYN, TcpHdr, UDP_HDR_LEN, UdpHdr, ptr_at,
     },
-    stats::{account, account_new_flow, account_service_drop, count},
+    stats::{account, account_new_flow, account_service_denied, account_service_drop, count},
 };
 
 #[xdp]
@@ -202,6 +204,15 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         account_service_drop(service.id);
         return XDP_DROP;
     }
+    if !eligibility::allowed(&service, key.src_ip) {
+        account_service_denied(service.id);
+        if tcp_flags.is_some() && service.flags & SERVICE_FLAG_AUTH_RST != 0 {
+            count(counters::TX_RST_NOT_ELIGIBLE);
+            return eligibility::reset(ctx);
+        }
+        count(counters::DROP_NOT_ELIGIBLE);
+        return XDP_DROP;
+    }
     let Some(forward) = create_flow(&service, &key, tcp_flags.is_some()) else {
         account_service_drop(service.id);
         return XDP_DROP;
@@ -224,12 +235,12 @@ fn create_flow(service: &Service, key: &FlowKey, is_tcp: bool) -> Option<FlowEnt
         count(counters::DROP_NO_BACKEND);
         return None;
     }
-    let Some((backend_id, backend)) = sched::pick_backend(service, key) else {
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some((backend_id, backend)) = session::pick_backend(service, key, now) else {
         count(counters::DROP_NO_BACKEND);
         return None;
     };
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
     let state = if is_tcp {
         FLOW_STATE_SYN_SEEN
     } else {

@@ -2,13 +2,14 @@
 //! capacities (from its config) before loading.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
-    FlowEntry, FlowKey, MAGLEV_RING_SIZE, MAX_INTERFACES, Service, ServiceKey, ServiceStats,
-    Settings, counters,
+    EligibilityKey, FlowEntry, FlowKey, MAGLEV_RING_SIZE, MAX_ELIGIBILITY_PREFIXES, MAX_INTERFACES,
+    MAX_SESSIONS, Service, ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, counters,
 };
 
 /// (VIP, port, protocol) → policy for new flows.
@@ -52,3 +53,14 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Allow-lists of every service that requires authorization: (service id, client
+/// prefix) → 1. Prefix lengths are 32 + the client prefix length.
+#[map]
+pub static ELIGIBILITY: LpmTrie<EligibilityKey, u32> =
+    LpmTrie::with_max_entries(MAX_ELIGIBILITY_PREFIXES, BPF_F_NO_PREALLOC);
+
+/// Client-IP affinity: (service id, client) → backend its new connections go to.
+#[map]
+pub static SESSIONS: LruHashMap<SessionKey, SessionEntry> =
+    LruHashMap::with_max_entries(MAX_SESSIONS, 0);

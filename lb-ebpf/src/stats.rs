@@ -48,3 +48,15 @@ pub fn account_service_drop(service_id: u32) {
         unsafe { (*stats).drops += 1 };
     }
 }
+
+/// A new flow refused by the service's allow-list (a drop of the service as well).
+#[inline(always)]
+pub fn account_service_denied(service_id: u32) {
+    if let Some(stats) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*stats).drops += 1;
+            (*stats).denied += 1;
+        }
+    }
+}

@@ -24,6 +24,37 @@ pub enum Request {
     Stats,
     Flows,
     Reload,
+    Backends,
+    Sessions,
+    /// Backend `address[:port]` (in every service) takes no new flows.
+    #[serde(rename = "backend-drain")]
+    BackendDrain {
+        backend: String,
+    },
+    #[serde(rename = "backend-undrain")]
+    BackendUndrain {
+        backend: String,
+    },
+    #[serde(rename = "backend-weight")]
+    BackendWeight {
+        service: String,
+        backend: String,
+        weight: u32,
+    },
+    #[serde(rename = "backend-add")]
+    BackendAdd {
+        service: String,
+        backend: String,
+        weight: u32,
+    },
+    #[serde(rename = "backend-remove")]
+    BackendRemove {
+        service: String,
+        backend: String,
+    },
+    /// Hands the pinned data path over to a new daemon (`lb run --replace`): the
+    /// daemon answers, then exits without detaching or unpinning.
+    Handover,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -160,6 +160,84 @@ pub struct BackendConfig {
     pub weight: u32,
 }
 
+/// What happens to a new flow from a client outside a service's allow-list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DenyAction {
+    #[default]
+    Drop,
+    /// TCP SYNs are answered with a RST (UDP is dropped).
+    Reset,
+}
+
+/// An IPv4 prefix of an allow-list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+
+    /// `a.b.c.d/len` (host bits must be zero) or a bare address (a /32).
+    fn from_str(text: &str) -> Result<Prefix, String> {
+        let (addr, len) = match text.split_once('/') {
+            Some((addr, len)) => (
+                addr,
+                len.parse::<u8>()
+                    .ok()
+                    .filter(|len| *len <= 32)
+                    .ok_or_else(|| format!("invalid prefix length in {text:?} (0 to 32)"))?,
+            ),
+            None => (text, 32),
+        };
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("invalid IPv4 prefix {text:?}"))?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        if u32::from(addr) & !mask != 0 {
+            return Err(format!(
+                "prefix {text:?} has host bits set (did you mean {}/{len}?)",
+                Ipv4Addr::from(u32::from(addr) & mask)
+            ));
+        }
+        Ok(Prefix { addr, len })
+    }
+}
+
+/// How a health check probes a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HealthProbe {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// `GET path` answers with a status in `status_min..=status_max`.
+    Http {
+        path: String,
+        status_min: u16,
+        status_max: u16,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub probe: HealthProbe,
+    /// Port to probe; the backend's own port when not set.
+    pub port: Option<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failures that take a backend out.
+    pub fall: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceConfig {
     pub name: String,
@@ -171,6 +249,12 @@ pub struct ServiceConfig {
     pub snat_ip: Option<Ipv4Addr>,
     /// Never empty, and at least one has a weight above 0.
     pub backends: Vec<BackendConfig>,
+    /// Some: authorization required, only these client prefixes may open flows.
+    pub allow: Option<Vec<Prefix>>,
+    pub deny: DenyAction,
+    /// Some: client-IP session affinity with this idle timeout.
+    pub affinity_timeout: Option<Duration>,
+    pub health_check: Option<HealthCheck>,
 }
 
 /// A validated configuration.
@@ -183,6 +267,8 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     /// Unix socket of the operator API.
     pub socket: PathBuf,
+    /// Address of the Prometheus text endpoint, if any.
+    pub metrics: Option<std::net::SocketAddr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     /// Full-NAT source port range, `snat_port_min <= snat_port_max`.
@@ -336,6 +422,7 @@ struct RawInterfaces {
 #[serde(deny_unknown_fields)]
 struct RawControl {
     socket: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -371,8 +458,34 @@ struct RawService {
     protocol: Option<Protocol>,
     mode: Option<Mode>,
     snat_ip: Option<Spanned<Ipv4Addr>>,
+    allow: Option<Vec<Spanned<String>>>,
+    deny: Option<Spanned<DenyAction>>,
+    affinity_timeout: Option<Spanned<i64>>,
+    health_check: Option<Spanned<RawHealthCheck>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawProbe {
+    Tcp,
+    Http,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(rename = "type")]
+    probe: RawProbe,
+    port: Option<Spanned<i64>>,
+    path: Option<Spanned<String>>,
+    status_min: Option<Spanned<i64>>,
+    status_max: Option<Spanned<i64>>,
+    interval_ms: Option<Spanned<i64>>,
+    timeout_ms: Option<Spanned<i64>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -473,6 +586,19 @@ impl Parser<'_> {
 
         let (attach, attach_positions) = self.interfaces(&raw.interfaces.attach)?;
 
+        let metrics = match raw.control.as_ref().and_then(|c| c.metrics.as_ref()) {
+            None => None,
+            Some(metrics) => Some(metrics.get_ref().parse().map_err(|_| {
+                self.error(
+                    metrics.span(),
+                    format!(
+                        "control.metrics must be an address:port such as \"127.0.0.1:9100\", \
+                         got {:?}",
+                        metrics.get_ref()
+                    ),
+                )
+            })?),
+        };
         let socket = match raw.control.and_then(|control| control.socket) {
             None => PathBuf::from(format!("/run/lb/{name}.sock")),
             Some(socket) => {
@@ -572,6 +698,7 @@ impl Parser<'_> {
             attach,
             xdp_mode: raw.interfaces.xdp_mode.unwrap_or_default(),
             socket,
+            metrics,
             timeouts,
             limits,
             snat_port_min,
@@ -769,6 +896,45 @@ impl Parser<'_> {
                 ));
             }
 
+            let allow = match &service.allow {
+                None => None,
+                Some(entries) => {
+                    let mut prefixes = Vec::with_capacity(entries.len());
+                    for entry in entries {
+                        let prefix: Prefix = entry
+                            .get_ref()
+                            .parse()
+                            .map_err(|message: String| self.error(entry.span(), message))?;
+                        prefixes.push(prefix);
+                    }
+                    prefixes.sort();
+                    prefixes.dedup();
+                    Some(prefixes)
+                }
+            };
+            let deny = match &service.deny {
+                None => DenyAction::default(),
+                Some(deny) if service.allow.is_none() => {
+                    return Err(self.error(
+                        deny.span(),
+                        format!("service {name:?} sets deny but has no allow list"),
+                    ));
+                }
+                Some(deny) => *deny.get_ref(),
+            };
+            let affinity_timeout = match &service.affinity_timeout {
+                None => None,
+                Some(secs) => Some(Duration::from_secs(self.int::<u64>(
+                    secs,
+                    "affinity_timeout",
+                    1..=MAX_TIMEOUT_SECS,
+                )?)),
+            };
+            let health_check = match &service.health_check {
+                None => None,
+                Some(raw) => Some(self.health_check(raw)?),
+            };
+
             services.push(ServiceConfig {
                 name: name.clone(),
                 vip,
@@ -777,9 +943,101 @@ impl Parser<'_> {
                 mode,
                 snat_ip,
                 backends,
+                allow,
+                deny,
+                affinity_timeout,
+                health_check,
             });
         }
         Ok(services)
+    }
+}
+
+impl Parser<'_> {
+    fn health_check(&self, raw: &Spanned<RawHealthCheck>) -> Result<HealthCheck, ConfigError> {
+        let check = raw.get_ref();
+        let ms = |value: Option<&Spanned<i64>>, what: &str, default: u64| {
+            self.int_or::<u64>(value, what, 1..=3_600_000, default)
+                .map(Duration::from_millis)
+        };
+        let interval = ms(check.interval_ms.as_ref(), "health_check.interval_ms", 1000)?;
+        let timeout = ms(check.timeout_ms.as_ref(), "health_check.timeout_ms", 500)?;
+        if timeout > interval {
+            return Err(self.error(
+                raw.span(),
+                "health_check.timeout_ms must not exceed health_check.interval_ms",
+            ));
+        }
+        let probe = match check.probe {
+            RawProbe::Tcp => {
+                for (field, name) in [
+                    (check.path.as_ref().map(Spanned::span), "path"),
+                    (check.status_min.as_ref().map(Spanned::span), "status_min"),
+                    (check.status_max.as_ref().map(Spanned::span), "status_max"),
+                ] {
+                    if let Some(span) = field {
+                        return Err(self.error(
+                            span,
+                            format!("health_check.{name} is only for type = \"http\""),
+                        ));
+                    }
+                }
+                HealthProbe::Tcp
+            }
+            RawProbe::Http => {
+                let path = match &check.path {
+                    None => "/".to_string(),
+                    Some(path) => {
+                        let text = path.get_ref();
+                        if !text.starts_with('/')
+                            || text.len() > 1024
+                            || text.chars().any(|c| c.is_whitespace() || c.is_control())
+                        {
+                            return Err(self.error(
+                                path.span(),
+                                "health_check.path must start with '/' and contain no \
+                                 whitespace or control characters (at most 1024 bytes)",
+                            ));
+                        }
+                        text.clone()
+                    }
+                };
+                let status_min = self.int_or(
+                    check.status_min.as_ref(),
+                    "health_check.status_min",
+                    100..=599,
+                    200,
+                )?;
+                let status_max = self.int_or(
+                    check.status_max.as_ref(),
+                    "health_check.status_max",
+                    100..=599,
+                    399,
+                )?;
+                if status_min > status_max {
+                    return Err(self.error(
+                        raw.span(),
+                        "health_check.status_min must not exceed health_check.status_max",
+                    ));
+                }
+                HealthProbe::Http {
+                    path,
+                    status_min,
+                    status_max,
+                }
+            }
+        };
+        Ok(HealthCheck {
+            probe,
+            port: match &check.port {
+                None => None,
+                Some(port) => Some(self.int(port, "health_check.port", PORTS)?),
+            },
+            interval,
+            timeout,
+            rise: self.int_or(check.rise.as_ref(), "health_check.rise", 1..=100, 2)?,
+            fall: self.int_or(check.fall.as_ref(), "health_check.fall", 1..=100, 3)?,
+        })
     }
 }
 
@@ -909,6 +1167,7 @@ backend = [
             attach: vec!["lb-ext".into(), "lb-int".into()],
             xdp_mode: XdpMode::Native,
             socket: "/run/edge/api.sock".into(),
+            metrics: None,
             timeouts: Timeouts {
                 tcp_syn: Duration::from_secs(5),
                 tcp_established: Duration::from_secs(7200),
@@ -942,6 +1201,10 @@ backend = [
                             weight: 1,
                         },
                     ],
+                    allow: None,
+                    deny: DenyAction::Drop,
+                    affinity_timeout: None,
+                    health_check: None,
                 },
                 ServiceConfig {
                     name: "dns".into(),
@@ -962,6 +1225,10 @@ backend = [
                             weight: 1,
                         },
                     ],
+                    allow: None,
+                    deny: DenyAction::Drop,
+                    affinity_timeout: None,
+                    health_check: None,
                 },
             ],
             origin: Origin::default(),

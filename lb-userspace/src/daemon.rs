@@ -3,7 +3,9 @@
 //! SIGHUP, and detaches cleanly on SIGTERM/SIGINT.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     fs,
+    net::{Ipv4Addr, SocketAddr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -21,10 +23,12 @@ use tokio::{
 
 use crate::{
     api::{Answer, MAX_REQUEST_BYTES, Request},
-    config::{Config, XdpMode},
-    dataplane::{AttachedMode, Capacity, Dataplane},
+    config::{BackendConfig, Config, HealthCheck, XdpMode},
+    dataplane::{self, AttachedMode, Capacity, Dataplane, PinnedState},
     flows,
-    services::{ApplySummary, ServiceTable},
+    health::{self, Health},
+    metrics::{BackendLabels, ReasonLabels, Scrape, ServiceLabels},
+    services::{ApplySummary, BackendAddr, Overrides, ServiceTable},
     sys,
 };
 
@@ -39,7 +43,27 @@ pub struct Controller {
     started: Instant,
     generation: u64,
     last_reload: Option<String>,
+    last_reload_ok: Option<bool>,
     flows_expired: u64,
+    overrides: Overrides,
+    /// Health of each checked (service, backend).
+    health: BTreeMap<(String, BackendAddr), Health>,
+    /// Set when a new daemon takes over: exit without detaching.
+    pub handed_over: bool,
+}
+
+/// A health check the controller wants running.
+pub type HealthTarget = (String, BackendAddr, HealthCheck);
+
+/// `address` or `address:port` as the operator names a backend.
+fn parse_backend(text: &str) -> Result<(Ipv4Addr, Option<u16>)> {
+    if let Ok(addr) = text.parse::<Ipv4Addr>() {
+        return Ok((addr, None));
+    }
+    match text.parse::<std::net::SocketAddrV4>() {
+        Ok(addr) if addr.port() != 0 => Ok((*addr.ip(), Some(addr.port()))),
+        _ => bail!("invalid backend {text:?}: expected ADDRESS or ADDRESS:PORT"),
+    }
 }
 
 #[derive(Serialize)]
@@ -63,7 +87,11 @@ fn capacity(config: &Config) -> Capacity {
 
 impl Controller {
     /// Validates, loads, programs and attaches. Nothing stays attached on error.
-    pub fn start(config_path: &Path, mode_override: Option<XdpMode>) -> Result<Controller> {
+    pub fn start(
+        config_path: &Path,
+        mode_override: Option<XdpMode>,
+        replace: bool,
+    ) -> Result<Controller> {
         let config = Config::load(config_path)?;
         config.check_interfaces(sys::interface_exists)?;
         if !sys::is_root() {
@@ -82,29 +110,85 @@ impl Controller {
                  `nsenter --net=/var/run/netns/NAME` instead)"
             );
         }
-        let mut dataplane = Dataplane::load(capacity(&config), Some(&pin_dir(&config.name)))?;
-        let mut table = ServiceTable::default();
-        let summary = table.apply(&mut dataplane, &config)?;
+        let dir = pin_dir(&config.name);
+        let adopt = dataplane::has_pinned_state(&dir);
+        if replace && !adopt {
+            bail!(
+                "--replace needs the pinned state of a running (or killed) daemon in {}, \
+                 and there is none: start without --replace",
+                dir.display()
+            );
+        }
+        let pinned = if adopt {
+            log::info!("adopting the pinned data path in {}", dir.display());
+            PinnedState::Adopt
+        } else {
+            PinnedState::Replace
+        };
+        let mut dataplane = Dataplane::load_with(capacity(&config), Some(&dir), pinned)?;
+        match Self::program_and_attach(&mut dataplane, &config, mode_override, adopt, replace) {
+            Ok(table) => Ok(Controller {
+                config_path: config_path.to_path_buf(),
+                config,
+                dataplane,
+                table,
+                started: Instant::now(),
+                generation: 1,
+                last_reload: None,
+                last_reload_ok: None,
+                flows_expired: 0,
+                overrides: Overrides::default(),
+                health: BTreeMap::new(),
+                handed_over: false,
+            }),
+            Err(e) => {
+                if adopt {
+                    // Whatever failed, the adopted data path keeps forwarding.
+                    dataplane.release();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn program_and_attach(
+        dataplane: &mut Dataplane,
+        config: &Config,
+        mode_override: Option<XdpMode>,
+        adopt: bool,
+        replace: bool,
+    ) -> Result<ServiceTable> {
+        let mut table = if adopt {
+            ServiceTable::adopt(dataplane, config)?
+        } else {
+            ServiceTable::default()
+        };
+        let summary = table.apply(dataplane, config)?;
         log::info!("programmed: {summary:?}");
+        let adopted = if adopt {
+            dataplane.adopt_links(replace)?
+        } else {
+            Vec::new()
+        };
+        for (ifname, mode) in &adopted {
+            log::info!(
+                "adopted the pinned link on {ifname} ({mode:?} mode){}",
+                if replace { ", program replaced" } else { "" }
+            );
+        }
         let mode = match mode_override.unwrap_or(config.xdp_mode) {
             XdpMode::Native => Some(AttachedMode::Native),
             XdpMode::Generic => Some(AttachedMode::Generic),
             XdpMode::Auto => None,
         };
         for ifname in &config.attach {
+            if adopted.iter().any(|(name, _)| name == ifname) {
+                continue;
+            }
             let attached = dataplane.attach(ifname, mode)?;
             log::info!("attached to {ifname} ({attached:?} mode)");
         }
-        Ok(Controller {
-            config_path: config_path.to_path_buf(),
-            config,
-            dataplane,
-            table,
-            started: Instant::now(),
-            generation: 1,
-            last_reload: None,
-            flows_expired: 0,
-        })
+        Ok(table)
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -117,7 +201,456 @@ impl Controller {
             Request::Stats => self.stats(),
             Request::Flows => Ok(self.flows()),
             Request::Reload => self.reload().map(|s| json!(s)),
+            Request::Backends => self.backends(),
+            Request::Sessions => self.sessions(),
+            Request::BackendDrain { backend } => self.set_drained(backend, true),
+            Request::BackendUndrain { backend } => self.set_drained(backend, false),
+            Request::BackendWeight {
+                service,
+                backend,
+                weight,
+            } => self.set_weight(service, backend, *weight),
+            Request::BackendAdd {
+                service,
+                backend,
+                weight,
+            } => self.add_backend(service, backend, *weight),
+            Request::BackendRemove { service, backend } => self.remove_backend(service, backend),
+            Request::Handover => {
+                self.handed_over = true;
+                Ok(json!({ "handed_over": true }))
+            }
         }
+    }
+
+    /// Re-applies config and overrides (a difference: only changed rings are swapped).
+    fn reapply(&mut self) -> Result<ApplySummary> {
+        self.table
+            .apply_with(&mut self.dataplane, &self.config, &self.overrides)
+    }
+
+    /// The configured backend addresses `text` names, in `service` if given.
+    fn resolve(&self, service: Option<&str>, text: &str) -> Result<Vec<BackendAddr>> {
+        let (ip, port) = parse_backend(text)?;
+        if let Some(name) = service
+            && !self.config.services.iter().any(|s| s.name == name)
+        {
+            bail!("no service named {name:?}");
+        }
+        let mut found: Vec<BackendAddr> = self
+            .config
+            .services
+            .iter()
+            .filter(|s| service.is_none_or(|name| s.name == name))
+            .flat_map(|s| s.backends.iter())
+            .filter(|b| b.address == ip && port.is_none_or(|p| b.port == p))
+            .map(|b| (b.address, b.port))
+            .collect();
+        found.sort();
+        found.dedup();
+        match (found.len(), service) {
+            (0, Some(name)) => bail!("service {name:?} has no backend {text}"),
+            (0, None) => bail!("no service has a backend {text}"),
+            (1, _) => Ok(found),
+            _ => bail!("{text} names several backends (different ports): give ADDRESS:PORT"),
+        }
+    }
+
+    fn set_drained(&mut self, text: &str, drained: bool) -> Result<Value> {
+        let addr = self.resolve(None, text)?[0];
+        let was = self.overrides.drained.contains(&addr);
+        if was == drained {
+            bail!(
+                "backend {}:{} is {} draining",
+                addr.0,
+                addr.1,
+                if drained { "already" } else { "not" }
+            );
+        }
+        if drained {
+            self.overrides.drained.insert(addr);
+        } else {
+            self.overrides.drained.remove(&addr);
+        }
+        let summary = self.reapply()?;
+        log::info!(
+            "backend {}:{} {}: {summary:?}",
+            addr.0,
+            addr.1,
+            if drained { "draining" } else { "undrained" }
+        );
+        Ok(json!(summary))
+    }
+
+    fn set_weight(&mut self, service: &str, text: &str, weight: u32) -> Result<Value> {
+        if weight > u32::from(u16::MAX) {
+            bail!("weight must be between 0 and 65535, got {weight}");
+        }
+        let addr = self.resolve(Some(service), text)?[0];
+        self.overrides
+            .weights
+            .insert((service.to_string(), addr), weight);
+        let summary = self.reapply()?;
+        log::info!(
+            "{service}: backend {}:{} weight {weight}: {summary:?}",
+            addr.0,
+            addr.1
+        );
+        Ok(json!(summary))
+    }
+
+    fn add_backend(&mut self, service: &str, text: &str, weight: u32) -> Result<Value> {
+        if weight > u32::from(u16::MAX) {
+            bail!("weight must be between 0 and 65535, got {weight}");
+        }
+        let (ip, port) = parse_backend(text)?;
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+            bail!("backend address must be unicast, got {ip}");
+        }
+        let mut config = self.config.clone();
+        let Some(entry) = config.services.iter_mut().find(|s| s.name == service) else {
+            bail!("no service named {service:?}");
+        };
+        let port = port.unwrap_or(entry.port);
+        if entry
+            .backends
+            .iter()
+            .any(|b| b.address == ip && b.port == port)
+        {
+            bail!("service {service:?} already has backend {ip}:{port}");
+        }
+        entry.backends.push(BackendConfig {
+            address: ip,
+            port,
+            weight,
+        });
+        let distinct = config
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| (b.address, b.port)))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if distinct as u64 > u64::from(self.dataplane.capacity.max_backends) {
+            bail!(
+                "limits.max_backends ({}) reached",
+                self.dataplane.capacity.max_backends
+            );
+        }
+        let summary = self
+            .table
+            .apply_with(&mut self.dataplane, &config, &self.overrides)?;
+        self.config = config;
+        log::info!("{service}: added backend {ip}:{port} (weight {weight}): {summary:?}");
+        Ok(json!(summary))
+    }
+
+    fn remove_backend(&mut self, service: &str, text: &str) -> Result<Value> {
+        let addr = self.resolve(Some(service), text)?[0];
+        let mut config = self.config.clone();
+        let entry = config
+            .services
+            .iter_mut()
+            .find(|s| s.name == service)
+            .expect("resolved above");
+        entry.backends.retain(|b| (b.address, b.port) != addr);
+        if !entry.backends.iter().any(|b| b.weight > 0) {
+            bail!(
+                "removing {}:{} would leave service {service:?} without a backend that \
+                 can take flows",
+                addr.0,
+                addr.1
+            );
+        }
+        let summary = self
+            .table
+            .apply_with(&mut self.dataplane, &config, &self.overrides)?;
+        self.config = config;
+        self.prune_overrides();
+        log::info!(
+            "{service}: removed backend {}:{}: {summary:?}",
+            addr.0,
+            addr.1
+        );
+        Ok(json!(summary))
+    }
+
+    /// Forgets overrides and health of backends the config no longer has.
+    fn prune_overrides(&mut self) {
+        let present: std::collections::BTreeSet<(String, BackendAddr)> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(move |b| (s.name.clone(), (b.address, b.port)))
+            })
+            .collect();
+        let addrs: std::collections::BTreeSet<BackendAddr> =
+            present.iter().map(|(_, a)| *a).collect();
+        self.overrides.drained.retain(|a| addrs.contains(a));
+        self.overrides.weights.retain(|k, _| present.contains(k));
+        self.overrides.down.retain(|k| present.contains(k));
+        let checked: std::collections::BTreeSet<(String, BackendAddr)> = self
+            .health_targets()
+            .into_iter()
+            .map(|(s, a, _)| (s, a))
+            .collect();
+        self.health.retain(|k, _| checked.contains(k));
+        self.overrides.down.retain(|k| checked.contains(k));
+    }
+
+    /// Every (service, backend) health check the config asks for.
+    pub fn health_targets(&self) -> Vec<HealthTarget> {
+        self.config
+            .services
+            .iter()
+            .filter_map(|s| s.health_check.as_ref().map(|check| (s, check)))
+            .flat_map(|(s, check)| {
+                s.backends
+                    .iter()
+                    .map(move |b| (s.name.clone(), (b.address, b.port), check.clone()))
+            })
+            .collect()
+    }
+
+    /// Takes one probe result; a backend that falls or rises changes the rings.
+    pub fn health_result(&mut self, target: &HealthTarget, result: Result<(), String>) {
+        if !self.health_targets().contains(target) {
+            return; // reconfigured while the probe ran
+        }
+        let (service, addr, check) = target;
+        let key = (service.clone(), *addr);
+        let health = self.health.entry(key.clone()).or_default();
+        if !health.record(result, check.rise, check.fall) {
+            return;
+        }
+        let up = health.up;
+        let reason = health.last_error.clone().unwrap_or_default();
+        if up {
+            self.overrides.down.remove(&key);
+            log::info!("{service}: backend {}:{} is up again", addr.0, addr.1);
+        } else {
+            self.overrides.down.insert(key);
+            log::warn!("{service}: backend {}:{} is down: {reason}", addr.0, addr.1);
+        }
+        if let Err(e) = self.reapply() {
+            log::error!("applying the health change failed: {e:#}");
+        }
+    }
+
+    fn backends(&self) -> Result<Value> {
+        let entries = self.dataplane.flow_entries();
+        let mut active: HashMap<(u32, u32), u64> = HashMap::new();
+        for (_, entry) in &entries {
+            if entry.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER {
+                *active
+                    .entry((entry.service_id, entry.backend_id))
+                    .or_default() += 1;
+            }
+        }
+        let mut rows = Vec::new();
+        for service in self.table.services() {
+            for ((backend, &id), &effective) in service
+                .config
+                .backends
+                .iter()
+                .zip(&service.backend_ids)
+                .zip(&service.effective_weights)
+            {
+                let addr = (backend.address, backend.port);
+                let key = (service.config.name.clone(), addr);
+                let health = match (&service.config.health_check, self.health.get(&key)) {
+                    (None, _) => "unchecked",
+                    (Some(_), Some(h)) if !h.up => "down",
+                    (Some(_), _) => "up",
+                };
+                let state = match self.overrides.state(addr) {
+                    lb_common::BACKEND_STATE_DRAINING => "draining",
+                    _ if self.overrides.down.contains(&key) => "down",
+                    _ => "active",
+                };
+                let stats = self.dataplane.backend_stats(id)?;
+                rows.push(json!({
+                    "service": service.config.name,
+                    "backend": format!("{}:{}", backend.address, backend.port),
+                    "id": id,
+                    "weight": self.overrides.weights.get(&key).copied().unwrap_or(backend.weight),
+                    "effective_weight": effective,
+                    "state": state,
+                    "health": health,
+                    "last_error": self.health.get(&key).and_then(|h| h.last_error.clone()),
+                    "active_flows": active.get(&(service.id, id)).copied().unwrap_or(0),
+                    "new_flows": stats.new_flows,
+                    "packets": stats.packets,
+                    "bytes": stats.bytes,
+                }));
+            }
+        }
+        Ok(json!(rows))
+    }
+
+    fn sessions(&self) -> Result<Value> {
+        let now = sys::monotonic_ns();
+        let addr_of: HashMap<u32, BackendAddr> =
+            self.table.backends().map(|(a, id)| (id, a)).collect();
+        let mut rows: Vec<(u64, Value)> = Vec::new();
+        for item in self.dataplane.sessions.iter() {
+            let Ok((key, entry)) = item else { continue };
+            let backend = addr_of
+                .get(&entry.backend_id)
+                .map(|(ip, port)| format!("{ip}:{port}"));
+            rows.push((
+                entry.created_ns,
+                json!({
+                    "client": Ipv4Addr::from(u32::from_be(key.client_ip)).to_string(),
+                    "service": self.table.service_name(key.service_id),
+                    "backend": backend,
+                    "backend_id": entry.backend_id,
+                    "age_secs": now.saturating_sub(entry.created_ns) / 1_000_000_000,
+                    "idle_secs": now.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
+                    "handle": format!("{}/{}", key.service_id, Ipv4Addr::from(u32::from_be(key.client_ip))),
+                }),
+            ));
+        }
+        rows.sort_by_key(|(created, _)| *created);
+        Ok(json!(rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>()))
+    }
+
+    /// Deletes sessions idle beyond their service's timeout (or of removed services).
+    pub fn expire_sessions(&mut self) -> usize {
+        let now = sys::monotonic_ns();
+        let timeouts: HashMap<u32, u64> = self
+            .table
+            .services()
+            .filter_map(|s| {
+                s.config
+                    .affinity_timeout
+                    .map(|t| (s.id, t.as_nanos() as u64))
+            })
+            .collect();
+        let stale: Vec<lb_common::SessionKey> = self
+            .dataplane
+            .sessions
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| {
+                timeouts
+                    .get(&key.service_id)
+                    .is_none_or(|&t| now.saturating_sub(entry.last_seen_ns) > t)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        stale
+            .iter()
+            .filter(|key| self.dataplane.sessions.remove(key).is_ok())
+            .count()
+    }
+
+    /// The Prometheus text exposition of the current state.
+    pub fn metrics(&self) -> Result<String> {
+        let scrape = Scrape::default();
+        for (name, value) in self.dataplane.global_counters()? {
+            scrape
+                .packets_by_verdict
+                .get_or_create(&ReasonLabels {
+                    reason: name.to_string(),
+                })
+                .inc_by(value);
+        }
+        let entries = self.dataplane.flow_entries();
+        let mut active: HashMap<(u32, u32), i64> = HashMap::new();
+        for (_, entry) in &entries {
+            if entry.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER {
+                *active
+                    .entry((entry.service_id, entry.backend_id))
+                    .or_default() += 1;
+            }
+        }
+        for service in self.table.services() {
+            let labels = ServiceLabels {
+                service: service.config.name.clone(),
+            };
+            let stats = self.dataplane.service_stats(service.id)?;
+            scrape
+                .service_packets
+                .get_or_create(&labels)
+                .inc_by(stats.packets);
+            scrape
+                .service_bytes
+                .get_or_create(&labels)
+                .inc_by(stats.bytes);
+            scrape
+                .service_new_flows
+                .get_or_create(&labels)
+                .inc_by(stats.new_flows);
+            scrape
+                .service_drops
+                .get_or_create(&labels)
+                .inc_by(stats.drops);
+            scrape
+                .service_denied
+                .get_or_create(&labels)
+                .inc_by(stats.denied);
+            let service_active: i64 = active
+                .iter()
+                .filter(|((s, _), _)| *s == service.id)
+                .map(|(_, n)| n)
+                .sum();
+            scrape
+                .service_active_flows
+                .get_or_create(&labels)
+                .set(service_active);
+            for ((backend, &id), &effective) in service
+                .config
+                .backends
+                .iter()
+                .zip(&service.backend_ids)
+                .zip(&service.effective_weights)
+            {
+                let labels = BackendLabels {
+                    service: service.config.name.clone(),
+                    backend: format!("{}:{}", backend.address, backend.port),
+                };
+                let stats = self.dataplane.backend_stats(id)?;
+                scrape
+                    .backend_packets
+                    .get_or_create(&labels)
+                    .inc_by(stats.packets);
+                scrape
+                    .backend_bytes
+                    .get_or_create(&labels)
+                    .inc_by(stats.bytes);
+                scrape
+                    .backend_new_flows
+                    .get_or_create(&labels)
+                    .inc_by(stats.new_flows);
+                scrape
+                    .backend_active_flows
+                    .get_or_create(&labels)
+                    .set(active.get(&(service.id, id)).copied().unwrap_or(0));
+                let down = self
+                    .overrides
+                    .down
+                    .contains(&(service.config.name.clone(), (backend.address, backend.port)));
+                scrape
+                    .backend_up
+                    .get_or_create(&labels)
+                    .set(i64::from(!down));
+                scrape
+                    .backend_weight
+                    .get_or_create(&labels)
+                    .set(i64::from(effective));
+            }
+        }
+        scrape.config_generation.set(self.generation as i64);
+        scrape
+            .last_reload_ok
+            .set(self.last_reload_ok.map_or(-1, i64::from));
+        scrape
+            .sessions
+            .set(self.dataplane.sessions.keys().filter(Result::is_ok).count() as i64);
+        scrape.encode()
     }
 
     fn status(&self) -> Value {
@@ -149,6 +682,8 @@ impl Controller {
             "services": self.config.services.len(),
             "connections": connections,
             "flows_expired": self.flows_expired,
+            "adopted": self.dataplane.adopted,
+            "metrics": self.config.metrics.map(|m| m.to_string()),
         })
     }
 
@@ -184,6 +719,7 @@ impl Controller {
                 "bytes": stats.bytes,
                 "new_flows": stats.new_flows,
                 "drops": stats.drops,
+                "denied": stats.denied,
                 "backends": backends,
             }));
         }
@@ -201,6 +737,7 @@ impl Controller {
     /// Re-reads the config file and applies the difference. A bad file changes nothing.
     pub fn reload(&mut self) -> Result<ApplySummary> {
         let result = self.try_reload();
+        self.last_reload_ok = Some(result.is_ok());
         self.last_reload = Some(match &result {
             Ok(_) => format!("ok (generation {})", self.generation),
             Err(e) => format!("refused: {e:#}"),
@@ -215,15 +752,22 @@ impl Controller {
             || config.attach != self.config.attach
             || config.xdp_mode != self.config.xdp_mode
             || config.socket != self.config.socket
+            || config.metrics != self.config.metrics
             || capacity(&config) != self.dataplane.capacity
         {
             bail!(
-                "{}: name, interfaces, xdp_mode, socket and limits can only change with a restart",
+                "{}: name, interfaces, xdp_mode, socket, metrics and limits can only change \
+                 with a restart",
                 self.config_path.display()
             );
         }
-        let summary = self.table.apply(&mut self.dataplane, &config)?;
+        let summary = self
+            .table
+            .apply_with(&mut self.dataplane, &config, &self.overrides)?;
         self.config = config;
+        self.prune_overrides();
+        // Overrides of backends that went away may have changed rings: settle them.
+        self.reapply()?;
         self.generation += 1;
         log::info!("reloaded (generation {}): {summary:?}", self.generation);
         Ok(summary)
@@ -243,9 +787,14 @@ impl Controller {
         removed
     }
 
+    /// SIGTERM: detach and unpin. After a handover: leave everything to the new daemon.
     pub fn shutdown(&mut self) {
-        self.dataplane.detach_all();
-        self.dataplane.unpin_maps();
+        if self.handed_over {
+            self.dataplane.release();
+        } else {
+            self.dataplane.detach_all();
+            self.dataplane.unpin_maps();
+        }
     }
 }
 
@@ -301,37 +850,165 @@ async fn serve_connection(controller: Arc<Mutex<Controller>>, stream: UnixStream
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config_path: &Path, mode_override: Option<XdpMode>) -> Result<()> {
+/// Asks the daemon on `socket` to hand over and waits for it to exit (its socket goes).
+fn take_over(socket: &Path) -> Result<()> {
+    crate::api::call(socket, &Request::Handover)
+        .context("--replace: the running daemon refused to hand over")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        if Instant::now() > deadline {
+            bail!("--replace: the running daemon did not exit within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT (or a handover to a new daemon).
+pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bool) -> Result<()> {
     // Validate the config before touching anything else.
     let config = Config::load(config_path)?;
+    // Bind the metrics port early: a port in use refuses the start, nothing changed.
+    let metrics = match config.metrics {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("control.metrics: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    if replace && std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+        take_over(&config.socket)?;
+    }
     prepare_socket(&config.socket)?;
-    let controller = Controller::start(config_path, mode_override)?;
+    let controller = Controller::start(config_path, mode_override, replace)?;
     let socket = controller.socket_path().to_path_buf();
     let controller = Arc::new(Mutex::new(controller));
 
-    let result = serve(controller.clone(), &socket).await;
+    let result = serve(controller.clone(), &socket, metrics).await;
     let _ = fs::remove_file(&socket);
-    controller
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .shutdown();
-    log::info!("detached, bye");
+    let mut controller = controller.lock().unwrap_or_else(|p| p.into_inner());
+    controller.shutdown();
+    if controller.handed_over {
+        log::info!("handed over to the new daemon, bye");
+    } else {
+        log::info!("detached, bye");
+    }
     result
 }
 
-async fn serve(controller: Arc<Mutex<Controller>>, socket: &Path) -> Result<()> {
+/// Starts, stops and restarts the probe tasks so that they match the config.
+fn reconcile_health(
+    controller: &Arc<Mutex<Controller>>,
+    running: &mut HashMap<HealthTarget, tokio::task::JoinHandle<()>>,
+) {
+    let wanted = controller
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .health_targets();
+    running.retain(|target, task| {
+        let keep = wanted.contains(target);
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for target in wanted {
+        if running.contains_key(&target) {
+            continue;
+        }
+        let controller = controller.clone();
+        let task_target = target.clone();
+        let task = tokio::spawn(async move {
+            let (_, (ip, port), check) = &task_target;
+            let addr = SocketAddr::from((*ip, check.port.unwrap_or(*port)));
+            let mut ticker = tokio::time::interval(check.interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let result = health::probe(addr, check).await;
+                let controller = controller.clone();
+                let target = task_target.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    controller
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .health_result(&target, result)
+                })
+                .await;
+            }
+        });
+        running.insert(target, task);
+    }
+}
+
+async fn serve_metrics(controller: Arc<Mutex<Controller>>, mut stream: tokio::net::TcpStream) {
+    // Read the request head (any path answers); a slow or silent client is dropped.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    if !matches!(read, Ok(true)) {
+        return;
+    }
+    let text = tokio::task::spawn_blocking(move || {
+        controller
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .metrics()
+    })
+    .await;
+    let (status, body) = match text {
+        Ok(Ok(body)) => ("200 OK", body),
+        Ok(Err(e)) => ("500 Internal Server Error", format!("{e:#}\n")),
+        Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+    };
+    let answer = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn serve(
+    controller: Arc<Mutex<Controller>>,
+    socket: &Path,
+    metrics: Option<std::net::TcpListener>,
+) -> Result<()> {
     let listener =
         UnixListener::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
     // Only the owner (root by default) may drive the balancer.
     fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
     log::info!("serving the operator API on {}", socket.display());
+    let metrics = match metrics {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            log::info!(
+                "serving metrics on http://{}/metrics",
+                listener.local_addr()?
+            );
+            Some(tokio::net::TcpListener::from_std(listener)?)
+        }
+        None => None,
+    };
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut gc = tokio::time::interval(GC_INTERVAL);
-    loop {
+    let mut probes = HashMap::new();
+    reconcile_health(&controller, &mut probes);
+    let result = loop {
         tokio::select! {
             accepted = listener.accept() => {
                 match accepted {
@@ -339,14 +1016,26 @@ async fn serve(controller: Arc<Mutex<Controller>>, socket: &Path) -> Result<()> 
                     Err(e) => log::warn!("accept on {}: {e}", socket.display()),
                 }
             }
+            accepted = async { metrics.as_ref().expect("guarded").accept().await }, if metrics.is_some() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(serve_metrics(controller.clone(), stream));
+                }
+            }
             _ = gc.tick() => {
-                let controller = controller.clone();
-                let removed = tokio::task::spawn_blocking(move || {
-                    controller.lock().unwrap_or_else(|p| p.into_inner()).expire_flows()
-                }).await.unwrap_or(0);
+                let c = controller.clone();
+                let (removed, handed_over) = tokio::task::spawn_blocking(move || {
+                    let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+                    let removed = c.expire_flows();
+                    c.expire_sessions();
+                    (removed, c.handed_over)
+                }).await.unwrap_or((0, false));
                 if removed > 0 {
                     log::debug!("expired {removed} flow entries");
                 }
+                if handed_over {
+                    break Ok(());
+                }
+                reconcile_health(&controller, &mut probes);
             }
             _ = sighup.recv() => {
                 let controller = controller.clone();
@@ -359,8 +1048,12 @@ async fn serve(controller: Arc<Mutex<Controller>>, socket: &Path) -> Result<()> 
                     Err(e) => log::error!("SIGHUP reload failed: {e}"),
                 }
             }
-            _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); return Ok(()); }
-            _ = sigint.recv() => { log::info!("SIGINT: detaching"); return Ok(()); }
+            _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break Ok(()); }
+            _ = sigint.recv() => { log::info!("SIGINT: detaching"); break Ok(()); }
         }
+    };
+    for task in probes.values() {
+        task.abort();
     }
+    result
 }

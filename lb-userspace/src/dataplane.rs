@@ -9,12 +9,17 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::{
-    Backend, BackendStats, FlowEntry, FlowKey, MAGLEV_RING_SIZE, Service, ServiceKey, ServiceStats,
-    Settings, XDP_PROGRAM_NAME, counters, map_names,
+    Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, MAGLEV_RING_SIZE, Service,
+    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, counters,
+    map_names,
 };
 
 use crate::ebpf;
@@ -58,46 +63,127 @@ pub struct Dataplane {
     pub global_counters: PerCpuArray<MapData, u64>,
     pub service_stats: PerCpuArray<MapData, ServiceStats>,
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
+    pub eligibility: LpmTrie<MapData, EligibilityKey, u32>,
+    pub sessions: HashMap<MapData, SessionKey, SessionEntry>,
     /// Interfaces the program is attached to: name → (ifindex, mode, link).
-    attached: StdHashMap<String, (u32, AttachedMode, aya::programs::xdp::XdpLinkId)>,
+    attached: StdHashMap<String, (u32, AttachedMode, AttachedLink)>,
     pin_dir: Option<PathBuf>,
+    /// Whether the maps (and links, if any) were taken over from an earlier daemon.
+    pub adopted: bool,
 }
 
-/// Takes a map out of the object as its typed handle, pinning it under `pin_dir`.
-fn take<T>(ebpf: &mut Ebpf, name: &str, pin_dir: Option<&Path>) -> Result<T>
+/// An XDP attachment: owned by the program object, or pinned in bpffs so that it
+/// outlives the daemon (a `kill -9` keeps forwarding; the next daemon adopts it).
+enum AttachedLink {
+    Owned(XdpLinkId),
+    Pinned(PinnedLink),
+}
+
+/// Pin file of the XDP link of `ifname`; the mode is part of the name so that an
+/// adopting daemon can report it.
+fn link_pin(dir: &Path, ifname: &str, mode: AttachedMode) -> PathBuf {
+    let mode = match mode {
+        AttachedMode::Native => "native",
+        AttachedMode::Generic => "generic",
+    };
+    dir.join(format!("link_{mode}_{ifname}"))
+}
+
+/// The pinned links under `dir`: (ifname, mode, path).
+fn pinned_links(dir: &Path) -> Vec<(String, AttachedMode, PathBuf)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut links: Vec<_> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix("link_")?;
+            let (mode, ifname) = if let Some(ifname) = rest.strip_prefix("native_") {
+                (AttachedMode::Native, ifname)
+            } else {
+                (AttachedMode::Generic, rest.strip_prefix("generic_")?)
+            };
+            Some((ifname.to_string(), mode, entry.path()))
+        })
+        .collect();
+    links.sort();
+    links
+}
+
+/// How `Dataplane::load` treats state pinned by an earlier daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinnedState {
+    /// Remove stale pins and start with empty maps.
+    Replace,
+    /// Reuse the pinned maps (flows, sessions and counters continue) and links.
+    Adopt,
+}
+
+/// Takes a map out of the object as its typed handle (the loader pinned it already).
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf
         .take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))?;
-    if let Some(dir) = pin_dir {
-        let path = dir.join(name);
-        map.pin(&path)
-            .with_context(|| format!("pin {}", path.display()))?;
-    }
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+/// Whether an earlier daemon left attached, pinned state under `dir` to adopt.
+pub fn has_pinned_state(dir: &Path) -> bool {
+    let links = pinned_links(dir);
+    !links.is_empty()
+        && links
+            .iter()
+            .all(|(ifname, _, _)| crate::sys::interface_exists(ifname))
+        && map_names::ALL.iter().all(|name| dir.join(name).exists())
+}
+
 impl Dataplane {
-    /// Loads the XDP program (verifier included) with maps of the given capacity,
-    /// pinning every map under `pin_dir` (stale pins of an earlier run are replaced) so
-    /// operators and tools such as bpftool can inspect them.
+    /// Loads the XDP program (verifier included) with maps of the given capacity. With a
+    /// `pin_dir`, every map is pinned there: `PinnedState::Replace` removes stale pins
+    /// first, `PinnedState::Adopt` reuses the pinned maps and takes over pinned links.
     pub fn load(capacity: Capacity, pin_dir: Option<&Path>) -> Result<Dataplane> {
+        Self::load_with(capacity, pin_dir, PinnedState::Replace)
+    }
+
+    pub fn load_with(
+        capacity: Capacity,
+        pin_dir: Option<&Path>,
+        pinned: PinnedState,
+    ) -> Result<Dataplane> {
         let object = ebpf::object()?;
         let rings = capacity
             .max_services
             .checked_mul(2 * MAGLEV_RING_SIZE)
             .context("max_services too large for the Maglev ring array")?;
-        let mut ebpf = EbpfLoader::new()
+        if let Some(dir) = pin_dir {
+            if pinned == PinnedState::Replace {
+                remove_pins(dir);
+            }
+            fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            if pinned == PinnedState::Adopt {
+                check_pinned_capacity(dir, capacity, rings)?;
+            }
+        }
+        let pin_paths: Vec<(&str, PathBuf)> = pin_dir
+            .map(|dir| map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect())
+            .unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map_names::SERVICES, capacity.max_services)
             .map_max_entries(map_names::SERVICE_STATS, capacity.max_services)
             .map_max_entries(map_names::BACKENDS, capacity.max_backends)
             .map_max_entries(map_names::BACKEND_STATS, capacity.max_backends)
             .map_max_entries(map_names::MAGLEV_RINGS, rings)
-            .map_max_entries(map_names::FLOWS, capacity.max_flows)
-            .load(object)
-            .map_err(explain_load_error)?;
+            .map_max_entries(map_names::FLOWS, capacity.max_flows);
+        for (name, path) in &pin_paths {
+            // Creates and pins the map, or opens the pinned one if it exists.
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object).map_err(explain_load_error)?;
         {
             let program: &mut Xdp = ebpf
                 .program_mut(XDP_PROGRAM_NAME)
@@ -107,28 +193,65 @@ impl Dataplane {
                 .load()
                 .map_err(|e| anyhow!("the kernel refused the XDP program: {e:#}"))?;
         }
-        if let Some(dir) = pin_dir {
-            remove_pins(dir);
-            fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        }
         let mut dataplane = Dataplane {
             capacity,
-            services: take(&mut ebpf, map_names::SERVICES, pin_dir)?,
-            backends: take(&mut ebpf, map_names::BACKENDS, pin_dir)?,
-            rings: take(&mut ebpf, map_names::MAGLEV_RINGS, pin_dir)?,
-            flows: take(&mut ebpf, map_names::FLOWS, pin_dir)?,
-            local_addrs: take(&mut ebpf, map_names::LOCAL_ADDRS, pin_dir)?,
-            settings: take(&mut ebpf, map_names::SETTINGS, pin_dir)?,
-            tx_ports: take(&mut ebpf, map_names::TX_PORTS, pin_dir)?,
-            global_counters: take(&mut ebpf, map_names::GLOBAL_COUNTERS, pin_dir)?,
-            service_stats: take(&mut ebpf, map_names::SERVICE_STATS, pin_dir)?,
-            backend_stats: take(&mut ebpf, map_names::BACKEND_STATS, pin_dir)?,
+            services: take(&mut ebpf, map_names::SERVICES)?,
+            backends: take(&mut ebpf, map_names::BACKENDS)?,
+            rings: take(&mut ebpf, map_names::MAGLEV_RINGS)?,
+            flows: take(&mut ebpf, map_names::FLOWS)?,
+            local_addrs: take(&mut ebpf, map_names::LOCAL_ADDRS)?,
+            settings: take(&mut ebpf, map_names::SETTINGS)?,
+            tx_ports: take(&mut ebpf, map_names::TX_PORTS)?,
+            global_counters: take(&mut ebpf, map_names::GLOBAL_COUNTERS)?,
+            service_stats: take(&mut ebpf, map_names::SERVICE_STATS)?,
+            backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
+            eligibility: take(&mut ebpf, map_names::ELIGIBILITY)?,
+            sessions: take(&mut ebpf, map_names::SESSIONS)?,
             ebpf,
             attached: StdHashMap::new(),
             pin_dir: pin_dir.map(Path::to_path_buf),
+            adopted: pinned == PinnedState::Adopt,
         };
-        dataplane.set_settings(Settings::default())?;
+        if pinned == PinnedState::Replace {
+            dataplane.set_settings(Settings::default())?;
+        }
         Ok(dataplane)
+    }
+
+    /// Takes over the links pinned by an earlier daemon. With `replace_program`, each
+    /// link is switched to this program in one `bpf_link_update` (no detach in between);
+    /// without it the running program keeps serving. Returns the adopted interfaces.
+    pub fn adopt_links(&mut self, replace_program: bool) -> Result<Vec<(String, AttachedMode)>> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return Ok(Vec::new());
+        };
+        let mut adopted = Vec::new();
+        for (ifname, mode, path) in pinned_links(&dir) {
+            let ifindex = crate::sys::ifindex(&ifname)?;
+            let pinned = PinnedLink::from_pin(&path)
+                .with_context(|| format!("open pinned link {}", path.display()))?;
+            let link = if replace_program {
+                let fd_link: FdLink = pinned
+                    .unpin()
+                    .with_context(|| format!("unpin {}", path.display()))?;
+                let xdp_link = XdpLink::try_from(fd_link)?;
+                let program = self.program()?;
+                let id = program
+                    .attach_to_link(xdp_link)
+                    .with_context(|| format!("swap the program on {ifname}"))?;
+                let fd_link: FdLink = program.take_link(id)?.try_into()?;
+                AttachedLink::Pinned(
+                    fd_link
+                        .pin(&path)
+                        .with_context(|| format!("pin {}", path.display()))?,
+                )
+            } else {
+                AttachedLink::Pinned(pinned)
+            };
+            self.attached.insert(ifname.clone(), (ifindex, mode, link));
+            adopted.push((ifname, mode));
+        }
+        Ok(adopted)
     }
 
     /// The XDP program, e.g. for `BPF_PROG_TEST_RUN`.
@@ -181,11 +304,25 @@ impl Dataplane {
             let e = last_error.map(|e| format!("{e:#}")).unwrap_or_default();
             bail!("cannot attach XDP to {ifname}: {e} (is XDP supported, are you root?)");
         };
+        let link = match &self.pin_dir {
+            Some(dir) => {
+                let path = link_pin(dir, ifname, attached_mode);
+                let _ = fs::remove_file(&path);
+                let program = self.program()?;
+                let fd_link: FdLink = program.take_link(link)?.try_into()?;
+                AttachedLink::Pinned(
+                    fd_link
+                        .pin(&path)
+                        .with_context(|| format!("pin {}", path.display()))?,
+                )
+            }
+            None => AttachedLink::Owned(link),
+        };
+        self.attached
+            .insert(ifname.to_string(), (ifindex, attached_mode, link));
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
             .with_context(|| format!("register {ifname} for redirects"))?;
-        self.attached
-            .insert(ifname.to_string(), (ifindex, attached_mode, link));
         Ok(attached_mode)
     }
 
@@ -194,10 +331,19 @@ impl Dataplane {
         let attached: Vec<_> = self.attached.drain().collect();
         for (ifname, (ifindex, _, link)) in attached {
             let _ = self.tx_ports.remove(ifindex);
-            if let Ok(program) = self.program()
-                && let Err(e) = program.detach(link)
-            {
-                log::warn!("detach from {ifname}: {e}");
+            match link {
+                AttachedLink::Owned(id) => {
+                    if let Ok(program) = self.program()
+                        && let Err(e) = program.detach(id)
+                    {
+                        log::warn!("detach from {ifname}: {e}");
+                    }
+                }
+                // Removing the pin and closing the last fd destroys the link.
+                AttachedLink::Pinned(pinned) => match pinned.unpin() {
+                    Ok(fd_link) => drop(fd_link),
+                    Err(e) => log::warn!("unpin the link of {ifname}: {e}"),
+                },
             }
         }
     }
@@ -210,6 +356,14 @@ impl Dataplane {
             .collect();
         list.sort();
         list
+    }
+
+    /// Lets go of the data path without detaching or unpinning: links and maps stay
+    /// pinned and keep forwarding, for the next daemon to adopt.
+    pub fn release(&mut self) {
+        // Dropping a PinnedLink closes our fd only; the pin keeps the link.
+        self.attached.clear();
+        self.pin_dir = None;
     }
 
     /// Removes the pins made by `pin_maps` (idempotent).
@@ -238,6 +392,7 @@ impl Dataplane {
                 bytes: sum.bytes + v.bytes,
                 new_flows: sum.new_flows + v.new_flows,
                 drops: sum.drops + v.drops,
+                denied: sum.denied + v.denied,
             }))
     }
 
@@ -271,7 +426,34 @@ fn remove_pins(dir: &Path) {
     for name in map_names::ALL {
         let _ = fs::remove_file(dir.join(name));
     }
+    for (_, _, path) in pinned_links(dir) {
+        let _ = fs::remove_file(path);
+    }
     let _ = fs::remove_dir(dir);
+}
+
+/// Pinned maps can only be adopted if they have the capacities the config asks for.
+fn check_pinned_capacity(dir: &Path, capacity: Capacity, rings: u32) -> Result<()> {
+    for (name, wanted) in [
+        (map_names::SERVICES, capacity.max_services),
+        (map_names::BACKENDS, capacity.max_backends),
+        (map_names::MAGLEV_RINGS, rings),
+        (map_names::FLOWS, capacity.max_flows),
+    ] {
+        let path = dir.join(name);
+        let info = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .with_context(|| format!("open pinned map {}", path.display()))?;
+        if info.max_entries() != wanted {
+            bail!(
+                "pinned map {} holds {} entries but the config asks for {wanted}: [limits] \
+                 can only change with a clean restart (stop the daemon with SIGTERM first)",
+                path.display(),
+                info.max_entries()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn explain_load_error(error: aya::EbpfError) -> anyhow::Error {

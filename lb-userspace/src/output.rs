@@ -44,7 +44,53 @@ pub fn render(request: &Request, result: &Value) -> String {
         Request::Stats => render_stats(result),
         Request::Flows => render_flows(result),
         Request::Reload => format!("reloaded: {result}\n"),
+        Request::Backends => rows_table(
+            result,
+            &[
+                ("SERVICE", "service"),
+                ("BACKEND", "backend"),
+                ("STATE", "state"),
+                ("HEALTH", "health"),
+                ("WEIGHT", "weight"),
+                ("LIVE", "effective_weight"),
+                ("ACTIVE", "active_flows"),
+                ("NEW", "new_flows"),
+                ("PACKETS", "packets"),
+                ("BYTES", "bytes"),
+            ],
+        ),
+        Request::Sessions => rows_table(
+            result,
+            &[
+                ("CLIENT", "client"),
+                ("SERVICE", "service"),
+                ("BACKEND", "backend"),
+                ("AGE(s)", "age_secs"),
+                ("IDLE(s)", "idle_secs"),
+                ("HANDLE", "handle"),
+            ],
+        ),
+        Request::BackendDrain { .. }
+        | Request::BackendUndrain { .. }
+        | Request::BackendWeight { .. }
+        | Request::BackendAdd { .. }
+        | Request::BackendRemove { .. } => format!("applied: {result}\n"),
+        Request::Handover => format!("{result}\n"),
     }
+}
+
+/// A table of an array of objects: (header, field) per column, then a count.
+fn rows_table(result: &Value, columns: &[(&str, &str)]) -> String {
+    let header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let rows: Vec<Vec<String>> = result
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| columns.iter().map(|(_, f)| text(&row[*f])).collect())
+        .collect();
+    let mut out = table(&header, &rows);
+    let _ = writeln!(out, "{} rows", rows.len());
+    out
 }
 
 fn render_status(status: &Value) -> String {
@@ -60,6 +106,8 @@ fn render_status(status: &Value) -> String {
         "services",
         "connections",
         "flows_expired",
+        "adopted",
+        "metrics",
     ] {
         let _ = writeln!(out, "{key:<14} {}", text(&status[key]));
     }

@@ -13,13 +13,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use lb_common::{
-    ADDR_KIND_SNAT, ADDR_KIND_VIP, Backend, MAGLEV_RING_SIZE, MODE_DNAT, MODE_FULL_NAT, Service,
-    ServiceKey, Settings,
+    ADDR_KIND_SNAT, ADDR_KIND_VIP, BACKEND_STATE_ACTIVE, BACKEND_STATE_DOWN,
+    BACKEND_STATE_DRAINING, Backend, EligibilityKey, MAGLEV_RING_SIZE, MODE_DNAT, MODE_FULL_NAT,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_AUTH_REQUIRED, SERVICE_FLAG_AUTH_RST, Service, ServiceKey,
+    Settings,
 };
 use serde::Serialize;
 
 use crate::{
-    config::{Config, Mode, Protocol, ServiceConfig},
+    config::{Config, DenyAction, Mode, Prefix, Protocol, ServiceConfig},
     dataplane::Dataplane,
     maglev::{self, MaglevBackend},
 };
@@ -38,6 +40,42 @@ pub struct InstalledService {
     pub live_half: u32,
     /// Backend ids in config order.
     pub backend_ids: Vec<u32>,
+    /// Weights in the live ring, in config order: 0 for drained and down backends.
+    pub effective_weights: Vec<u32>,
+}
+
+/// Run-time changes on top of the config: operator drains and weights, health results.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// Backends (in every service) that take no new flows.
+    pub drained: BTreeSet<BackendAddr>,
+    /// Weight set with `lb backend weight`, per (service name, backend).
+    pub weights: BTreeMap<(String, BackendAddr), u32>,
+    /// Backends whose health check failed, per (service name, backend).
+    pub down: BTreeSet<(String, BackendAddr)>,
+}
+
+impl Overrides {
+    /// The weight a backend of a service has in its ring.
+    pub fn effective_weight(&self, service: &str, addr: BackendAddr, configured: u32) -> u32 {
+        let key = (service.to_string(), addr);
+        if self.drained.contains(&addr) || self.down.contains(&key) {
+            0
+        } else {
+            self.weights.get(&key).copied().unwrap_or(configured)
+        }
+    }
+
+    /// `BACKEND_STATE_*` of a backend address in the data path.
+    pub fn state(&self, addr: BackendAddr) -> u8 {
+        if self.drained.contains(&addr) {
+            BACKEND_STATE_DRAINING
+        } else if self.down.iter().any(|(_, a)| *a == addr) {
+            BACKEND_STATE_DOWN
+        } else {
+            BACKEND_STATE_ACTIVE
+        }
+    }
 }
 
 /// What one `apply` changed, for logs and the reload answer.
@@ -60,6 +98,29 @@ pub struct ServiceTable {
     ring_cache: HashMap<u32, [Vec<u32>; 2]>,
     local_addrs: BTreeMap<u32, u32>,
     settings: Option<Settings>,
+    /// State written into each backend's BACKENDS entry.
+    backend_states: HashMap<u32, u8>,
+    /// Allow-list prefixes in ELIGIBILITY, by service id.
+    eligibility: BTreeSet<(u32, Prefix)>,
+}
+
+fn eligibility_key(service_id: u32, prefix: Prefix) -> aya::maps::lpm_trie::Key<EligibilityKey> {
+    aya::maps::lpm_trie::Key::new(
+        32 + u32::from(prefix.len),
+        EligibilityKey {
+            service_id_be: service_id.to_be(),
+            addr: u32::from(prefix.addr).to_be(),
+        },
+    )
+}
+
+fn backend_entry(addr: BackendAddr, state: u8) -> Backend {
+    Backend {
+        ip: u32::from(addr.0).to_be(),
+        port: addr.1.to_be(),
+        state,
+        _pad: 0,
+    }
 }
 
 pub fn service_addr(service: &ServiceConfig) -> ServiceAddr {
@@ -99,8 +160,99 @@ impl ServiceTable {
             .map(|s| s.config.name.as_str())
     }
 
+    pub fn backends(&self) -> impl Iterator<Item = (BackendAddr, u32)> + '_ {
+        self.backends.iter().map(|(a, id)| (*a, *id))
+    }
+
+    /// Rebuilds this table from the maps an earlier daemon left pinned, so that the
+    /// next `apply` is a difference against what the data path really holds (ids,
+    /// live ring halves and their contents stay; nothing is rewritten needlessly).
+    pub fn adopt(dp: &Dataplane, config: &Config) -> Result<ServiceTable> {
+        let mut table = ServiceTable::default();
+        for id in 0..dp.capacity.max_backends {
+            let backend = dp.backends.get(&id, 0)?;
+            if backend.ip != 0 {
+                let addr = (
+                    Ipv4Addr::from(u32::from_be(backend.ip)),
+                    u16::from_be(backend.port),
+                );
+                table.backends.insert(addr, id);
+                table.backend_states.insert(id, backend.state);
+            }
+        }
+        for item in dp.local_addrs.iter() {
+            let (addr, kind) = item?;
+            table.local_addrs.insert(addr, kind);
+        }
+        table.settings = Some(dp.settings.get(&0, 0)?);
+        for item in dp.eligibility.iter() {
+            let (key, _) = item?;
+            let data = key.data();
+            table.eligibility.insert((
+                u32::from_be(data.service_id_be),
+                Prefix {
+                    addr: Ipv4Addr::from(u32::from_be(data.addr)),
+                    len: (key.prefix_len() - 32) as u8,
+                },
+            ));
+        }
+        for item in dp.services.iter() {
+            let (key, entry) = item?;
+            let addr: ServiceAddr = (
+                Ipv4Addr::from(u32::from_be(key.vip)),
+                u16::from_be(key.port),
+                key.proto,
+            );
+            let mut halves = [Vec::new(), Vec::new()];
+            for (half, ring) in halves.iter_mut().enumerate() {
+                let base = (entry.id * 2 + half as u32) * MAGLEV_RING_SIZE;
+                *ring = (0..MAGLEV_RING_SIZE)
+                    .map(|slot| dp.rings.get(&(base + slot), 0))
+                    .collect::<Result<_, _>>()?;
+            }
+            table.ring_cache.insert(entry.id, halves);
+            // The config the service was installed with is unknown; the first apply
+            // compares rings and entries, so it rewrites only what differs.
+            if let Some(service) = config.services.iter().find(|s| service_addr(s) == addr) {
+                table.services.insert(
+                    addr,
+                    InstalledService {
+                        id: entry.id,
+                        config: service.clone(),
+                        live_half: (entry.ring_offset / MAGLEV_RING_SIZE) % 2,
+                        backend_ids: Vec::new(),
+                        effective_weights: Vec::new(),
+                    },
+                );
+            } else {
+                // Not in the config any more: the first apply removes it.
+                table.services.insert(
+                    addr,
+                    InstalledService {
+                        id: entry.id,
+                        config: placeholder_config(addr),
+                        live_half: (entry.ring_offset / MAGLEV_RING_SIZE) % 2,
+                        backend_ids: Vec::new(),
+                        effective_weights: Vec::new(),
+                    },
+                );
+            }
+        }
+        Ok(table)
+    }
+
     /// Brings the kernel tables to `config`. The config must be validated already.
     pub fn apply(&mut self, dp: &mut Dataplane, config: &Config) -> Result<ApplySummary> {
+        self.apply_with(dp, config, &Overrides::default())
+    }
+
+    /// Brings the kernel tables to `config` with run-time `overrides` on top.
+    pub fn apply_with(
+        &mut self,
+        dp: &mut Dataplane,
+        config: &Config,
+        overrides: &Overrides,
+    ) -> Result<ApplySummary> {
         let capacity = dp.capacity;
         if config.services.len() as u32 > capacity.max_services {
             bail!(
@@ -137,14 +289,20 @@ impl ServiceTable {
                 capacity.max_backends,
                 "backend",
             )?;
-            let backend = Backend {
-                ip: u32::from(addr.0).to_be(),
-                port: addr.1.to_be(),
-                _pad: 0,
-            };
-            dp.backends.set(id, backend, 0)?;
+            let state = overrides.state(addr);
+            dp.backends.set(id, backend_entry(addr, state), 0)?;
             self.backends.insert(addr, id);
+            self.backend_states.insert(id, state);
             summary.backends_added += 1;
+        }
+        // State changes (drain, health) reach the data path before the rings do, so a
+        // session never pins a new flow to a backend on its way out.
+        for (&addr, &id) in &self.backends {
+            let state = overrides.state(addr);
+            if self.backend_states.get(&id) != Some(&state) {
+                dp.backends.set(id, backend_entry(addr, state), 0)?;
+                self.backend_states.insert(id, state);
+            }
         }
 
         // Services that went away: stop new flows first (their live flows continue).
@@ -171,10 +329,16 @@ impl ServiceTable {
                 .iter()
                 .map(|b| self.backends[&(b.address, b.port)])
                 .collect();
+            let effective_weights: Vec<u32> = service
+                .backends
+                .iter()
+                .map(|b| overrides.effective_weight(&service.name, (b.address, b.port), b.weight))
+                .collect();
             let existing = self.services.get(&addr);
             if let Some(existing) = existing
                 && existing.config == *service
                 && existing.backend_ids == backend_ids
+                && existing.effective_weights == effective_weights
             {
                 continue;
             }
@@ -196,14 +360,11 @@ impl ServiceTable {
                 .iter()
                 .zip(&keys)
                 .zip(&backend_ids)
-                .map(|((b, key), &id)| MaglevBackend {
-                    key,
-                    weight: b.weight,
-                    id,
-                })
+                .zip(&effective_weights)
+                .map(|(((_, key), &id), &weight)| MaglevBackend { key, weight, id })
                 .collect();
             let ring = maglev::build_ring(&ring_input, MAGLEV_RING_SIZE);
-            let live_backends = service.backends.iter().filter(|b| b.weight > 0).count();
+            let live_backends = effective_weights.iter().filter(|&&w| w > 0).count();
 
             let cache = self
                 .ring_cache
@@ -238,8 +399,20 @@ impl ServiceTable {
                     Mode::FullNat => MODE_FULL_NAT,
                     Mode::Dnat => MODE_DNAT,
                 },
-                flags: 0,
+                flags: service_flags(service),
+                session_timeout_s: service
+                    .affinity_timeout
+                    .map_or(0, |t| t.as_secs().min(u64::from(u32::MAX)) as u32),
+                _pad: 0,
             };
+            // Its allow-list first, so the flip never refuses an admitted client.
+            for prefix in service.allow.iter().flatten() {
+                if self.eligibility.insert((id, *prefix)) {
+                    dp.eligibility
+                        .insert(&eligibility_key(id, *prefix), 1, 0)
+                        .with_context(|| format!("add allow-list prefix {prefix}"))?;
+                }
+            }
             // The flip: one map update makes the new ring live.
             dp.services.insert(wire_key(addr), entry, 0)?;
             if existing.is_some() {
@@ -254,9 +427,27 @@ impl ServiceTable {
                     config: service.clone(),
                     live_half: half,
                     backend_ids,
+                    effective_weights,
                 },
             );
         }
+
+        // Allow-list prefixes no service has any more (added ones went in above).
+        let wanted_prefixes: BTreeSet<(u32, Prefix)> = self
+            .services
+            .values()
+            .flat_map(|s| {
+                s.config
+                    .allow
+                    .iter()
+                    .flatten()
+                    .map(move |prefix| (s.id, *prefix))
+            })
+            .collect();
+        for &(id, prefix) in self.eligibility.difference(&wanted_prefixes) {
+            let _ = dp.eligibility.remove(&eligibility_key(id, prefix));
+        }
+        self.eligibility = wanted_prefixes;
 
         // Local addresses: VIPs and SNAT addresses.
         let mut wanted_addrs = BTreeMap::new();
@@ -289,11 +480,47 @@ impl ServiceTable {
         for addr in unused {
             if let Some(id) = self.backends.remove(&addr) {
                 dp.backends.set(id, Backend::default(), 0)?;
+                self.backend_states.remove(&id);
                 summary.backends_removed += 1;
             }
         }
         Ok(summary)
     }
+}
+
+/// Stands for an adopted service the config no longer has, until `apply` removes it.
+fn placeholder_config(addr: ServiceAddr) -> ServiceConfig {
+    ServiceConfig {
+        name: String::new(),
+        vip: addr.0,
+        port: addr.1,
+        protocol: if addr.2 == lb_common::IPPROTO_UDP {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        },
+        mode: Mode::FullNat,
+        snat_ip: None,
+        backends: Vec::new(),
+        allow: None,
+        deny: DenyAction::Drop,
+        affinity_timeout: None,
+        health_check: None,
+    }
+}
+
+fn service_flags(service: &ServiceConfig) -> u8 {
+    let mut flags = 0;
+    if service.allow.is_some() {
+        flags |= SERVICE_FLAG_AUTH_REQUIRED;
+        if service.deny == DenyAction::Reset {
+            flags |= SERVICE_FLAG_AUTH_RST;
+        }
+    }
+    if service.affinity_timeout.is_some() {
+        flags |= SERVICE_FLAG_AFFINITY;
+    }
+    flags
 }
 
 impl Protocol {

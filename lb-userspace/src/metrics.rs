@@ -1,0 +1,133 @@
+//! Prometheus text endpoint: the controller's facts and the data path's counters,
+//! encoded by `prometheus-client`, served over plain HTTP/1.x.
+
+use anyhow::Result;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub service: String,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// One scrape's worth of values; families are filled by the controller.
+#[derive(Default)]
+pub struct Scrape {
+    pub service_packets: Family<ServiceLabels, Counter>,
+    pub service_bytes: Family<ServiceLabels, Counter>,
+    pub service_new_flows: Family<ServiceLabels, Counter>,
+    pub service_active_flows: Family<ServiceLabels, Gauge>,
+    pub service_drops: Family<ServiceLabels, Counter>,
+    pub service_denied: Family<ServiceLabels, Counter>,
+    pub backend_packets: Family<BackendLabels, Counter>,
+    pub backend_bytes: Family<BackendLabels, Counter>,
+    pub backend_new_flows: Family<BackendLabels, Counter>,
+    pub backend_active_flows: Family<BackendLabels, Gauge>,
+    pub backend_up: Family<BackendLabels, Gauge>,
+    pub backend_weight: Family<BackendLabels, Gauge>,
+    pub packets_by_verdict: Family<ReasonLabels, Counter>,
+    pub config_generation: Gauge,
+    pub last_reload_ok: Gauge,
+    pub sessions: Gauge,
+}
+
+impl Scrape {
+    /// The text exposition format (version 0.0.4 compatible, OpenMetrics `# EOF`).
+    pub fn encode(self) -> Result<String> {
+        let mut registry = Registry::with_prefix("lb");
+        let s = self;
+        registry.register(
+            "service_packets",
+            "Packets forwarded for a service",
+            s.service_packets,
+        );
+        registry.register(
+            "service_bytes",
+            "Bytes (frames) forwarded for a service",
+            s.service_bytes,
+        );
+        registry.register(
+            "service_new_flows",
+            "New flows of a service",
+            s.service_new_flows,
+        );
+        registry.register(
+            "service_active_flows",
+            "Connections in the flow table",
+            s.service_active_flows,
+        );
+        registry.register(
+            "service_drops",
+            "Packets to a service dropped",
+            s.service_drops,
+        );
+        registry.register(
+            "service_denied",
+            "New flows refused by the allow-list",
+            s.service_denied,
+        );
+        registry.register(
+            "backend_packets",
+            "Packets forwarded for a backend",
+            s.backend_packets,
+        );
+        registry.register(
+            "backend_bytes",
+            "Bytes forwarded for a backend",
+            s.backend_bytes,
+        );
+        registry.register(
+            "backend_new_flows",
+            "New flows sent to a backend",
+            s.backend_new_flows,
+        );
+        registry.register(
+            "backend_active_flows",
+            "Connections to a backend in the flow table",
+            s.backend_active_flows,
+        );
+        registry.register(
+            "backend_up",
+            "1 if the backend passes its health check (or has none)",
+            s.backend_up,
+        );
+        registry.register(
+            "backend_weight",
+            "Weight in the live ring (0: drained or down)",
+            s.backend_weight,
+        );
+        registry.register(
+            "packets",
+            "Data-path verdicts (global counters) by reason",
+            s.packets_by_verdict,
+        );
+        registry.register(
+            "config_generation",
+            "Configuration generation (1 at start, +1 per applied reload)",
+            s.config_generation,
+        );
+        registry.register(
+            "last_reload_ok",
+            "1 if the last reload was applied, 0 if refused, -1 if none yet",
+            s.last_reload_ok,
+        );
+        registry.register("sessions", "Live affinity sessions", s.sessions);
+        let mut text = String::new();
+        encode(&mut text, &registry)?;
+        Ok(text)
+    }
+}
