@@ -1047,3 +1047,44 @@ fn one_arm_sends_back_out_of_the_same_interface() {
         h.dp.detach_all();
     });
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn syn_from_outside_the_allow_list_is_answered_with_a_rst() {
+    with_harness(|h| {
+        let config = CONFIG.replacen(
+            "name = \"web\"\n",
+            "name = \"web\"\nallow = [\"10.0.0.0/8\", \"198.18.0.3/32\"]\ndeny = \"reset\"\n",
+            1,
+        );
+        let config = Config::parse(&config, Path::new("allow.toml")).unwrap();
+        h._table.apply(&mut h.dp, &config).unwrap();
+        let mut syn = Tcp::syn(CLIENT, 40000, VIP, 80);
+        syn.seq = 0xffff_ffff;
+        let (verdict, out) = h.run(&syn.build(b"data in the SYN is cut"));
+        assert_eq!(verdict, XDP_TX);
+        let mut expected = Vec::new();
+        PacketBuilder::ethernet2(LB_EXT_MAC, CLIENT_MAC)
+            .ipv4(VIP.octets(), CLIENT.octets(), 64)
+            .tcp(80, 40000, 0, 0)
+            .rst()
+            .ack(0)
+            .write(&mut expected, &[])
+            .unwrap();
+        // DF set, as the program writes it; etherparse leaves it clear.
+        expected[20] = 0x40;
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&expected[14..]).unwrap();
+        let check = ip.to_header().calc_header_checksum();
+        expected[24..26].copy_from_slice(&check.to_be_bytes());
+        assert_eq!(out, expected, "exact bytes out");
+        assert_checksums_valid(&out);
+        assert_eq!(h.counter(counters::TX_RST_NOT_ELIGIBLE), 1);
+        assert!(h.flows().is_empty(), "a refused client leaves no flow");
+        assert_eq!(h.dp.service_stats(0).unwrap().denied, 1);
+
+        // A /32 inside the list is admitted; UDP from outside is dropped.
+        let (verdict, _) =
+            h.run(&Tcp::syn(Ipv4Addr::new(198, 18, 0, 3), 40001, VIP, 80).build(&[]));
+        assert_eq!(verdict, XDP_REDIRECT);
+    });
+}

@@ -86,7 +86,22 @@ impl Balancer {
         Ok(balancer)
     }
 
-    fn spawn_daemon(&mut self) -> Result<()> {
+    /// Kills the daemon with SIGKILL (no cleanup at all) and reaps it.
+    pub fn kill_daemon(&mut self) -> Result<()> {
+        let pid = self.pid.take().context("no daemon running")?;
+        self.topo.signal_child(pid, libc::SIGKILL)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.topo.try_wait_child(pid)?.is_none() {
+            if Instant::now() > deadline {
+                bail!("lb {pid} did not die on SIGKILL");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts a daemon again (after `kill_daemon`), waiting until it answers.
+    pub fn spawn_daemon(&mut self) -> Result<()> {
         let lb = lb_binary();
         let (lb, config) = (lb.to_string_lossy(), self.config_path.to_string_lossy());
         let pid = self.topo.spawn_logged(

@@ -1,0 +1,445 @@
+//! Operator-grade control, with real traffic through the XDP balancer in network
+//! namespaces: allow-lists, session affinity, health checks, drain, reloads under load,
+//! `kill -9` and adoption of the pinned data path, Prometheus metrics.
+//!
+//! Needs root: run with `cargo xtask test` (or `cargo test -- --ignored --test-threads=1`).
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_integration::{Balancer, config_toml, server_of};
+use xtask::testbed::{self, payload_sha256, unique_prefix};
+
+/// The standard config with `web_extra` lines added to the `web` service.
+fn config_with_web(prefix: &str, extra: &str, web_extra: &str) -> String {
+    config_toml(prefix, [1, 1, 1], extra).replacen(
+        "name = \"web\"\n",
+        &format!("name = \"web\"\n{web_extra}\n"),
+        1,
+    )
+}
+
+fn start(extra: &str, web_extra: &str) -> Balancer {
+    let prefix = unique_prefix();
+    let config = config_with_web(&prefix, extra, web_extra);
+    Balancer::start(&prefix, &config).expect("start testbed and lb")
+}
+
+fn web_stat(balancer: &Balancer, field: &str) -> u64 {
+    let stats = balancer.json("stats").unwrap();
+    stats["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap()[field]
+        .as_u64()
+        .unwrap()
+}
+
+/// Which server answered `GET /`, or why not.
+fn hit(balancer: &Balancer) -> Result<usize, String> {
+    let body = balancer.curl("/").map_err(|e| format!("{e:#}"))?;
+    server_of(&body).ok_or_else(|| format!("unexpected body {body:?}"))
+}
+
+/// One metric sample from a Prometheus text exposition.
+fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| {
+            line.starts_with(name_and_labels) && line[name_and_labels.len()..].starts_with(' ')
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Scrapes the metrics endpoint with curl from the client namespace.
+fn scrape(balancer: &Balancer, port: u16) -> String {
+    let url = format!("http://{}:{port}/metrics", testbed::LB_EXT_IP);
+    let out = balancer
+        .client(&["curl", "-sS", "--max-time", "10", &url])
+        .unwrap();
+    assert!(out.status.success(), "scrape {url}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn allow_list_admits_inside_and_resets_outside_and_metrics_match() {
+    const METRICS_PORT: u16 = 9464;
+    let extra = format!("metrics = \"{}:{METRICS_PORT}\"", testbed::LB_EXT_IP);
+    let prefix = unique_prefix();
+    let allowed = config_with_web(
+        &prefix,
+        &extra,
+        "allow = [\"198.18.0.0/24\"]\ndeny = \"reset\"",
+    );
+    let balancer = Balancer::start(&prefix, &allowed).expect("start testbed and lb");
+    for _ in 0..10 {
+        hit(&balancer).expect("a client inside the allow-list connects");
+    }
+    assert_eq!(web_stat(&balancer, "denied"), 0);
+
+    // The client's /24 leaves the list: new connections are refused at once with a RST.
+    let refused = allowed.replace("198.18.0.0/24", "10.0.0.0/8");
+    balancer.reload(&refused).unwrap();
+    // The RST's exact bytes are checked by the data-plane test; here the client
+    // must not get through, and the verdict must be counted.
+    let out = balancer
+        .client(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "2",
+            &format!("http://{}/", testbed::VIP),
+        ])
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a client outside the allow-list cannot connect"
+    );
+    assert!(balancer.counter("tx_rst_not_eligible").unwrap() >= 1);
+    assert!(web_stat(&balancer, "denied") >= 1);
+
+    // deny = "drop": no answer at all.
+    balancer
+        .reload(&refused.replace("deny = \"reset\"", "deny = \"drop\""))
+        .unwrap();
+    let out = balancer
+        .client(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "2",
+            &format!("http://{}/", testbed::VIP),
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(balancer.counter("drop_not_eligible").unwrap() >= 1);
+
+    // Metrics agree with the traffic: exactly 10 flows admitted, the rest denied.
+    let text = scrape(&balancer, METRICS_PORT);
+    let denied = web_stat(&balancer, "denied") as f64;
+    assert_eq!(
+        sample(&text, "lb_service_new_flows_total{service=\"web\"}"),
+        Some(10.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lb_service_denied_total{service=\"web\"}"),
+        Some(denied),
+        "{text}"
+    );
+    let packets = web_stat(&balancer, "packets") as f64;
+    let scraped = sample(&text, "lb_service_packets_total{service=\"web\"}").unwrap();
+    assert!((scraped - packets).abs() <= 4.0, "{scraped} vs {packets}");
+    // 10 HTTP exchanges: at least 5 packets each way of each.
+    assert!(scraped >= 100.0, "{scraped}");
+    assert_eq!(sample(&text, "lb_config_generation"), Some(3.0), "{text}");
+    assert_eq!(sample(&text, "lb_last_reload_ok"), Some(1.0), "{text}");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn affinity_pins_a_client_until_its_session_times_out() {
+    let balancer = start("", "affinity_timeout = 1");
+    let mut servers = BTreeSet::new();
+    for _ in 0..100 {
+        servers.insert(hit(&balancer).unwrap());
+    }
+    assert_eq!(
+        servers.len(),
+        1,
+        "100 connections from one client, one backend"
+    );
+    let sessions = balancer.json("sessions").unwrap();
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["client"], "198.18.0.2");
+    assert_eq!(sessions[0]["service"], "web");
+    assert!(balancer.counter("session_hits").unwrap() >= 99);
+
+    // Each round starts after the session expired: the pick is free again.
+    let mut spread = BTreeSet::new();
+    for _ in 0..8 {
+        thread::sleep(Duration::from_millis(1600));
+        spread.insert(hit(&balancer).unwrap());
+    }
+    assert!(
+        spread.len() > 1,
+        "after time-outs connections spread: {spread:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_failed_backend_leaves_within_interval_times_fall_and_returns() {
+    let mut balancer = start(
+        "",
+        "[service.health_check]\ntype = \"http\"\npath = \"/\"\ninterval_ms = 500\n\
+         timeout_ms = 300\nrise = 2\nfall = 2",
+    );
+    balancer.topo.stop_server(0);
+    // interval × fall + 1 s.
+    thread::sleep(Duration::from_millis(500 * 2 + 1000));
+    let mut failures = 0;
+    for _ in 0..60 {
+        match hit(&balancer) {
+            Ok(server) => assert_ne!(server, 1, "a request reached the stopped server"),
+            Err(_) => failures += 1,
+        }
+    }
+    assert_eq!(failures, 0);
+    let backends = balancer.json("backends").unwrap();
+    let s1 = backends
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["service"] == "web" && b["backend"] == "198.19.0.11:80")
+        .unwrap()
+        .clone();
+    assert_eq!(s1["health"], "down", "{s1}");
+    assert_eq!(s1["state"], "down", "{s1}");
+    assert_eq!(s1["effective_weight"], 0, "{s1}");
+
+    balancer.topo.start_server(0).unwrap();
+    thread::sleep(Duration::from_millis(500 * 2 + 1000));
+    let back = (0..60).filter(|_| hit(&balancer) == Ok(1)).count();
+    assert!(back > 0, "the recovered server gets new flows again");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn draining_during_a_transfer_lets_it_finish_and_sends_nothing_new() {
+    let balancer = Arc::new(start("", ""));
+    const SIZE: u64 = 50 * 1024 * 1024;
+    let transfer = {
+        let balancer = balancer.clone();
+        thread::spawn(move || {
+            let script = format!(
+                "curl -sS --max-time 120 --limit-rate 10M http://{}/bytes/{SIZE} | sha256sum",
+                testbed::VIP
+            );
+            balancer.client(&["sh", "-c", &script]).unwrap()
+        })
+    };
+    // Find the transfer's backend in the flow table.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let server = loop {
+        let flows = balancer.json("flows").unwrap();
+        if let Some(flow) = flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["service"] == "web")
+        {
+            break flow["server"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the transfer never showed up");
+        thread::sleep(Duration::from_millis(50));
+    };
+    let index = lb_integration::SERVER_IPS
+        .iter()
+        .position(|ip| server == format!("{ip}:80"))
+        .unwrap()
+        + 1;
+    balancer.cli(&["backend", "drain", &server]).unwrap();
+    assert!(
+        balancer.cli(&["backend", "drain", &server]).is_err(),
+        "already draining"
+    );
+    for _ in 0..30 {
+        assert_ne!(
+            hit(&balancer).unwrap(),
+            index,
+            "a new connection reached {server}"
+        );
+    }
+    let out = transfer.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap(),
+        payload_sha256(SIZE)
+    );
+    let backends = balancer.json("backends").unwrap();
+    assert!(
+        backends
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["backend"] == server.as_str() && b["state"] == "draining")
+    );
+    balancer.cli(&["backend", "undrain", &server]).unwrap();
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn twenty_reloads_under_load_fail_no_request() {
+    let balancer = Arc::new(start("", ""));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (balancer, stop, ok, failed) =
+            (balancer.clone(), stop.clone(), ok.clone(), failed.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match hit(&balancer) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("request failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+    };
+    let base = std::fs::read_to_string(&balancer.config_path).unwrap();
+    for i in 0..20 {
+        // Only the UDP service changes (a weight flips); web stays as it is.
+        let config = base.replacen("weight = 1\n", &format!("weight = {}\n", 1 + i % 2), 4);
+        let config = if i % 2 == 0 { base.clone() } else { config };
+        balancer.reload(&config).unwrap();
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) >= 20, "the load ran");
+    assert_eq!(balancer.json("status").unwrap()["generation"], 21);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn kill_9_keeps_forwarding_and_a_new_daemon_adopts_flows_and_counters() {
+    let balancer = Arc::new(std::sync::Mutex::new(start("", "")));
+    const SIZE: u64 = 20 * 1024 * 1024;
+    let transfers: Vec<_> = (0..10)
+        .map(|_| {
+            let balancer = balancer.clone();
+            thread::spawn(move || {
+                let script = format!(
+                    "curl -sS --max-time 120 --limit-rate 4M http://{}/bytes/{SIZE} | sha256sum",
+                    testbed::VIP
+                );
+                let b = balancer.lock().unwrap();
+                let topo_ns = b.topo.ns(testbed::Role::Client);
+                drop(b);
+                std::process::Command::new("ip")
+                    .args(["netns", "exec", &topo_ns, "sh", "-c", &script])
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let b = balancer.lock().unwrap();
+        let flows = b.json("flows").unwrap();
+        let clients: BTreeSet<String> = flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["state"] == "established")
+            .map(|f| f["client"].as_str().unwrap().to_string())
+            .collect();
+        if clients.len() == 10 {
+            break clients;
+        }
+        assert!(Instant::now() < deadline, "ten transfers never ran at once");
+        drop(b);
+        thread::sleep(Duration::from_millis(50));
+    };
+    let hits_before = balancer.lock().unwrap().counter("flow_hits").unwrap();
+    balancer.lock().unwrap().kill_daemon().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    balancer.lock().unwrap().spawn_daemon().unwrap();
+    {
+        let b = balancer.lock().unwrap();
+        let status = b.json("status").unwrap();
+        assert_eq!(status["adopted"], true, "{status}");
+        let flows = b.json("flows").unwrap();
+        let after: BTreeSet<String> = flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["client"].as_str().unwrap().to_string())
+            .collect();
+        assert!(before.is_subset(&after), "{before:?} vs {after:?}");
+        assert!(
+            b.counter("flow_hits").unwrap() > hits_before,
+            "counters continue"
+        );
+    }
+    for transfer in transfers {
+        let out = transfer.join().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap(),
+            payload_sha256(SIZE)
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn bad_operator_commands_change_nothing() {
+    let balancer = start("", "");
+    let before = balancer.json("backends").unwrap();
+    for (args, wanted) in [
+        (
+            &["backend", "drain", "198.19.0.99"][..],
+            "no service has a backend",
+        ),
+        (
+            &["backend", "weight", "nosuch", "198.19.0.11", "3"],
+            "no service named",
+        ),
+        (&["backend", "undrain", "198.19.0.11"], "not draining"),
+        (
+            &["backend", "add", "web", "198.19.0.11"],
+            "already has backend",
+        ),
+        (
+            &["backend", "weight", "web", "198.19.0.11", "70000"],
+            "between 0 and 65535",
+        ),
+        (&["backend", "drain", "not-an-address"], "invalid backend"),
+    ] {
+        let error = balancer.cli(args).expect_err("refused").to_string();
+        assert!(error.contains(wanted), "{args:?}: {error}");
+    }
+    assert_eq!(balancer.json("backends").unwrap(), before);
+    // Removing the last two leaves one, removing that one too is refused.
+    balancer
+        .cli(&["backend", "remove", "web", "198.19.0.12"])
+        .unwrap();
+    balancer
+        .cli(&["backend", "remove", "web", "198.19.0.13"])
+        .unwrap();
+    let error = balancer
+        .cli(&["backend", "remove", "web", "198.19.0.11"])
+        .unwrap_err();
+    assert!(error.to_string().contains("without a backend"), "{error}");
+    for _ in 0..5 {
+        assert_eq!(hit(&balancer).unwrap(), 1);
+    }
+    balancer
+        .cli(&["backend", "add", "web", "198.19.0.12", "--weight", "1"])
+        .unwrap();
+    let socket_mode = std::fs::metadata(balancer.socket()).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(socket_mode.permissions().mode() & 0o777, 0o600);
+}
