@@ -183,10 +183,10 @@ fn affinity_pins_a_client_until_its_session_times_out() {
 fn a_failed_backend_leaves_within_interval_times_fall_and_returns() {
     let mut balancer = start(
         "",
-        "[service.health_check]\ntype = \"http\"\npath = \"/\"\ninterval_ms = 500\n\
-         timeout_ms = 300\nrise = 2\nfall = 2",
+        "health_check = { type = \"http\", path = \"/\", interval_ms = 500, \
+         timeout_ms = 300, rise = 2, fall = 2 }",
     );
-    balancer.topo.stop_server(0);
+    balancer.topo.stop_server(1);
     // interval × fall + 1 s.
     thread::sleep(Duration::from_millis(500 * 2 + 1000));
     let mut failures = 0;
@@ -209,7 +209,7 @@ fn a_failed_backend_leaves_within_interval_times_fall_and_returns() {
     assert_eq!(s1["state"], "down", "{s1}");
     assert_eq!(s1["effective_weight"], 0, "{s1}");
 
-    balancer.topo.start_server(0).unwrap();
+    balancer.topo.start_server(1).unwrap();
     thread::sleep(Duration::from_millis(500 * 2 + 1000));
     let back = (0..60).filter(|_| hit(&balancer) == Ok(1)).count();
     assert!(back > 0, "the recovered server gets new flows again");
@@ -407,7 +407,11 @@ fn bad_operator_commands_change_nothing() {
             &["backend", "weight", "nosuch", "198.19.0.11", "3"],
             "no service named",
         ),
-        (&["backend", "undrain", "198.19.0.11"], "not draining"),
+        (&["backend", "undrain", "198.19.0.11:80"], "not draining"),
+        (
+            &["backend", "drain", "198.19.0.11"],
+            "names several backends",
+        ),
         (
             &["backend", "add", "web", "198.19.0.11"],
             "already has backend",
