@@ -10,7 +10,7 @@ use aya_ebpf::{
 use lb_common::{EligibilityKey, SERVICE_FLAG_AUTH_REQUIRED, Service};
 
 use crate::{
-    maps::ELIGIBILITY,
+    maps::{ELIGIBILITY, TX_PORTS},
     parse::{
         ETH_HDR_LEN, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_HDR_LEN, TCP_RST,
         TcpHdr, ptr_at,
@@ -103,5 +103,10 @@ pub fn reset(ctx: &XdpContext) -> u32 {
             + u32::from((TCP_HDR_LEN as u16).to_be());
         (*tcp).check = fold(pseudo + sum_words::<10>(tcp as *const u16));
     }
-    XDP_TX
+    // Out of the ingress interface through the devmap rather than XDP_TX: a veth
+    // delivers native XDP_TX frames to a peer only when the peer runs XDP itself.
+    match TX_PORTS.redirect(ctx.ingress_ifindex() as u32, 0) {
+        Ok(action) => action,
+        Err(_) => XDP_TX,
+    }
 }

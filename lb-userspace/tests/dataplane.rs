@@ -1061,6 +1061,8 @@ fn syn_from_outside_the_allow_list_is_answered_with_a_rst() {
         h._table.apply(&mut h.dp, &config).unwrap();
         let mut syn = Tcp::syn(CLIENT, 40000, VIP, 80);
         syn.seq = 0xffff_ffff;
+        // Outside an attached interface the devmap redirect back out of the ingress
+        // interface cannot be taken and the program falls back to XDP_TX.
         let (verdict, out) = h.run(&syn.build(b"data in the SYN is cut"));
         assert_eq!(verdict, XDP_TX);
         let mut expected = Vec::new();
