@@ -69,4 +69,8 @@ counters! {
     SESSION_HITS = 26, "session_hits";
     /// Session whose backend is no longer active (drained, down, removed): re-pinned.
     SESSION_REPINNED = 27, "session_repinned";
+    /// Client packet of a flow whose backend failed (`on_backend_down = "reset"`): answered with a RST.
+    TX_RST_BACKEND_DOWN = 28, "tx_rst_backend_down";
+    /// Server packet (or UDP) of a flow whose backend failed and is being reset: dropped.
+    DROP_BACKEND_DOWN = 29, "drop_backend_down";
 }

@@ -181,6 +181,9 @@ pub const FLOW_STATE_SYN_SEEN: u8 = 1;
 pub const FLOW_STATE_ESTABLISHED: u8 = 2;
 pub const FLOW_STATE_CLOSING: u8 = 3;
 pub const FLOW_STATE_UDP: u8 = 4;
+/// Set by the controller when the backend failed and its service says
+/// `on_backend_down = "reset"`: the client's next packet is answered with a RST.
+pub const FLOW_STATE_RESET: u8 = 5;
 
 /// Flow directions (`FlowEntry::direction`).
 pub const FLOW_DIR_CLIENT_TO_SERVER: u8 = 0;

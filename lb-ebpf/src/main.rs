@@ -19,6 +19,7 @@ mod fwd;
 mod maps;
 mod nat;
 mod parse;
+mod reset;
 mod sched;
 mod session;
 mod stats;
@@ -33,9 +34,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FLOW_DIR_CLIENT_TO_SERVER, FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_SYN_SEEN,
-    FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, MODE_DNAT, SERVICE_FLAG_AUTH_RST,
-    Service, ServiceKey, counters,
+    FLOW_DIR_CLIENT_TO_SERVER, FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_RESET,
+    FLOW_STATE_SYN_SEEN, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, MODE_DNAT,
+    SERVICE_FLAG_AUTH_RST, Service, ServiceKey, counters,
 };
 
 use crate::{
@@ -165,12 +166,22 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         unsafe {
             // A SYN on a closed connection's tuple is a new connection (port reuse):
             // drop the old pair and schedule it afresh.
+            let state = (*entry).state;
             if is_syn
-                && (*entry).state == FLOW_STATE_CLOSING
+                && (state == FLOW_STATE_CLOSING || state == FLOW_STATE_RESET)
                 && (*entry).direction == FLOW_DIR_CLIENT_TO_SERVER
             {
                 flow::remove_pair(&key, &*entry);
                 count(counters::FLOW_REPLACED);
+            } else if state == FLOW_STATE_RESET {
+                // The backend failed: tell the client at once instead of letting it
+                // retransmit into a dead server.
+                if tcp_flags.is_some() && (*entry).direction == FLOW_DIR_CLIENT_TO_SERVER {
+                    count(counters::TX_RST_BACKEND_DOWN);
+                    return reset::reply(ctx);
+                }
+                count(counters::DROP_BACKEND_DOWN);
+                return XDP_DROP;
             } else {
                 let now = bpf_ktime_get_ns();
                 flow::touch(entry, tcp_flags, proto, now);
@@ -208,7 +219,7 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         account_service_denied(service.id);
         if tcp_flags.is_some() && service.flags & SERVICE_FLAG_AUTH_RST != 0 {
             count(counters::TX_RST_NOT_ELIGIBLE);
-            return eligibility::reset(ctx);
+            return reset::reply(ctx);
         }
         count(counters::DROP_NOT_ELIGIBLE);
         return XDP_DROP;

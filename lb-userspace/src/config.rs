@@ -170,6 +170,17 @@ pub enum DenyAction {
     Reset,
 }
 
+/// What happens to the established flows of a backend whose health check fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendDown {
+    /// They continue (the server may still answer them).
+    #[default]
+    Keep,
+    /// Their clients' next packets are answered with a RST.
+    Reset,
+}
+
 /// An IPv4 prefix of an allow-list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Prefix {
@@ -255,6 +266,7 @@ pub struct ServiceConfig {
     /// Some: client-IP session affinity with this idle timeout.
     pub affinity_timeout: Option<Duration>,
     pub health_check: Option<HealthCheck>,
+    pub on_backend_down: BackendDown,
 }
 
 /// A validated configuration.
@@ -462,6 +474,7 @@ struct RawService {
     deny: Option<Spanned<DenyAction>>,
     affinity_timeout: Option<Spanned<i64>>,
     health_check: Option<Spanned<RawHealthCheck>>,
+    on_backend_down: Option<BackendDown>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
 }
@@ -947,6 +960,7 @@ impl Parser<'_> {
                 deny,
                 affinity_timeout,
                 health_check,
+                on_backend_down: service.on_backend_down.unwrap_or_default(),
             });
         }
         Ok(services)
@@ -1205,6 +1219,7 @@ backend = [
                     deny: DenyAction::Drop,
                     affinity_timeout: None,
                     health_check: None,
+                    on_backend_down: BackendDown::Keep,
                 },
                 ServiceConfig {
                     name: "dns".into(),
@@ -1229,6 +1244,7 @@ backend = [
                     deny: DenyAction::Drop,
                     affinity_timeout: None,
                     health_check: None,
+                    on_backend_down: BackendDown::Keep,
                 },
             ],
             origin: Origin::default(),

@@ -23,7 +23,7 @@ use tokio::{
 
 use crate::{
     api::{Answer, MAX_REQUEST_BYTES, Request},
-    config::{BackendConfig, Config, HealthCheck, XdpMode},
+    config::{BackendConfig, BackendDown, Config, HealthCheck, XdpMode},
     dataplane::{self, AttachedMode, Capacity, Dataplane, PinnedState},
     flows,
     health::{self, Health},
@@ -437,6 +437,52 @@ impl Controller {
         if let Err(e) = self.reapply() {
             log::error!("applying the health change failed: {e:#}");
         }
+        if !up {
+            let reset = self
+                .config
+                .services
+                .iter()
+                .any(|s| &s.name == service && s.on_backend_down == BackendDown::Reset);
+            if reset {
+                let marked = self.reset_flows(service, *addr);
+                log::warn!(
+                    "{service}: {marked} connections to {}:{} will be reset",
+                    addr.0,
+                    addr.1
+                );
+            }
+        }
+    }
+
+    /// Marks both entries of every connection of `service` to `addr` for reset: the
+    /// data path answers the client's next packet with a RST. Returns the count.
+    fn reset_flows(&mut self, service: &str, addr: BackendAddr) -> usize {
+        let (Some(service_id), Some(backend_id)) = (
+            self.table
+                .services()
+                .find(|s| s.config.name == service)
+                .map(|s| s.id),
+            self.table.backend_id(addr),
+        ) else {
+            return 0;
+        };
+        let mut marked = 0;
+        for (key, mut entry) in self.dataplane.flow_entries() {
+            if entry.service_id != service_id
+                || entry.backend_id != backend_id
+                || key.proto != lb_common::IPPROTO_TCP
+            {
+                continue;
+            }
+            entry.state = lb_common::FLOW_STATE_RESET;
+            // BPF_EXIST: never resurrect an entry that closed meanwhile.
+            if self.dataplane.flows.insert(key, entry, 2).is_ok()
+                && entry.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER
+            {
+                marked += 1;
+            }
+        }
+        marked
     }
 
     fn backends(&self) -> Result<Value> {

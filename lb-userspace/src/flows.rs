@@ -4,8 +4,8 @@
 use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
 use lb_common::{
-    FLOW_DIR_CLIENT_TO_SERVER, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_SYN_SEEN,
-    FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP,
+    FLOW_DIR_CLIENT_TO_SERVER, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_RESET,
+    FLOW_STATE_SYN_SEEN, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -17,6 +17,7 @@ pub fn state_name(state: u8) -> &'static str {
         FLOW_STATE_ESTABLISHED => "established",
         FLOW_STATE_CLOSING => "closing",
         FLOW_STATE_UDP => "udp",
+        FLOW_STATE_RESET => "reset",
         _ => "unknown",
     }
 }
@@ -25,7 +26,7 @@ fn timeout_for(state: u8, timeouts: &Timeouts) -> Duration {
     match state {
         FLOW_STATE_SYN_SEEN => timeouts.tcp_syn,
         FLOW_STATE_ESTABLISHED => timeouts.tcp_established,
-        FLOW_STATE_CLOSING => timeouts.tcp_closing,
+        FLOW_STATE_CLOSING | FLOW_STATE_RESET => timeouts.tcp_closing,
         _ => timeouts.udp,
     }
 }

@@ -506,6 +506,7 @@ fn placeholder_config(addr: ServiceAddr) -> ServiceConfig {
         deny: DenyAction::Drop,
         affinity_timeout: None,
         health_check: None,
+        on_backend_down: crate::config::BackendDown::Keep,
     }
 }
 

@@ -1063,14 +1063,16 @@ fn syn_from_outside_the_allow_list_is_answered_with_a_rst() {
         syn.seq = 0xffff_ffff;
         // Outside an attached interface the devmap redirect back out of the ingress
         // interface cannot be taken and the program falls back to XDP_TX.
-        let (verdict, out) = h.run(&syn.build(b"data in the SYN is cut"));
+        let payload = b"data in the SYN is cut";
+        let (verdict, out) = h.run(&syn.build(payload));
         assert_eq!(verdict, XDP_TX);
         let mut expected = Vec::new();
         PacketBuilder::ethernet2(LB_EXT_MAC, CLIENT_MAC)
             .ipv4(VIP.octets(), CLIENT.octets(), 64)
             .tcp(80, 40000, 0, 0)
             .rst()
-            .ack(0)
+            // RFC 793: a segment without ACK is acknowledged, SYN and payload counted.
+            .ack(syn.seq.wrapping_add(1 + payload.len() as u32))
             .write(&mut expected, &[])
             .unwrap();
         // DF set, as the program writes it; etherparse leaves it clear.
@@ -1088,5 +1090,57 @@ fn syn_from_outside_the_allow_list_is_answered_with_a_rst() {
         let (verdict, _) =
             h.run(&Tcp::syn(Ipv4Addr::new(198, 18, 0, 3), 40001, VIP, 80).build(&[]));
         assert_eq!(verdict, XDP_REDIRECT);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_flow_marked_for_reset_answers_the_client_with_a_rst() {
+    with_harness(|h| {
+        let port = open_full_nat(h);
+        let client_key = key(CLIENT, 40000, VIP, 80, IPPROTO_TCP);
+        let server_key = key(SERVER1, 8080, SNAT, port, IPPROTO_TCP);
+        for k in [client_key, server_key] {
+            let mut entry = h.flow(&k).unwrap();
+            entry.state = lb_common::FLOW_STATE_RESET;
+            h.dp.flows.insert(k, entry, 0).unwrap();
+        }
+        let data = Tcp {
+            syn: false,
+            ack: Some(0x1234_5678),
+            seq: 1001,
+            ..Tcp::syn(CLIENT, 40000, VIP, 80)
+        };
+        let (verdict, out) = h.run(&data.build(b"GET / HTTP/1.1\r\n\r\n"));
+        assert_eq!(verdict, XDP_TX);
+        let mut expected = Vec::new();
+        PacketBuilder::ethernet2(LB_EXT_MAC, CLIENT_MAC)
+            .ipv4(VIP.octets(), CLIENT.octets(), 64)
+            // RFC 793: the RST takes its sequence number from the segment's ACK.
+            .tcp(80, 40000, 0x1234_5678, 0)
+            .rst()
+            .write(&mut expected, &[])
+            .unwrap();
+        expected[20] = 0x40; // DF
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&expected[14..]).unwrap();
+        let check = ip.to_header().calc_header_checksum();
+        expected[24..26].copy_from_slice(&check.to_be_bytes());
+        assert_eq!(out, expected, "exact bytes out");
+        assert_checksums_valid(&out);
+        assert_eq!(h.counter(counters::TX_RST_BACKEND_DOWN), 1);
+
+        // The dead server's packets are dropped; a new SYN on the tuple starts afresh.
+        let reply = Tcp {
+            src_mac: LB_INT_MAC,
+            dst_mac: LB_INT_MAC,
+            syn: false,
+            ack: Some(1001),
+            ..Tcp::syn(SERVER1, 8080, SNAT, port)
+        };
+        assert_eq!(h.run(&reply.build(&[])).0, XDP_DROP);
+        assert_eq!(h.counter(counters::DROP_BACKEND_DOWN), 1);
+        let (verdict, _) = h.run(&Tcp::syn(CLIENT, 40000, VIP, 80).build(&[]));
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(h.counter(counters::FLOW_REPLACED), 1);
     });
 }
