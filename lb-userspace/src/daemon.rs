@@ -901,7 +901,9 @@ fn take_over(socket: &Path) -> Result<()> {
     crate::api::call(socket, &Request::Handover)
         .context("--replace: the running daemon refused to hand over")?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(socket).is_ok() {
+    // The old daemon removes its socket file last thing before exiting; waiting for
+    // the file (not just a refused connect) keeps it from removing ours.
+    while socket.exists() {
         if Instant::now() > deadline {
             bail!("--replace: the running daemon did not exit within 10 s");
         }
@@ -926,11 +928,23 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
         take_over(&config.socket)?;
     }
     prepare_socket(&config.socket)?;
-    let controller = Controller::start(config_path, mode_override, replace)?;
-    let socket = controller.socket_path().to_path_buf();
+    // Bind the API socket before loading anything: a path the daemon cannot create
+    // refuses the start with nothing changed.
+    let socket = config.socket.clone();
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
+        .with_context(|| format!("control.socket: cannot create {}", socket.display()))?;
+    // Only the owner (root by default) may drive the balancer.
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
+    let controller = match Controller::start(config_path, mode_override, replace) {
+        Ok(controller) => controller,
+        Err(e) => {
+            let _ = fs::remove_file(&socket);
+            return Err(e);
+        }
+    };
     let controller = Arc::new(Mutex::new(controller));
 
-    let result = serve(controller.clone(), &socket, metrics).await;
+    let result = serve(controller.clone(), &socket, listener, metrics).await;
     let _ = fs::remove_file(&socket);
     let mut controller = controller.lock().unwrap_or_else(|p| p.into_inner());
     controller.shutdown();
@@ -1029,12 +1043,11 @@ async fn serve_metrics(controller: Arc<Mutex<Controller>>, mut stream: tokio::ne
 async fn serve(
     controller: Arc<Mutex<Controller>>,
     socket: &Path,
+    listener: std::os::unix::net::UnixListener,
     metrics: Option<std::net::TcpListener>,
 ) -> Result<()> {
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
-    // Only the owner (root by default) may drive the balancer.
-    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(listener)?;
     log::info!("serving the operator API on {}", socket.display());
     let metrics = match metrics {
         Some(listener) => {

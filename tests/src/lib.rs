@@ -100,6 +100,47 @@ impl Balancer {
         Ok(())
     }
 
+    /// Starts `lb run --replace`, which takes over from the running daemon; waits until
+    /// the old one has exited and the new one answers.
+    pub fn replace_daemon(&mut self) -> Result<()> {
+        let old = self.pid.take().context("no daemon running")?;
+        let lb = lb_binary();
+        let (lb, config) = (lb.to_string_lossy(), self.config_path.to_string_lossy());
+        let pid = self.topo.spawn_logged(
+            Role::Lb,
+            &[
+                "env",
+                "RUST_LOG=info",
+                &lb,
+                "run",
+                "--config",
+                &config,
+                "--replace",
+            ],
+            &self.log_path,
+        )?;
+        self.pid = Some(pid);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.topo.try_wait_child(old)?.is_none() {
+            if Instant::now() > deadline {
+                bail!("the old daemon did not hand over: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        loop {
+            if let Some(status) = self.topo.try_wait_child(pid)? {
+                bail!("lb --replace exited ({status}): {}", self.log());
+            }
+            if self.cli(&["status"]).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("lb --replace did not come up: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Starts a daemon again (after `kill_daemon`), waiting until it answers.
     pub fn spawn_daemon(&mut self) -> Result<()> {
         let lb = lb_binary();

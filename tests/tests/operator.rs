@@ -14,8 +14,51 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+};
+
 use lb_integration::{Balancer, config_toml, server_of};
-use xtask::testbed::{self, payload_sha256, unique_prefix};
+use xtask::testbed::{self, Role, payload_sha256, run_in_netns, unique_prefix};
+
+/// GET / on an open keep-alive connection: which server answered.
+fn get(reader: &mut BufReader<TcpStream>) -> std::io::Result<usize> {
+    reader
+        .get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            content_length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; content_length];
+    reader.read_exact(&mut body)?;
+    server_of(&String::from_utf8_lossy(&body)).ok_or_else(|| std::io::Error::other("body"))
+}
+
+fn keep_alive(balancer: &Balancer) -> BufReader<TcpStream> {
+    let stream = run_in_netns(&balancer.topo.ns(Role::Client), || {
+        TcpStream::connect_timeout(&Balancer::vip(80).into(), Duration::from_secs(5))
+    })
+    .unwrap()
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    BufReader::new(stream)
+}
 
 /// The standard config with `web_extra` lines added to the `web` service.
 fn config_with_web(prefix: &str, extra: &str, web_extra: &str) -> String {
@@ -446,4 +489,178 @@ fn bad_operator_commands_change_nothing() {
     let socket_mode = std::fs::metadata(balancer.socket()).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(socket_mode.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_failed_backends_connections_are_reset_when_the_service_says_so() {
+    let balancer = start(
+        "",
+        "on_backend_down = \"reset\"\nhealth_check = { type = \"tcp\", interval_ms = 300, \
+         timeout_ms = 200, rise = 2, fall = 2 }",
+    );
+    // Open connections until one of them is served by s1 and one by another server.
+    let mut on_s1 = None;
+    let mut elsewhere = None;
+    for _ in 0..30 {
+        let mut connection = keep_alive(&balancer);
+        match get(&mut connection).unwrap() {
+            1 if on_s1.is_none() => on_s1 = Some(connection),
+            n if n != 1 && elsewhere.is_none() => elsewhere = Some(connection),
+            _ => {}
+        }
+        if on_s1.is_some() && elsewhere.is_some() {
+            break;
+        }
+    }
+    let (mut on_s1, mut elsewhere) = (on_s1.unwrap(), elsewhere.unwrap());
+    // s1 refuses the balancer's probes (from 198.19.0.1) but still serves clients
+    // (from the SNAT address): only the health check sees it fail.
+    balancer
+        .topo
+        .exec(
+            Role::Server(1),
+            &[
+                "nft",
+                "add table inet probe; add chain inet probe input { type filter hook input \
+                 priority 0; }; add rule inet probe input ip saddr 198.19.0.1 tcp dport 80 \
+                 reject with tcp reset",
+            ],
+        )
+        .unwrap();
+    thread::sleep(Duration::from_millis(300 * 2 + 1000));
+    let started = Instant::now();
+    let error = get(&mut on_s1).expect_err("the connection to the failed backend is reset");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "reset, not a timeout"
+    );
+    assert!(
+        get(&mut elsewhere).is_ok(),
+        "other backends' connections go on"
+    );
+    assert!(balancer.counter("tx_rst_backend_down").unwrap() >= 1);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn replace_swaps_the_program_and_keeps_established_connections() {
+    let mut balancer = start("", "");
+    let mut connection = keep_alive(&balancer);
+    let first = get(&mut connection).unwrap();
+    let hits = balancer.counter("flow_hits").unwrap();
+    // A second daemon with --replace takes over from the running one.
+    let old_log = balancer.log();
+    balancer.replace_daemon().unwrap();
+    assert!(old_log.contains("serving the operator API"));
+    let status = balancer.json("status").unwrap();
+    assert_eq!(status["adopted"], true, "{status}");
+    assert!(
+        balancer.log().contains("program replaced"),
+        "{}",
+        balancer.log()
+    );
+    assert_eq!(
+        get(&mut connection).unwrap(),
+        first,
+        "same connection, same server"
+    );
+    assert!(
+        balancer.counter("flow_hits").unwrap() > hits,
+        "counters continue"
+    );
+    assert_eq!(status["interfaces"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn unreachable_health_target_and_busy_metrics_port_are_clear_errors() {
+    let prefix = unique_prefix();
+    // The probe port of every backend is closed: all backends down, clear reason.
+    let config = config_with_web(
+        &prefix,
+        "metrics = \"198.18.0.1:9465\"",
+        "health_check = { type = \"tcp\", port = 9, interval_ms = 200, timeout_ms = 100, \
+         rise = 1, fall = 1 }",
+    );
+    let balancer = Balancer::start(&prefix, &config).unwrap();
+    thread::sleep(Duration::from_millis(1200));
+    let backends = balancer.json("backends").unwrap();
+    for backend in backends
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["service"] == "web")
+    {
+        assert_eq!(backend["health"], "down", "{backend}");
+        assert!(
+            backend["last_error"].as_str().unwrap().contains("refused"),
+            "{backend}"
+        );
+    }
+    let stats = balancer.counter("drop_no_backend").unwrap();
+    assert!(hit(&balancer).is_err(), "no backend is up");
+    assert!(balancer.counter("drop_no_backend").unwrap() > stats);
+
+    // A second instance on the same metrics port refuses to start and changes nothing.
+    let other = balancer.config_path.with_file_name("other.toml");
+    std::fs::write(
+        &other,
+        config
+            .replace(&format!("name = \"{prefix}\""), "name = \"lbportbusy\"")
+            .replace(&format!("/run/lb/{prefix}.sock"), "/run/lb/lbportbusy.sock"),
+    )
+    .unwrap();
+    let out = balancer
+        .topo
+        .exec_unchecked(
+            Role::Lb,
+            &[
+                lb_integration::lb_binary().to_str().unwrap(),
+                "run",
+                "--config",
+                other.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("control.metrics: cannot listen on 198.18.0.1:9465"),
+        "{stderr}"
+    );
+    assert!(!std::path::Path::new("/sys/fs/bpf/lbportbusy").exists());
+    assert_eq!(
+        balancer.json("status").unwrap()["interfaces"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // A socket path the daemon cannot create: refused before anything is loaded.
+    let denied = config
+        .replace(&format!("name = \"{prefix}\""), "name = \"lbsockdenied\"")
+        .replace("metrics = \"198.18.0.1:9465\"", "")
+        .replace(&format!("/run/lb/{prefix}.sock"), "/proc/lb.sock");
+    std::fs::write(&other, denied).unwrap();
+    let out = balancer
+        .topo
+        .exec_unchecked(
+            Role::Lb,
+            &[
+                lb_integration::lb_binary().to_str().unwrap(),
+                "run",
+                "--config",
+                other.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/proc"),
+        "{out:?}"
+    );
+    assert!(!std::path::Path::new("/sys/fs/bpf/lbsockdenied").exists());
 }
