@@ -209,6 +209,22 @@ fn affinity_pins_a_client_until_its_session_times_out() {
     assert_eq!(sessions[0]["service"], "web");
     assert!(balancer.counter("session_hits").unwrap() >= 99);
 
+    // Draining the session's backend re-pins the session instead of following it.
+    let pinned = *servers.first().unwrap();
+    let pinned_addr = format!("{}:80", lb_integration::SERVER_IPS[pinned - 1]);
+    balancer.cli(&["backend", "drain", &pinned_addr]).unwrap();
+    let mut repinned = BTreeSet::new();
+    for _ in 0..10 {
+        repinned.insert(hit(&balancer).unwrap());
+    }
+    assert_eq!(repinned.len(), 1, "{repinned:?}");
+    assert!(
+        !repinned.contains(&pinned),
+        "no new connection to the drained backend"
+    );
+    assert!(balancer.counter("session_repinned").unwrap() >= 1);
+    balancer.cli(&["backend", "undrain", &pinned_addr]).unwrap();
+
     // Each round starts after the session expired: the pick is free again.
     let mut spread = BTreeSet::new();
     for _ in 0..8 {
