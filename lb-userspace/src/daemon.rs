@@ -127,7 +127,7 @@ impl Controller {
         };
         let mut dataplane = Dataplane::load_with(capacity(&config), Some(&dir), pinned)?;
         match Self::program_and_attach(&mut dataplane, &config, mode_override, adopt, replace) {
-            Ok(table) => Ok(Controller {
+            Ok((table, overrides)) => Ok(Controller {
                 config_path: config_path.to_path_buf(),
                 config,
                 dataplane,
@@ -137,7 +137,7 @@ impl Controller {
                 last_reload: None,
                 last_reload_ok: None,
                 flows_expired: 0,
-                overrides: Overrides::default(),
+                overrides,
                 health: BTreeMap::new(),
                 handed_over: false,
             }),
@@ -157,13 +157,17 @@ impl Controller {
         mode_override: Option<XdpMode>,
         adopt: bool,
         replace: bool,
-    ) -> Result<ServiceTable> {
+    ) -> Result<(ServiceTable, Overrides)> {
         let mut table = if adopt {
             ServiceTable::adopt(dataplane, config)?
         } else {
             ServiceTable::default()
         };
-        let summary = table.apply(dataplane, config)?;
+        let overrides = Overrides {
+            drained: table.draining(),
+            ..Overrides::default()
+        };
+        let summary = table.apply_with(dataplane, config, &overrides)?;
         log::info!("programmed: {summary:?}");
         let adopted = if adopt {
             dataplane.adopt_links(replace)?
@@ -188,7 +192,7 @@ impl Controller {
             let attached = dataplane.attach(ifname, mode)?;
             log::info!("attached to {ifname} ({attached:?} mode)");
         }
-        Ok(table)
+        Ok((table, overrides))
     }
 
     pub fn socket_path(&self) -> &Path {

@@ -160,6 +160,16 @@ impl ServiceTable {
             .map(|s| s.config.name.as_str())
     }
 
+    /// Backends the data path has in the draining state (after `adopt`: the drains of
+    /// the daemon that came before, which survive a restart).
+    pub fn draining(&self) -> BTreeSet<BackendAddr> {
+        self.backends
+            .iter()
+            .filter(|(_, id)| self.backend_states.get(id) == Some(&BACKEND_STATE_DRAINING))
+            .map(|(addr, _)| *addr)
+            .collect()
+    }
+
     pub fn backends(&self) -> impl Iterator<Item = (BackendAddr, u32)> + '_ {
         self.backends.iter().map(|(a, id)| (*a, *id))
     }

@@ -566,6 +566,11 @@ fn replace_swaps_the_program_and_keeps_established_connections() {
     let mut connection = keep_alive(&balancer);
     let first = get(&mut connection).unwrap();
     let hits = balancer.counter("flow_hits").unwrap();
+    let drained = format!(
+        "{}:80",
+        lb_integration::SERVER_IPS[if first == 3 { 1 } else { 2 }]
+    );
+    balancer.cli(&["backend", "drain", &drained]).unwrap();
     // A second daemon with --replace takes over from the running one.
     let old_log = balancer.log();
     balancer.replace_daemon().unwrap();
@@ -587,6 +592,27 @@ fn replace_swaps_the_program_and_keeps_established_connections() {
         "counters continue"
     );
     assert_eq!(status["interfaces"].as_array().unwrap().len(), 2);
+    let backends = balancer.json("backends").unwrap();
+    let states: Vec<(String, String)> = backends
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["service"] == "web")
+        .map(|b| {
+            (
+                b["backend"].as_str().unwrap().into(),
+                b["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for (backend, state) in &states {
+        let wanted = if *backend == drained {
+            "draining"
+        } else {
+            "active"
+        };
+        assert_eq!(state, wanted, "the drain survives the restart: {states:?}");
+    }
 }
 
 #[test]
