@@ -1267,6 +1267,138 @@ backend = [
         assert_eq!(config.services[0].protocol.number(), 6);
     }
 
+    /// A valid file with `lines` among the service's own keys, starting on line 9.
+    fn with_service_keys(lines: &str) -> String {
+        with_service("").replacen(
+            "snat_ip = \"198.19.1.1\"\n",
+            &format!("snat_ip = \"198.19.1.1\"\n{lines}\n"),
+            1,
+        )
+    }
+
+    #[test]
+    fn operator_keys_parse() {
+        let text = with_service_keys(
+            "allow = [\"10.0.0.0/8\", \"198.18.0.2\", \"10.0.0.0/8\"]\ndeny = \"reset\"\n\
+             affinity_timeout = 30\non_backend_down = \"reset\"\n\
+             health_check = { type = \"http\", path = \"/health\", status_min = 200, \
+             status_max = 204, interval_ms = 2000, timeout_ms = 1000, rise = 3, fall = 4 }",
+        );
+        let config = parse(&text).unwrap();
+        let service = &config.services[0];
+        assert_eq!(
+            service.allow.as_deref().unwrap(),
+            [
+                Prefix {
+                    addr: Ipv4Addr::new(10, 0, 0, 0),
+                    len: 8
+                },
+                Prefix {
+                    addr: Ipv4Addr::new(198, 18, 0, 2),
+                    len: 32
+                },
+            ]
+        );
+        assert_eq!(service.deny, DenyAction::Reset);
+        assert_eq!(service.affinity_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(service.on_backend_down, BackendDown::Reset);
+        let check = service.health_check.as_ref().unwrap();
+        assert_eq!(
+            check.probe,
+            HealthProbe::Http {
+                path: "/health".into(),
+                status_min: 200,
+                status_max: 204
+            }
+        );
+        assert_eq!(
+            (check.interval, check.timeout),
+            (Duration::from_secs(2), Duration::from_secs(1))
+        );
+        assert_eq!((check.rise, check.fall, check.port), (3, 4, None));
+        let tcp = parse(&with_service_keys("health_check = { type = \"tcp\" }")).unwrap();
+        let check = tcp.services[0].health_check.clone().unwrap();
+        assert_eq!(check.probe, HealthProbe::Tcp);
+        assert_eq!(
+            (check.interval.as_millis(), check.timeout.as_millis()),
+            (1000, 500)
+        );
+        assert_eq!((check.rise, check.fall), (2, 3));
+    }
+
+    #[test]
+    fn operator_keys_are_checked() {
+        assert_refused(
+            &with_service_keys("allow = [\"10.0.0.1/8\"]"),
+            9,
+            "host bits set (did you mean 10.0.0.0/8?)",
+        );
+        assert_refused(
+            &with_service_keys("allow = [\"10.0.0.0/33\"]"),
+            9,
+            "invalid prefix length",
+        );
+        assert_refused(
+            &with_service_keys("allow = [\"ten\"]"),
+            9,
+            "invalid IPv4 prefix",
+        );
+        assert_refused(
+            &with_service_keys("deny = \"reset\""),
+            9,
+            "sets deny but has no allow list",
+        );
+        assert_refused(
+            &with_service_keys("deny = \"reject\""),
+            9,
+            "unknown variant",
+        );
+        assert_refused(
+            &with_service_keys("affinity_timeout = 0"),
+            9,
+            "affinity_timeout must be between 1",
+        );
+        assert_refused(
+            &with_service_keys("on_backend_down = \"drop\""),
+            9,
+            "unknown variant",
+        );
+        assert_refused(
+            &with_service_keys("health_check = { type = \"tcp\", path = \"/\" }"),
+            9,
+            "health_check.path is only for type = \"http\"",
+        );
+        assert_refused(
+            &with_service_keys(
+                "health_check = { type = \"http\", interval_ms = 100, timeout_ms = 200 }",
+            ),
+            9,
+            "timeout_ms must not exceed",
+        );
+        assert_refused(
+            &with_service_keys(
+                "health_check = { type = \"http\", status_min = 500, status_max = 200 }",
+            ),
+            9,
+            "status_min must not exceed",
+        );
+        assert_refused(
+            &with_service_keys("health_check = { type = \"http\", path = \"no-slash\" }"),
+            9,
+            "must start with '/'",
+        );
+        assert_refused(
+            &with_service_keys("health_check = { type = \"icmp\" }"),
+            9,
+            "unknown variant",
+        );
+        assert_refused(
+            "[interfaces]\nattach = [\"eth0\"]\n[control]\nmetrics = \"localhost\"\n",
+            4,
+            "control.metrics must be an address:port",
+        );
+    }
+
     #[test]
     fn minimal_config_gets_defaults() {
         let config = parse("[interfaces]\nattach = [\"eth0\"]\n").unwrap();
