@@ -124,5 +124,24 @@ mod tests {
             Request::Reload
         );
         assert!(serde_json::from_str::<Request>(r#"{"command":"format-disk"}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Request::BackendDrain {
+                backend: "198.19.0.11:80".into()
+            })
+            .unwrap(),
+            r#"{"command":"backend-drain","backend":"198.19.0.11:80"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(
+                r#"{"command":"backend-weight","service":"web","backend":"198.19.0.12","weight":3}"#
+            )
+            .unwrap(),
+            Request::BackendWeight {
+                service: "web".into(),
+                backend: "198.19.0.12".into(),
+                weight: 3
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"command":"backend-drain"}"#).is_err());
     }
 }
