@@ -2,4 +2,5 @@
 //! themselves and report health and load; the router answers and balances over them.
 
 pub mod allotment;
+pub mod router;
 pub mod wire;
