@@ -82,7 +82,7 @@ pub fn target<K: Ord + Clone>(
         }
     }
     // Largest remainders first; equal remainders in key order (sort is stable).
-    remainders.sort_by(|a, b| b.0.cmp(&a.0));
+    remainders.sort_by_key(|r| std::cmp::Reverse(r.0));
     for (_, key) in remainders.into_iter().take((TOKENS - handed_out) as usize) {
         *shares.get_mut(&key).expect("key from reports") += 1;
     }
@@ -229,7 +229,13 @@ mod tests {
         // Loads jitter by ±6 % around 30 % for a minute of 1 s reports.
         let mut changes = 0;
         for second in 1..=60u64 {
-            let wobble = |i: u64| if (second + i) % 2 == 0 { 360 } else { 240 };
+            let wobble = |i: u64| {
+                if (second + i).is_multiple_of(2) {
+                    360
+                } else {
+                    240
+                }
+            };
             if allotment.update(
                 &at([wobble(0), wobble(1), wobble(2)]),
                 start + Duration::from_secs(second),
