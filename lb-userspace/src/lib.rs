@@ -3,6 +3,7 @@
 //! load and program the XDP program exactly as the daemon does.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

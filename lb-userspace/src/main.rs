@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     api::{self, Request},
+    cluster,
     config::XdpMode,
     daemon, output,
 };
@@ -86,6 +87,9 @@ enum Command {
         #[command(subcommand)]
         action: BackendAction,
     },
+    /// Run the node agent on a server: announce it to the router, report health and load,
+    /// leave on SIGTERM (docs/cluster-protocol.md).
+    Node(NodeArgs),
 }
 
 #[derive(Subcommand)]
@@ -109,6 +113,105 @@ enum BackendAction {
     },
     /// Remove a backend from a service; its established flows finish.
     Remove { service: String, backend: String },
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Cluster to join: the router answers only its own cluster ID.
+    #[arg(long)]
+    cluster_id: u16,
+    /// Management-node election: the highest priority wins.
+    #[arg(long, default_value_t = 0)]
+    priority: u16,
+    /// A service this node offers, `name:tcp|udp:port` (repeat); the name is the
+    /// balancer's service name.
+    #[arg(long = "service", required = true)]
+    services: Vec<cluster::agent::ServiceSpec>,
+    /// File holding the cluster key (at least 16 bytes; trailing whitespace ignored).
+    #[arg(long)]
+    key_file: PathBuf,
+    /// Heartbeat interval, e.g. `1s`, `500ms`.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: std::time::Duration,
+    /// Relative capacity; the router shares new flows by it.
+    #[arg(long, default_value_t = 1)]
+    capacity: u32,
+    /// Interface on the internal segment: its address is the node's, joins go to its
+    /// broadcast address.
+    #[arg(long, required_unless_present = "address")]
+    iface: Option<String>,
+    /// The node's address (instead of --iface's).
+    #[arg(long)]
+    address: Option<std::net::Ipv4Addr>,
+    /// Send joins here instead of the interface's broadcast address.
+    #[arg(long)]
+    router: Option<std::net::Ipv4Addr>,
+    /// UDP port of the protocol.
+    #[arg(long, default_value_t = cluster::agent::DEFAULT_PORT)]
+    port: u16,
+    /// Router silent for this many intervals: look for a router again.
+    #[arg(long, default_value_t = 3)]
+    dead_after: u32,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with ms or s, e.g. 500ms"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(value)),
+        "s" => Ok(std::time::Duration::from_secs(value)),
+        _ => Err(format!("{text:?}: unit must be ms or s")),
+    }
+}
+
+fn run_node(args: NodeArgs) -> Result<()> {
+    let key = cluster::wire::ClusterKey::from_file(&args.key_file)?;
+    let (iface_address, broadcast) = match &args.iface {
+        Some(name) => {
+            let (a, b) = cluster::agent::interface_address(name)?;
+            (Some(a), b)
+        }
+        None => (None, None),
+    };
+    let address = args
+        .address
+        .or(iface_address)
+        .ok_or_else(|| anyhow::anyhow!("give --iface or --address"))?;
+    let announce_ip = args
+        .router
+        .or(broadcast)
+        .ok_or_else(|| anyhow::anyhow!("no broadcast address on the interface: give --router"))?;
+    let settings = cluster::agent::AgentSettings {
+        cluster_id: args.cluster_id,
+        priority: args.priority,
+        services: args.services,
+        key,
+        interval: args.interval,
+        dead_after: args.dead_after,
+        capacity: args.capacity,
+        address,
+        listen_port: args.port,
+        announce_to: std::net::SocketAddrV4::new(announce_ip, args.port),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        cluster::agent::run(settings, async move {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = sigint.recv() => {}
+            }
+        })
+        .await
+    })
 }
 
 fn main() -> ExitCode {
@@ -175,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             },
             false,
         ),
+        Command::Node(args) => return run_node(args),
     };
     let result = api::call(&cli.socket, &request)?;
     if json {
