@@ -19,6 +19,7 @@ fn main() {
     let ebpf_dir = workspace.join("lb-ebpf");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let object = out_dir.join("lb-xdp.o");
+    let bench_object = out_dir.join("lb-bench.o");
 
     for path in [
         "lb-ebpf/src",
@@ -36,6 +37,7 @@ fn main() {
             "cargo:warning=XDP program not built (bpf-linker missing or LB_SKIP_EBPF_BUILD=1): run `cargo xtask setup`"
         );
         std::fs::write(&object, b"").expect("write placeholder object");
+        std::fs::write(&bench_object, b"").expect("write placeholder object");
         return;
     }
 
@@ -72,6 +74,7 @@ fn main() {
     );
     let built = target_dir.join("bpfel-unknown-none/release/lb-xdp");
     copy(&built, &object);
+    copy(&target_dir.join("bpfel-unknown-none/release/lb-bench"), &bench_object);
 }
 
 fn copy(from: &Path, to: &Path) {
