@@ -74,7 +74,10 @@ fn main() {
     );
     let built = target_dir.join("bpfel-unknown-none/release/lb-xdp");
     copy(&built, &object);
-    copy(&target_dir.join("bpfel-unknown-none/release/lb-bench"), &bench_object);
+    copy(
+        &target_dir.join("bpfel-unknown-none/release/lb-bench"),
+        &bench_object,
+    );
 }
 
 fn copy(from: &Path, to: &Path) {

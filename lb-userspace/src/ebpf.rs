@@ -4,8 +4,7 @@ use anyhow::{Result, bail};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp.o"));
 
-static BENCH_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-bench.o"));
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-bench.o"));
 
 /// The ELF object of the XDP program.
 pub fn object() -> Result<&'static [u8]> {
