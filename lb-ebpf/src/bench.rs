@@ -63,17 +63,20 @@ unsafe fn wrap(ctx: &XdpContext) -> u32 {
     if stored != 0 {
         return XDP_ABORTED;
     }
-    if packet.vary_count != 0 {
+    // Read once: a second load could see another value, and the compiler would then
+    // keep a division-by-zero panic path the verifier refuses.
+    let vary = packet.vary_count;
+    if vary != 0 {
         let Some(sequence) = BENCH_SEQUENCE.get_ptr_mut(0) else {
             return XDP_ABORTED;
         };
         // SAFETY: valid map value pointer; test_run runs all repeats on one CPU.
         let j = unsafe {
-            let j = *sequence % packet.vary_count;
+            let j = *sequence % vary;
             *sequence = (*sequence).wrapping_add(1);
             j
         };
-        let mut saddr = (packet.src_base + j / BENCH_PORTS_PER_ADDR).to_be();
+        let mut saddr = packet.src_base.wrapping_add(j / BENCH_PORTS_PER_ADDR).to_be();
         let mut sport = ((BENCH_PORT_BASE + j % BENCH_PORTS_PER_ADDR) as u16).to_be();
         // SAFETY: stack buffers of the given sizes.
         let written = unsafe {
