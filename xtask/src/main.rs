@@ -503,20 +503,6 @@ fn show_log(log: &Path) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_test_result;
-
-    #[test]
-    fn test_result_lines() {
-        let ok = "test result: ok. 8 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s";
-        assert_eq!(parse_test_result(ok), Some((8, 0)));
-        let bad = "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 8 filtered out";
-        assert_eq!(parse_test_result(bad), Some((0, 1)));
-        assert_eq!(parse_test_result("running 3 tests"), None);
-    }
-}
-
 /// Runs the benchmarks from a release build: `cargo xtask` is a debug build, so it
 /// builds the release binaries and re-executes the release xtask, which does the work.
 fn bench(quick: bool) -> Result<()> {
@@ -558,4 +544,18 @@ fn bench(quick: bool) -> Result<()> {
         lb_binary: target.join("release/lb"),
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_test_result;
+
+    #[test]
+    fn test_result_lines() {
+        let ok = "test result: ok. 8 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        assert_eq!(parse_test_result(ok), Some((8, 0)));
+        let bad = "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 8 filtered out";
+        assert_eq!(parse_test_result(bad), Some((0, 1)));
+        assert_eq!(parse_test_result("running 3 tests"), None);
+    }
 }

@@ -179,7 +179,7 @@ fn trafgen_conf(dst_mac: &str, src_mac: &str, dst: Option<std::net::Ipv4Addr>) -
             format!("{}, {}, {}, {}", o[0], o[1], o[2], o[3])
         }
         // Routing: spread over the three servers (198.19.0.11..13).
-        None => "198, 19, 0, drnd(11, 13)".into(),
+        None => "198, 19, 0, dinc(11, 13, 1)".into(),
     };
     format!(
         "{{\n {}, {}, 0x08, 0x00,\n 0x45, 0x00, const16(92), const16(0), 0x40, 0x00, 64, 17, csumip(14, 33),\n \
@@ -426,7 +426,7 @@ fn measure_startup(
     let mut extra = format!(
         "[limits]\nmax_services = {}\nmax_backends = {}\n",
         services.max(4),
-        backends + 8
+        fillers * per_service + 16
     );
     let mut next = 0usize;
     for s in 0..fillers {

@@ -595,6 +595,7 @@ pub fn run(ns: &str, params: &KernelParams) -> Result<KernelResults> {
     ] {
         let mut runs_ns = Vec::new();
         let mut last = None;
+        let mut lost_total = 0u64;
         for _ in 0..runs {
             let mut rig = Rig::new((repeat.saturating_mul(4)).max(1 << 16))?;
             let (m, d) = deltas(&mut rig, |rig| {
@@ -611,8 +612,11 @@ pub fn run(ns: &str, params: &KernelParams) -> Result<KernelResults> {
                 "{name}: {}",
                 verdict_name(m.verdict)
             );
+            // A repeat whose 8 random source-port probes all collide is dropped
+            // (drop_snat_exhausted); allow one in a thousand and report the count.
+            let lost = u64::from(repeat) - d[1].min(u64::from(repeat));
             ensure!(
-                d[1] == u64::from(repeat) && d[0] == 0,
+                d[0] == 0 && lost * 1000 <= u64::from(repeat),
                 "{name}: new_flows +{} flow_hits +{} for {repeat} repeats",
                 d[1],
                 d[0]
@@ -635,9 +639,11 @@ pub fn run(ns: &str, params: &KernelParams) -> Result<KernelResults> {
             );
             let flows = rig.dp.flows.keys().count() as u64;
             ensure!(
-                flows == 2 * u64::from(repeat),
-                "{name}: {flows} flow entries"
+                flows == 2 * d[1],
+                "{name}: {flows} flow entries for {} new flows",
+                d[1]
             );
+            lost_total += lost;
             runs_ns.extend(m.ns.iter().copied());
             last = Some((m.verdict, m.last_out, flows));
         }
@@ -653,7 +659,8 @@ pub fn run(ns: &str, params: &KernelParams) -> Result<KernelResults> {
             wrapper_ns,
             floor_ns,
             format!(
-                "XDP_REDIRECT to a backend from the SNAT address; new_flows + repeats, {flows} entries after the last run"
+                "XDP_REDIRECT to a backend from the SNAT address; new_flows = repeats except {lost_total} of {} dropped over all runs; {flows} entries after the last run",
+                u64::from(repeat) * runs as u64
             ),
         ));
     }
