@@ -19,6 +19,7 @@ fn main() {
     let ebpf_dir = workspace.join("lb-ebpf");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let object = out_dir.join("lb-xdp.o");
+    let bench_object = out_dir.join("lb-bench.o");
 
     for path in [
         "lb-ebpf/src",
@@ -30,12 +31,26 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=LB_SKIP_EBPF_BUILD");
 
+    // Watch the linker's install location: while it is missing the path does not exist,
+    // which makes cargo re-run this script on every build, so the first build after
+    // `cargo xtask setup` installs bpf-linker embeds the real object.
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    if let Some(cargo_home) = cargo_home {
+        println!(
+            "cargo:rerun-if-changed={}",
+            cargo_home.join("bin/bpf-linker").display()
+        );
+    }
+
     let skip = env::var_os("LB_SKIP_EBPF_BUILD").is_some_and(|v| v == "1");
     if skip || !have_bpf_linker() {
         println!(
             "cargo:warning=XDP program not built (bpf-linker missing or LB_SKIP_EBPF_BUILD=1): run `cargo xtask setup`"
         );
         std::fs::write(&object, b"").expect("write placeholder object");
+        std::fs::write(&bench_object, b"").expect("write placeholder object");
         return;
     }
 
@@ -72,6 +87,10 @@ fn main() {
     );
     let built = target_dir.join("bpfel-unknown-none/release/lb-xdp");
     copy(&built, &object);
+    copy(
+        &target_dir.join("bpfel-unknown-none/release/lb-bench"),
+        &bench_object,
+    );
 }
 
 fn copy(from: &Path, to: &Path) {

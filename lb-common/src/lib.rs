@@ -286,6 +286,58 @@ pub struct BackendStats {
     pub _reserved: u64,
 }
 
+/// Benchmark harness (`lb-bench` object, `cargo xtask bench`): names in that object.
+pub mod bench_names {
+    pub const WRAPPER: &str = "bench_wrapper";
+    pub const FLOOR: &str = "bench_floor";
+    pub const NULL: &str = "bench_null";
+    /// Program array of one slot: the program under test.
+    pub const TARGET: &str = "BENCH_TARGET";
+    /// Array of one `BenchPacket`: the packet every repeat starts from.
+    pub const PACKET: &str = "BENCH_PACKET";
+    /// Array of one u32: repeats run so far (drives `BenchPacket::vary_count`).
+    pub const SEQUENCE: &str = "BENCH_SEQUENCE";
+}
+
+/// Longest packet the benchmark wrapper can restore.
+pub const BENCH_PACKET_MAX: usize = 256;
+
+/// Source ports used per source address when `BenchPacket::vary_count` is set.
+pub const BENCH_PORTS_PER_ADDR: u32 = 60_000;
+pub const BENCH_PORT_BASE: u32 = 1024;
+
+/// BENCH_PACKET value. With `BPF_PROG_TEST_RUN` and `repeat > 1` the kernel hands each
+/// repeat the buffer the previous one rewrote; the wrapper copies these bytes back
+/// first, so every repeat sees the same packet (or, with `vary_count`, a new flow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BenchPacket {
+    /// Bytes to restore, 1..=BENCH_PACKET_MAX; must equal the test_run packet length.
+    pub len: u32,
+    /// 0: restore as is. N > 0: with `j = i % N` for repeat i, source address
+    /// `src_base + j / BENCH_PORTS_PER_ADDR` and source port
+    /// `BENCH_PORT_BASE + j % BENCH_PORTS_PER_ADDR` are written after the restore, so each
+    /// repeat is its own flow (checksums are not fixed up: the balancer never checks).
+    pub vary_count: u32,
+    /// Source address base, host byte order.
+    pub src_base: u32,
+    pub _pad: u32,
+    pub bytes: [u8; BENCH_PACKET_MAX],
+}
+
+impl Default for BenchPacket {
+    fn default() -> Self {
+        BenchPacket {
+            len: 0,
+            vary_count: 0,
+            src_base: 0,
+            _pad: 0,
+            bytes: [0; BENCH_PACKET_MAX],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type is repr(C), made of plain integers, with explicit padding.
@@ -300,6 +352,7 @@ mod pod {
     unsafe impl aya::Pod for super::EligibilityKey {}
     unsafe impl aya::Pod for super::SessionKey {}
     unsafe impl aya::Pod for super::SessionEntry {}
+    unsafe impl aya::Pod for super::BenchPacket {}
 }
 
 #[cfg(test)]
@@ -320,5 +373,6 @@ mod tests {
         assert_eq!(size_of::<SessionKey>(), 8);
         assert_eq!(size_of::<SessionEntry>(), 24);
         assert_eq!(size_of::<BackendStats>(), 32);
+        assert_eq!(size_of::<BenchPacket>(), 16 + BENCH_PACKET_MAX);
     }
 }

@@ -43,6 +43,13 @@ enum Cmd {
     },
     /// Setup, build, then unit tests and the root-only (ignored) tests.
     Test,
+    /// Benchmarks: per-packet cost (test_run), end to end beside kernel routing and
+    /// nftables, scale. Writes target/bench/report.{md,json} and e2e.svg.
+    Bench {
+        /// Smoke run: fewer runs, shorter windows, smaller scale points (< 3 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -76,6 +83,7 @@ fn main() -> ExitCode {
         Cmd::Testbed { action } => testbed_cmd(action).map(|()| ExitCode::SUCCESS),
         Cmd::Demo { requests, no_build } => demo(requests, no_build),
         Cmd::Test => test().map(|()| ExitCode::SUCCESS),
+        Cmd::Bench { quick } => bench(quick).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -493,6 +501,49 @@ fn show_log(log: &Path) {
         }
         Err(e) => eprintln!("(no lb log at {}: {e})", log.display()),
     }
+}
+
+/// Runs the benchmarks from a release build: `cargo xtask` is a debug build, so it
+/// builds the release binaries and re-executes the release xtask, which does the work.
+fn bench(quick: bool) -> Result<()> {
+    let root = workspace_root();
+    let target = target_dir(&root);
+    if cfg!(debug_assertions) {
+        setup::run()?;
+        cargo(
+            &root,
+            &[
+                "build",
+                "--release",
+                "-p",
+                "lb-userspace",
+                "-p",
+                "xtask",
+                "--bins",
+            ],
+        )?;
+        let mut cmd = Command::new(target.join("release/xtask"));
+        cmd.arg("bench");
+        if quick {
+            cmd.arg("--quick");
+        }
+        let status = cmd.status().context("running the release xtask")?;
+        if !status.success() {
+            bail!("bench failed: {status}");
+        }
+        return Ok(());
+    }
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        bail!("`cargo xtask bench` needs root (XDP, BPF_PROG_TEST_RUN, network namespaces)");
+    }
+    xtask::bench::run(&xtask::bench::BenchOptions {
+        quick,
+        root: root.clone(),
+        out_dir: target.join("bench"),
+        lb_binary: target.join("release/lb"),
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,507 @@
+//! Group 2 (end to end over veth) and the start-up half of group 3, on the netns testbed:
+//! client → LB namespace → bridge → s1..s3.
+//!
+//! Configurations, all over the same servers in the same run:
+//! - kernel routing: the LB namespace only routes; the client addresses the servers
+//!   directly (no load balancing: the ceiling of this testbed);
+//! - nftables DNAT: `numgen inc mod 3` over the servers in the LB namespace;
+//! - lb native / lb generic: `lb run` (full-NAT) attached in that XDP mode.
+//!
+//! Tools: trafgen (64-byte UDP payloads, random source ports = many flows, counted as
+//! packets received on the servers' interfaces), iperf3 (servers spawned in s1, ended by
+//! PID; its service has s1 as only backend, since iperf3's streams must meet one server),
+//! wrk with `Connection: close` (one new TCP connection per request) against the
+//! testbed's HTTP servers.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use super::model::{E2eCell, E2eResults, E2eRow, Startup};
+use crate::testbed::{self, Role, SERVER_IPS, Topology, VIP};
+
+const UDP_SINK_PORT: u16 = 9;
+const IPERF_PORT: u16 = 5201;
+
+pub struct E2eParams {
+    pub runs: usize,
+    pub seconds: u64,
+    pub lb_binary: PathBuf,
+    pub out_dir: PathBuf,
+    pub startup: Vec<(usize, usize)>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    Routing,
+    Nftables,
+    LbNative,
+    LbGeneric,
+}
+
+impl Setup {
+    fn label(self) -> &'static str {
+        match self {
+            Setup::Routing => "kernel routing",
+            Setup::Nftables => "nftables DNAT",
+            Setup::LbNative => "lb native XDP",
+            Setup::LbGeneric => "lb generic XDP",
+        }
+    }
+}
+
+fn lb_config(name: &str, services_extra: &str) -> String {
+    let mut text = format!(
+        "name = \"{name}\"\n[interfaces]\nattach = [\"lb-ext\", \"lb-int\"]\n\
+         [control]\nsocket = \"/run/lb/{name}.sock\"\n"
+    );
+    text.push_str(services_extra);
+    for (svc, port, proto, servers) in [
+        ("udp-sink", UDP_SINK_PORT, "udp", &SERVER_IPS[..]),
+        ("web", 80, "tcp", &SERVER_IPS[..]),
+        ("iperf", IPERF_PORT, "tcp", &SERVER_IPS[..1]),
+        ("dns-like", 5353, "udp", &SERVER_IPS[..]),
+    ] {
+        text.push_str(&format!(
+            "[[service]]\nname = \"{svc}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\nsnat_ip = \"{}\"\n",
+            testbed::SNAT_IP
+        ));
+        for ip in servers {
+            text.push_str(&format!("[[service.backend]]\naddress = \"{ip}\"\n"));
+        }
+    }
+    text
+}
+
+fn nft_ruleset() -> String {
+    let map = format!(
+        "numgen inc mod 3 map {{ 0 : {}, 1 : {}, 2 : {} }}",
+        SERVER_IPS[0], SERVER_IPS[1], SERVER_IPS[2]
+    );
+    format!(
+        "table ip lbbench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  \
+         ip daddr {VIP} udp dport {UDP_SINK_PORT} dnat to {map}\n  \
+         ip daddr {VIP} tcp dport 80 dnat to {map}\n  \
+         ip daddr {VIP} tcp dport {IPERF_PORT} dnat to {}\n }}\n}}\n",
+        SERVER_IPS[0]
+    )
+}
+
+struct Daemon {
+    pid: u32,
+    socket: String,
+}
+
+fn start_lb(
+    topo: &Topology,
+    lb: &Path,
+    config: &Path,
+    mode: &str,
+    log: &Path,
+    socket: &str,
+) -> Result<Daemon> {
+    let (lb_s, cfg) = (lb.to_string_lossy(), config.to_string_lossy());
+    let pid = topo.spawn_logged(
+        Role::Lb,
+        &[
+            "env",
+            "RUST_LOG=warn",
+            &lb_s,
+            "run",
+            "--config",
+            &cfg,
+            "--xdp-mode",
+            mode,
+        ],
+        log,
+    )?;
+    let daemon = Daemon {
+        pid,
+        socket: socket.to_string(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Some(status) = topo.try_wait_child(pid)? {
+            bail!(
+                "lb exited during startup ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        let ok = std::process::Command::new(lb)
+            .args(["--socket", socket, "status"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Ok(daemon);
+        }
+        ensure!(Instant::now() < deadline, "lb did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn rx_packets(topo: &Topology, role: Role) -> Result<u64> {
+    let out = topo.exec(role, &["ip", "-j", "-s", "link", "show", "dev", "eth0"])?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .context("no rx packets in `ip -j -s link`")
+}
+
+fn servers_rx(topo: &Topology) -> Result<u64> {
+    let mut sum = 0;
+    for role in [Role::Server(1), Role::Server(2), Role::Server(3)] {
+        sum += rx_packets(topo, role)?;
+    }
+    Ok(sum)
+}
+
+fn mac_of(topo: &Topology, role: Role, ifname: &str) -> Result<String> {
+    let out = topo.exec(role, &["ip", "-j", "link", "show", "dev", ifname])?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v[0]["address"].as_str().context("no MAC")?.to_string())
+}
+
+/// trafgen config: Ethernet/IPv4/UDP, 64-byte payload, random source port (many flows),
+/// IP checksum recomputed per packet, UDP checksum 0 (none).
+fn trafgen_conf(dst_mac: &str, src_mac: &str, dst: Option<std::net::Ipv4Addr>) -> String {
+    let hex = |mac: &str| {
+        mac.split(':')
+            .map(|b| format!("0x{b}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let c = testbed::CLIENT_IP.octets();
+    let dst_bytes = match dst {
+        Some(ip) => {
+            let o = ip.octets();
+            format!("{}, {}, {}, {}", o[0], o[1], o[2], o[3])
+        }
+        // Routing: spread over the three servers (198.19.0.11..13).
+        None => "198, 19, 0, dinc(11, 13, 1)".into(),
+    };
+    format!(
+        "{{\n {}, {}, 0x08, 0x00,\n 0x45, 0x00, const16(92), const16(0), 0x40, 0x00, 64, 17, csumip(14, 33),\n \
+         {}, {}, {}, {}, {dst_bytes},\n drnd(2), const16({UDP_SINK_PORT}), const16(72), const16(0),\n fill(0x42, 64)\n}}\n",
+        hex(dst_mac),
+        hex(src_mac),
+        c[0],
+        c[1],
+        c[2],
+        c[3]
+    )
+}
+
+fn udp_rate(topo: &Topology, setup: Setup, seconds: u64, dir: &Path) -> Result<f64> {
+    let lb_mac = mac_of(topo, Role::Lb, testbed::LB_EXT_IF)?;
+    let client_mac = mac_of(topo, Role::Client, testbed::CLIENT_IF)?;
+    let dst = if setup == Setup::Routing {
+        None
+    } else {
+        Some(VIP)
+    };
+    let conf = dir.join("trafgen.cfg");
+    std::fs::write(&conf, trafgen_conf(&lb_mac, &client_mac, dst))?;
+    let conf_s = conf.to_string_lossy();
+    let pid = topo.spawn_logged(
+        Role::Client,
+        &[
+            "trafgen",
+            "--dev",
+            testbed::CLIENT_IF,
+            "--conf",
+            &conf_s,
+            "--cpus",
+            "1",
+            "--no-sock-mem",
+            "-q",
+        ],
+        &dir.join("trafgen.log"),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (start, t0) = (servers_rx(topo)?, Instant::now());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let (end, t1) = (servers_rx(topo)?, Instant::now());
+    let exited = topo.try_wait_child(pid)?;
+    let _ = topo.stop_child(pid);
+    ensure!(
+        exited.is_none(),
+        "trafgen exited early: {}",
+        std::fs::read_to_string(dir.join("trafgen.log")).unwrap_or_default()
+    );
+    Ok((end - start) as f64 / (t1 - t0).as_secs_f64())
+}
+
+fn iperf(topo: &Topology, setup: Setup, seconds: u64, streams: u32) -> Result<f64> {
+    let target = if setup == Setup::Routing {
+        SERVER_IPS[0]
+    } else {
+        VIP
+    };
+    let out = topo.exec(
+        Role::Client,
+        &[
+            "iperf3",
+            "-c",
+            &target.to_string(),
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ],
+    )?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3: no sum_received")
+}
+
+fn conn_rate(topo: &Topology, setup: Setup, seconds: u64) -> Result<f64> {
+    let target = if setup == Setup::Routing {
+        SERVER_IPS[0]
+    } else {
+        VIP
+    };
+    let url = format!("http://{target}/");
+    let out = topo.exec(
+        Role::Client,
+        &[
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            "32",
+            "-d",
+            &format!("{seconds}s"),
+            "-H",
+            "Connection: close",
+            &url,
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    let rate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("wrk output without Requests/sec: {text}"))?;
+    if let Some(e) = errors {
+        eprintln!("bench: wrk ({}) reported: {}", setup.label(), e.trim());
+    }
+    Ok(rate)
+}
+
+pub fn run(p: &E2eParams) -> Result<(E2eResults, Vec<Startup>)> {
+    let prefix = testbed::unique_prefix();
+    let mut topo = Topology::up(&prefix)?;
+    topo.start_servers()?;
+    let dir = p.out_dir.join("e2e");
+    std::fs::create_dir_all(&dir)?;
+    let iperf_pid = topo.spawn_logged(
+        Role::Server(1),
+        &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
+        &dir.join("iperf3-server.log"),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    // The testbed forwards with ip_forward=1; the servers route back through the LB.
+    let setups = [
+        Setup::Routing,
+        Setup::Nftables,
+        Setup::LbNative,
+        Setup::LbGeneric,
+    ];
+    let metrics = [
+        "UDP 64 B payload",
+        "TCP 1 stream",
+        "TCP 4 streams",
+        "new TCP connections",
+    ];
+    let units = ["packets/s", "bit/s", "bit/s", "conn/s"];
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); setups.len()]; metrics.len()];
+    let mut notes = Vec::new();
+    let config_path = dir.join("lb.toml");
+    std::fs::write(&config_path, lb_config(&prefix, ""))?;
+    let socket = format!("/run/lb/{prefix}.sock");
+    for (si, &setup) in setups.iter().enumerate() {
+        let mut daemon = None;
+        match setup {
+            Setup::Routing => {}
+            Setup::Nftables => {
+                let rules = dir.join("nft.rules");
+                std::fs::write(&rules, nft_ruleset())?;
+                topo.exec(Role::Lb, &["nft", "-f", &rules.to_string_lossy()])?;
+            }
+            Setup::LbNative | Setup::LbGeneric => {
+                let mode = if setup == Setup::LbNative {
+                    "native"
+                } else {
+                    "generic"
+                };
+                daemon = Some(start_lb(
+                    &topo,
+                    &p.lb_binary,
+                    &config_path,
+                    mode,
+                    &dir.join(format!("lb-{mode}.log")),
+                    &socket,
+                )?);
+            }
+        }
+        for run in 0..p.runs {
+            println!("bench: e2e {} run {}/{}", setup.label(), run + 1, p.runs);
+            let results = [
+                udp_rate(&topo, setup, p.seconds, &dir),
+                iperf(&topo, setup, p.seconds, 1),
+                iperf(&topo, setup, p.seconds, 4),
+                conn_rate(&topo, setup, p.seconds),
+            ];
+            for (mi, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(v) => samples[mi][si].push(v),
+                    Err(e) => notes.push(format!("{} / {}: {e:#}", setup.label(), metrics[mi])),
+                }
+            }
+        }
+        if setup == Setup::Nftables {
+            topo.exec(Role::Lb, &["nft", "delete", "table", "ip", "lbbench"])?;
+        }
+        if let Some(d) = daemon.take() {
+            let status = topo.stop_child(d.pid)?;
+            ensure!(status.success(), "lb did not exit cleanly: {status}");
+            let _ = d.socket;
+        }
+    }
+    let _ = topo.stop_child(iperf_pid);
+
+    let mut startup = Vec::new();
+    for &(services, backends) in &p.startup {
+        startup.push(measure_startup(
+            &topo, p, &prefix, services, backends, &dir,
+        )?);
+    }
+    topo.teardown();
+
+    let e2e = E2eResults {
+        configs: setups.iter().map(|s| s.label().to_string()).collect(),
+        rows: metrics
+            .iter()
+            .zip(units)
+            .enumerate()
+            .map(|(mi, (m, u))| E2eRow {
+                metric: m.to_string(),
+                unit: u.to_string(),
+                cells: samples[mi]
+                    .iter()
+                    .map(|s| (!s.is_empty()).then(|| E2eCell::new(s.clone())))
+                    .collect(),
+            })
+            .collect(),
+        notes,
+    };
+    Ok((e2e, startup))
+}
+
+/// Time from spawning `lb run` with `services` services and `backends` backends in the
+/// config to the first UDP answer through the balancer (native mode).
+fn measure_startup(
+    topo: &Topology,
+    p: &E2eParams,
+    prefix: &str,
+    services: usize,
+    backends: usize,
+    dir: &Path,
+) -> Result<Startup> {
+    let fillers = services.saturating_sub(4);
+    let per_service = if fillers > 0 {
+        backends.div_ceil(fillers)
+    } else {
+        0
+    };
+    let mut extra = format!(
+        "[limits]\nmax_services = {}\nmax_backends = {}\n",
+        services.max(4),
+        fillers * per_service + 16
+    );
+    let mut next = 0usize;
+    for s in 0..fillers {
+        extra.push_str(&format!(
+            "[[service]]\nname = \"filler{s}\"\nvip = \"198.18.2.{}\"\nport = {}\nprotocol = \"tcp\"\nsnat_ip = \"{}\"\n",
+            1 + s / 50000,
+            1000 + s % 50000,
+            testbed::SNAT_IP
+        ));
+        for _ in 0..per_service {
+            // Distinct backends 198.19.16.0 upwards (never contacted).
+            let a = 16 * 256 * 256 + next;
+            extra.push_str(&format!(
+                "[[service.backend]]\naddress = \"198.{}.{}.{}\"\n",
+                19 + a / 65536 / 256,
+                (a / 256) % 256,
+                a % 256
+            ));
+            next += 1;
+        }
+    }
+    let path = dir.join(format!("lb-startup-{services}.toml"));
+    std::fs::write(&path, lb_config(prefix, &extra))?;
+    let socket = format!("/run/lb/{prefix}.sock");
+    let sock = testbed::run_in_netns(&topo.ns(Role::Client), || {
+        std::net::UdpSocket::bind("0.0.0.0:0")
+    })??;
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let start = Instant::now();
+    let log = dir.join(format!("lb-startup-{services}.log"));
+    let (lb_s, cfg) = (p.lb_binary.to_string_lossy(), path.to_string_lossy());
+    let pid = topo.spawn_logged(
+        Role::Lb,
+        &[
+            "env",
+            "RUST_LOG=warn",
+            &lb_s,
+            "run",
+            "--config",
+            &cfg,
+            "--xdp-mode",
+            "native",
+        ],
+        &log,
+    )?;
+    let mut seconds = None;
+    let mut buf = [0u8; 256];
+    while start.elapsed() < Duration::from_secs(900) {
+        if topo.try_wait_child(pid)?.is_some() {
+            break;
+        }
+        let _ = sock.send_to(b"ping", (VIP, 5353));
+        if let Ok((n, _)) = sock.recv_from(&mut buf)
+            && buf[..n].ends_with(b"ping")
+        {
+            seconds = Some(start.elapsed().as_secs_f64());
+            break;
+        }
+    }
+    let _ = topo.stop_child(pid);
+    let note = match seconds {
+        Some(_) => format!(
+            "{} slot writes for the rings",
+            services * lb_common::MAGLEV_RING_SIZE as usize
+        ),
+        None => format!(
+            "no answer; log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default().trim()
+        ),
+    };
+    let _ = socket;
+    Ok(Startup {
+        services,
+        backends,
+        seconds,
+        note,
+    })
+}

@@ -1,0 +1,208 @@
+//! The numbers of one bench run, as the report writers see them.
+
+use serde_json::{Value, json};
+
+/// Median of the samples (mean of the middle two for an even count); 0 when empty.
+pub fn median(samples: &[f64]) -> f64 {
+    let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
+}
+
+/// Where and how the numbers were produced.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    pub kernel: String,
+    pub cpu: String,
+    pub cpus: usize,
+    pub profile: String,
+    pub git_revision: String,
+    pub mode: String,
+    pub started: String,
+    pub duration_s: f64,
+}
+
+/// One path through the program, measured with test_run.
+#[derive(Clone, Debug)]
+pub struct KernelPath {
+    pub name: String,
+    /// ns per repeat of each run, wrapper included.
+    pub runs_ns: Vec<f64>,
+    pub raw_ns: f64,
+    /// `raw_ns` minus the wrapper's own cost.
+    pub net_ns: f64,
+    pub floor_ratio: f64,
+    pub verdict: String,
+    /// What the checks after the runs proved about the path the repeats took.
+    pub took: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ScalePoint {
+    pub flows: u32,
+    pub capacity: u32,
+    pub runs_ns: Vec<f64>,
+    pub raw_ns: f64,
+    pub net_ns: f64,
+    pub map_bytes: u64,
+    pub bytes_per_entry: f64,
+    pub fill_s: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct MaglevTiming {
+    pub backends: usize,
+    pub build_s: f64,
+    pub build_and_install_s: f64,
+    pub slots_written: u64,
+}
+
+/// One end-to-end metric for one configuration: samples and their median.
+#[derive(Clone, Debug)]
+pub struct E2eCell {
+    pub samples: Vec<f64>,
+    pub median: f64,
+}
+
+impl E2eCell {
+    pub fn new(samples: Vec<f64>) -> E2eCell {
+        let median = median(&samples);
+        E2eCell { samples, median }
+    }
+}
+
+/// One row of the end-to-end comparison: a metric over every configuration.
+#[derive(Clone, Debug)]
+pub struct E2eRow {
+    pub metric: String,
+    pub unit: String,
+    /// In the order of `E2eResults::configs`; None where the measurement failed.
+    pub cells: Vec<Option<E2eCell>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct E2eResults {
+    pub configs: Vec<String>,
+    pub rows: Vec<E2eRow>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Startup {
+    pub services: usize,
+    pub backends: usize,
+    pub seconds: Option<f64>,
+    pub note: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub name: String,
+    pub goal: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub env: Environment,
+    pub repeat: u32,
+    pub runs: usize,
+    pub floor_direct_ns: f64,
+    pub wrapper_ns: f64,
+    pub paths: Vec<KernelPath>,
+    pub syn_proxy: String,
+    pub scale: Vec<ScalePoint>,
+    pub maglev: Vec<MaglevTiming>,
+    pub startup: Vec<Startup>,
+    pub e2e: E2eResults,
+    pub targets: Vec<Target>,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn to_json(&self) -> Value {
+        let e = &self.env;
+        json!({
+            "environment": {
+                "kernel": e.kernel, "cpu": e.cpu, "cpus": e.cpus, "profile": e.profile,
+                "git_revision": e.git_revision, "mode": e.mode, "started": e.started,
+                "duration_s": e.duration_s,
+            },
+            "per_packet": {
+                "repeat": self.repeat,
+                "runs": self.runs,
+                "floor_direct_ns": self.floor_direct_ns,
+                "wrapper_ns": self.wrapper_ns,
+                "paths": self.paths.iter().map(|p| json!({
+                    "name": p.name, "runs_ns": p.runs_ns, "raw_ns": p.raw_ns,
+                    "net_ns": p.net_ns, "mpps_one_core": mpps(p.net_ns),
+                    "floor_ratio": p.floor_ratio, "verdict": p.verdict, "took": p.took,
+                })).collect::<Vec<_>>(),
+                "syn_proxy": self.syn_proxy,
+            },
+            "end_to_end": {
+                "configs": self.e2e.configs,
+                "rows": self.e2e.rows.iter().map(|r| json!({
+                    "metric": r.metric, "unit": r.unit,
+                    "cells": r.cells.iter().map(|c| c.as_ref().map(|c| json!({
+                        "samples": c.samples, "median": c.median,
+                    }))).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "notes": self.e2e.notes,
+            },
+            "scale": {
+                "flows": self.scale.iter().map(|s| json!({
+                    "flows": s.flows, "capacity": s.capacity, "runs_ns": s.runs_ns,
+                    "raw_ns": s.raw_ns, "net_ns": s.net_ns, "map_bytes": s.map_bytes,
+                    "bytes_per_entry": s.bytes_per_entry,
+                    "bytes_per_connection": 2.0 * s.bytes_per_entry, "fill_s": s.fill_s,
+                })).collect::<Vec<_>>(),
+                "maglev": self.maglev.iter().map(|m| json!({
+                    "backends": m.backends, "build_s": m.build_s,
+                    "build_and_install_s": m.build_and_install_s, "slots_written": m.slots_written,
+                })).collect::<Vec<_>>(),
+                "startup": self.startup.iter().map(|s| json!({
+                    "services": s.services, "backends": s.backends, "seconds": s.seconds,
+                    "note": s.note,
+                })).collect::<Vec<_>>(),
+            },
+            "targets": self.targets.iter().map(|t| json!({
+                "name": t.name, "goal": t.goal, "measured": t.measured, "met": t.met,
+            })).collect::<Vec<_>>(),
+            "notes": self.notes,
+        })
+    }
+}
+
+/// Packets per second on one core, in millions, at `ns` per packet.
+pub fn mpps(ns: f64) -> f64 {
+    if ns > 0.0 { 1000.0 / ns } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[f64::NAN, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn mpps_is_inverse_ns() {
+        assert_eq!(mpps(20.0), 50.0);
+        assert_eq!(mpps(0.0), 0.0);
+    }
+}

@@ -1,0 +1,409 @@
+//! Writers of `target/bench/report.md`, `report.json` and `e2e.svg`.
+
+use std::fmt::Write as _;
+
+use super::model::{E2eResults, Report, mpps};
+
+fn ratio(a: f64, b: f64) -> String {
+    if a > 0.0 && b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+fn si(v: f64) -> String {
+    if v >= 1e9 {
+        format!("{:.2} G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.2} M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1} k", v / 1e3)
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// The end-to-end table: medians, then ratios to nftables and to plain routing.
+pub fn e2e_table(e2e: &E2eResults) -> String {
+    let mut out = String::new();
+    let nft = e2e.configs.iter().position(|c| c.starts_with("nftables"));
+    let routing = e2e
+        .configs
+        .iter()
+        .position(|c| c.starts_with("kernel routing"));
+    let _ = write!(out, "| metric |");
+    for c in &e2e.configs {
+        let _ = write!(out, " {c} |");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(e2e.configs.len()));
+    for row in &e2e.rows {
+        let _ = write!(out, "| {} ({}) |", row.metric, row.unit);
+        let base = |i: Option<usize>| i.and_then(|i| row.cells[i].as_ref()).map(|c| c.median);
+        for cell in &row.cells {
+            match cell {
+                Some(c) => {
+                    let _ = write!(
+                        out,
+                        " {} (vs nft {}, vs routing {}) |",
+                        si(c.median),
+                        ratio(c.median, base(nft).unwrap_or(0.0)),
+                        ratio(c.median, base(routing).unwrap_or(0.0))
+                    );
+                }
+                None => out.push_str(" failed |"),
+            }
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
+
+/// The per-packet table (group 1).
+pub fn per_packet_table(r: &Report) -> String {
+    let mut out = String::from(
+        "| path | ns/packet (net) | Mpps, 1 core | × floor | raw ns (with wrapper) | runs (raw ns) | what the repeats did |\n|---|---:|---:|---:|---:|---|---|\n",
+    );
+    let _ = writeln!(
+        out,
+        "| floor program, direct | {:.1} | {:.1} | 1.00× | – | – | XDP_TX (MAC swap twice = identity) |",
+        r.floor_direct_ns,
+        mpps(r.floor_direct_ns)
+    );
+    let _ = writeln!(
+        out,
+        "| wrapper → null (overhead, subtracted below) | {:.1} | – | – | {:.1} | – | XDP_TX |",
+        r.wrapper_ns, r.wrapper_ns
+    );
+    for p in &r.paths {
+        let runs: Vec<String> = p.runs_ns.iter().map(|v| format!("{v:.0}")).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {:.2}× | {:.1} | {} | {} |",
+            p.name,
+            p.net_ns,
+            mpps(p.net_ns),
+            p.floor_ratio,
+            p.raw_ns,
+            runs.join(", "),
+            p.took
+        );
+    }
+    out
+}
+
+pub fn markdown(r: &Report) -> String {
+    let e = &r.env;
+    let mut out = String::new();
+    let _ = writeln!(out, "# lb benchmark report ({})\n", e.mode);
+    let _ = writeln!(
+        out,
+        "- kernel: {}\n- CPU: {} ({} CPUs)\n- build profile: {}\n- git revision: {}\n- started: {}, took {:.0} s\n",
+        e.kernel, e.cpu, e.cpus, e.profile, e.git_revision, e.started, e.duration_s
+    );
+    let _ = writeln!(
+        out,
+        "## 1. Per-packet cost in the kernel (BPF_PROG_TEST_RUN)\n"
+    );
+    let _ = writeln!(
+        out,
+        "repeat {} per run, median of {} runs. Each repeat goes through `bench_wrapper`, which restores the packet (or writes a new source for first-packet paths) and tail-calls the program; its cost (wrapper → null) is subtracted. \"× floor\" divides by the floor program run directly.\n",
+        r.repeat, r.runs
+    );
+    out.push_str(&per_packet_table(r));
+    let _ = writeln!(out, "\nSYN proxy: {}\n", r.syn_proxy);
+    let _ = writeln!(
+        out,
+        "## 2. End to end over veth (client → LB namespace → servers)\n"
+    );
+    out.push_str(&e2e_table(&r.e2e));
+    for n in &r.e2e.notes {
+        let _ = writeln!(out, "\n- {n}");
+    }
+    let _ = writeln!(
+        out,
+        "\nChart: `e2e.svg` (each metric relative to kernel routing).\n"
+    );
+    let _ = writeln!(out, "## 3. Scale\n");
+    let _ = writeln!(
+        out,
+        "| flow entries | table capacity | established ns/packet (net) | × at smallest | kernel bytes/entry | bytes/connection (2 entries) | fill time (s) |\n|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let first = r.scale.first().map(|s| s.net_ns).unwrap_or(0.0);
+    for s in &r.scale {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {} | {:.0} | {:.0} | {:.1} |",
+            s.flows,
+            s.capacity,
+            s.net_ns,
+            ratio(s.net_ns, first),
+            s.bytes_per_entry,
+            2.0 * s.bytes_per_entry,
+            s.fill_s
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n| Maglev backends | build ring (ms) | build + install (ms) | slots written |\n|---:|---:|---:|---:|"
+    );
+    for m in &r.maglev {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {} |",
+            m.backends,
+            m.build_s * 1e3,
+            m.build_and_install_s * 1e3,
+            m.slots_written
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n| services | backends | `lb run` → forwarding (s) | note |\n|---:|---:|---:|---|"
+    );
+    for s in &r.startup {
+        let secs = s.seconds.map_or("–".into(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            s.services, s.backends, secs, s.note
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n## Targets (reported, not enforced)\n\n| target | goal | measured | met |\n|---|---|---|---|"
+    );
+    for t in &r.targets {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let _ = writeln!(out, "| {} | {} | {} | {met} |", t.name, t.goal, t.measured);
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(out, "\n## Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(out, "- {n}");
+        }
+    }
+    out
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Grouped bar chart: one group per metric, one bar per configuration, each bar the
+/// median relative to the first configuration (kernel routing), labelled with its value.
+pub fn svg(e2e: &E2eResults) -> String {
+    const COLORS: [&str; 6] = [
+        "#7f7f7f", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e",
+    ];
+    let (width, height, left, top, bottom) = (900.0, 420.0, 60.0, 40.0, 90.0);
+    let plot_h = height - top - bottom;
+    let groups = e2e.rows.len().max(1) as f64;
+    let bars = e2e.configs.len().max(1) as f64;
+    let group_w = (width - left - 20.0) / groups;
+    let bar_w = group_w * 0.8 / bars;
+    let rel = |row: &super::model::E2eRow, i: usize| -> Option<f64> {
+        let base = row.cells.first()?.as_ref()?.median;
+        let v = row.cells.get(i)?.as_ref()?.median;
+        (base > 0.0).then(|| v / base)
+    };
+    let max_rel = e2e
+        .rows
+        .iter()
+        .flat_map(|r| (0..e2e.configs.len()).filter_map(move |i| rel(r, i)))
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">End to end over veth, relative to {} (median)</text>\n",
+        width / 2.0,
+        xml_escape(
+            e2e.configs
+                .first()
+                .map(String::as_str)
+                .unwrap_or("baseline")
+        )
+    );
+    // Axis with gridlines at every 0.5×.
+    let mut tick = 0.0;
+    while tick <= max_rel {
+        let y = top + plot_h * (1.0 - tick / max_rel);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick:.1}×</text>",
+            width - 20.0,
+            left - 5.0,
+            y + 4.0
+        );
+        tick += 0.5;
+    }
+    for (g, row) in e2e.rows.iter().enumerate() {
+        let gx = left + g as f64 * group_w + group_w * 0.1;
+        for i in 0..e2e.configs.len() {
+            let Some(v) = rel(row, i) else { continue };
+            let h = plot_h * v / max_rel;
+            let x = gx + i as f64 * bar_w;
+            let y = top + plot_h - h;
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"9\">{v:.2}</text>",
+                bar_w * 0.9,
+                COLORS[i % COLORS.len()],
+                x + bar_w * 0.45,
+                y - 3.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            gx + group_w * 0.4,
+            top + plot_h + 15.0,
+            xml_escape(&row.metric)
+        );
+    }
+    for (i, c) in e2e.configs.iter().enumerate() {
+        let x = left + i as f64 * 200.0;
+        let y = height - 25.0;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{y}\">{}</text>",
+            y - 10.0,
+            COLORS[i % COLORS.len()],
+            x + 16.0,
+            xml_escape(c)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::model::*;
+
+    fn synthetic() -> Report {
+        Report {
+            env: Environment {
+                kernel: "6.18.0".into(),
+                cpu: "Test CPU".into(),
+                cpus: 2,
+                profile: "release".into(),
+                git_revision: "abc123".into(),
+                mode: "quick".into(),
+                started: "t0".into(),
+                duration_s: 12.0,
+            },
+            repeat: 1000,
+            runs: 3,
+            floor_direct_ns: 20.0,
+            wrapper_ns: 10.0,
+            paths: vec![KernelPath {
+                name: "established TCP forward".into(),
+                runs_ns: vec![39.0, 40.0, 41.0],
+                raw_ns: 40.0,
+                net_ns: 30.0,
+                floor_ratio: 1.5,
+                verdict: "XDP_REDIRECT".into(),
+                took: "flow_hits +3000 = repeats".into(),
+            }],
+            syn_proxy: "not present".into(),
+            scale: vec![ScalePoint {
+                flows: 1000,
+                capacity: 4096,
+                runs_ns: vec![50.0],
+                raw_ns: 60.0,
+                net_ns: 50.0,
+                map_bytes: 409_600,
+                bytes_per_entry: 100.0,
+                fill_s: 0.01,
+            }],
+            maglev: vec![MaglevTiming {
+                backends: 10,
+                build_s: 0.002,
+                build_and_install_s: 0.1,
+                slots_written: 65537,
+            }],
+            startup: vec![Startup {
+                services: 10,
+                backends: 100,
+                seconds: Some(1.5),
+                note: "ok".into(),
+            }],
+            e2e: E2eResults {
+                configs: vec![
+                    "kernel routing".into(),
+                    "nftables DNAT".into(),
+                    "lb <native>".into(),
+                ],
+                rows: vec![E2eRow {
+                    metric: "UDP 64 B".into(),
+                    unit: "packets/s".into(),
+                    cells: vec![
+                        Some(E2eCell::new(vec![500e3, 550e3, 600e3])),
+                        Some(E2eCell::new(vec![400e3])),
+                        None,
+                    ],
+                }],
+                notes: vec![],
+            },
+            targets: vec![Target {
+                name: "forward".into(),
+                goal: "≤ 1.5× floor".into(),
+                measured: "1.50×".into(),
+                met: Some(true),
+            }],
+            notes: vec!["a note".into()],
+        }
+    }
+
+    #[test]
+    fn markdown_has_every_section_and_exact_ratios() {
+        let md = markdown(&synthetic());
+        for needle in [
+            "- kernel: 6.18.0",
+            "- git revision: abc123",
+            "- build profile: release",
+            "| established TCP forward | 30.0 | 33.3 | 1.50× | 40.0 | 39, 40, 41 | flow_hits +3000 = repeats |",
+            "| UDP 64 B (packets/s) | 550.0 k (vs nft 1.38×, vs routing 1.00×) | 400.0 k (vs nft 1.00×, vs routing 0.73×) | failed |",
+            "| 1000 | 4096 | 50.0 | 1.00× | 100 | 200 | 0.0 |",
+            "| 10 | 2.0 | 100.0 | 65537 |",
+            "| 10 | 100 | 1.50 | ok |",
+            "| forward | ≤ 1.5× floor | 1.50× | yes |",
+            "- a note",
+        ] {
+            assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+        }
+    }
+
+    #[test]
+    fn json_round_trips_the_numbers() {
+        let v = synthetic().to_json();
+        let text = serde_json::to_string(&v).unwrap();
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["per_packet"]["paths"][0]["net_ns"], 30.0);
+        assert_eq!(back["per_packet"]["paths"][0]["floor_ratio"], 1.5);
+        assert_eq!(back["end_to_end"]["rows"][0]["cells"][0]["median"], 550e3);
+        assert!(back["end_to_end"]["rows"][0]["cells"][2].is_null());
+        assert_eq!(back["scale"]["flows"][0]["bytes_per_connection"], 200.0);
+        assert_eq!(back["environment"]["git_revision"], "abc123");
+    }
+
+    #[test]
+    fn svg_is_well_formed_with_one_bar_per_measured_cell() {
+        let svg = svg(&synthetic().e2e);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        // Two measured cells → two bars, plus the background and 3 legend swatches.
+        assert_eq!(svg.matches("<rect").count(), 1 + 2 + 3);
+        assert!(svg.contains(">1.00</text>") && svg.contains(">0.73</text>"));
+        assert!(svg.contains("lb &lt;native&gt;"));
+    }
+}
