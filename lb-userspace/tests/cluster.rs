@@ -20,7 +20,9 @@ use lb_userspace::{
 use tokio::{net::UdpSocket, sync::oneshot, task::JoinHandle};
 
 const CLUSTER: u16 = 42;
-const INTERVAL: Duration = Duration::from_millis(100);
+// Short enough for a quick test, long enough that a busy 2-core machine does not miss
+// three heartbeats in a row.
+const INTERVAL: Duration = Duration::from_millis(250);
 const KEY: &[u8] = b"loopback-cluster-key-0123456789!";
 
 struct Node {
@@ -160,6 +162,14 @@ async fn agents_join_report_leave_fail_and_rejoin() {
         },
     )
     .await;
+    // The intruder's first join may still be in flight on a loaded machine.
+    wait_for(
+        &engine,
+        "the intruder's join dropped for its tag",
+        Duration::from_secs(5),
+        |e| e.counters().drop_bad_tag >= 1,
+    )
+    .await;
     {
         let e = engine.lock().unwrap();
         let row = e
@@ -181,21 +191,16 @@ async fn agents_join_report_leave_fail_and_rejoin() {
     let a = agents[0].take().unwrap();
     a.stop.send(()).unwrap();
     a.task.await.unwrap().unwrap();
-    wait_for(
-        &engine,
-        "node 1 draining",
-        Duration::from_millis(500),
-        |e| {
-            state_of(e, nodes[0].address) == Some((NodeState::Draining, 0))
-                && state_of(e, nodes[1].address) == Some((NodeState::Active, 500))
-        },
-    )
+    wait_for(&engine, "node 1 draining", Duration::from_secs(2), |e| {
+        state_of(e, nodes[0].address) == Some((NodeState::Draining, 0))
+            && state_of(e, nodes[1].address) == Some((NodeState::Active, 500))
+    })
     .await;
 
     // A crash: no leave. Down within 3 heartbeats (+ margin for this busy machine).
     let b = agents[1].take().unwrap();
     b.task.abort();
-    let took = wait_for(&engine, "node 2 down", Duration::from_secs(2), |e| {
+    let took = wait_for(&engine, "node 2 down", Duration::from_secs(4), |e| {
         state_of(e, nodes[1].address) == Some((NodeState::Down, 0))
     })
     .await;
