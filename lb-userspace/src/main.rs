@@ -82,6 +82,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cluster nodes: the router's health-and-load table (application, node, health,
+    /// load, capacity, target and current allotment) and its counters.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
     /// Change backends of the running system (not the config file).
     Backend {
         #[command(subcommand)]
@@ -250,6 +256,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reload { json } => (Request::Reload, json),
         Command::Backends { json } => (Request::Backends, json),
         Command::Sessions { json } => (Request::Sessions, json),
+        Command::Nodes { json } => (Request::Nodes, json),
         Command::Backend { action } => (
             match action {
                 BackendAction::Drain { backend } => Request::BackendDrain { backend },

@@ -150,7 +150,7 @@ pub fn interface_address(name: &str) -> Result<(Ipv4Addr, Option<Ipv4Addr>)> {
 }
 
 /// 8 random bytes: this process's instance id.
-fn random_instance() -> u64 {
+pub fn random_instance() -> u64 {
     let mut bytes = [0u8; 8];
     if std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
