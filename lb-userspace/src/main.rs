@@ -142,6 +142,9 @@ struct NodeArgs {
     /// Relative capacity; the router shares new flows by it.
     #[arg(long, default_value_t = 1)]
     capacity: u32,
+    /// What to report as load: the load average per CPU, or none (share by capacity).
+    #[arg(long, value_enum, default_value = "loadavg")]
+    load_source: cluster::agent::LoadSource,
     /// Interface on the internal segment: its address is the node's, joins go to its
     /// broadcast address.
     #[arg(long, required_unless_present = "address")]
@@ -199,6 +202,7 @@ fn run_node(args: NodeArgs) -> Result<()> {
         interval: args.interval,
         dead_after: args.dead_after,
         capacity: args.capacity,
+        load_source: args.load_source,
         address,
         listen_port: args.port,
         announce_to: std::net::SocketAddrV4::new(announce_ip, args.port),
