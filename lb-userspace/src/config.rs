@@ -832,7 +832,10 @@ impl Parser<'_> {
             Some(name) => {
                 return Err(self.error(
                     name.span(),
-                    format!("cluster.interface {:?} is not a valid interface name", name.get_ref()),
+                    format!(
+                        "cluster.interface {:?} is not a valid interface name",
+                        name.get_ref()
+                    ),
                 ));
             }
         };
@@ -859,9 +862,18 @@ impl Parser<'_> {
             DEFAULT_HEARTBEAT_MS,
         )?;
         Ok(ClusterConfig {
-            cluster_id: self.int(&cluster.cluster_id, "cluster.cluster_id", 0..=u16::MAX as i64)?,
+            cluster_id: self.int(
+                &cluster.cluster_id,
+                "cluster.cluster_id",
+                0..=u16::MAX as i64,
+            )?,
             key_file: PathBuf::from(key_file),
-            port: self.int_or(cluster.port.as_ref(), "cluster.port", PORTS, DEFAULT_CLUSTER_PORT)?,
+            port: self.int_or(
+                cluster.port.as_ref(),
+                "cluster.port",
+                PORTS,
+                DEFAULT_CLUSTER_PORT,
+            )?,
             interface,
             router_ip,
             controller,
@@ -1783,12 +1795,23 @@ snat_ip = "198.19.1.1"
             "cluster.dead_after must be between 1 and 20",
         );
         assert_refused(
-            &with("cluster_id = 7", "cluster_id = 7\ncontroller = \"255.255.255.255\""),
+            &with(
+                "cluster_id = 7",
+                "cluster_id = 7\ncontroller = \"255.255.255.255\"",
+            ),
             5,
             "cluster.controller must be a unicast address",
         );
-        assert_refused(&with("key_file = \"/etc/lb/cluster.key\"", "key_file = \"\""), 5, "must not be empty");
-        assert_refused(&with("cluster_id = 7", "cluster_id = 7\nsecret = 1"), 5, "unknown field `secret`");
+        assert_refused(
+            &with("key_file = \"/etc/lb/cluster.key\"", "key_file = \"\""),
+            5,
+            "must not be empty",
+        );
+        assert_refused(
+            &with("cluster_id = 7", "cluster_id = 7\nsecret = 1"),
+            5,
+            "unknown field `secret`",
+        );
     }
 
     #[test]

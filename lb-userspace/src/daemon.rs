@@ -91,14 +91,12 @@ pub fn known_services(config: &Config) -> Vec<KnownService> {
 
 /// Reads the key, finds the router address and binds the socket: everything that can
 /// fail about `[cluster]`, before the data path is touched.
-pub fn prepare_cluster(
-    config: &Config,
-) -> Result<Option<(ClusterRouter, std::net::UdpSocket)>> {
+pub fn prepare_cluster(config: &Config) -> Result<Option<(ClusterRouter, std::net::UdpSocket)>> {
     let Some(cluster) = &config.cluster else {
         return Ok(None);
     };
-    let key = cluster::wire::ClusterKey::from_file(&cluster.key_file)
-        .context("cluster.key_file")?;
+    let key =
+        cluster::wire::ClusterKey::from_file(&cluster.key_file).context("cluster.key_file")?;
     let interface_ip = match &cluster.interface {
         Some(name) => {
             if !sys::interface_exists(name) {
@@ -415,7 +413,9 @@ impl Controller {
                 }
                 cluster.applied_generation = Some(generation);
                 cluster.last_error = None;
-                log::info!("cluster: applied announced endpoints (table {generation}): {summary:?}");
+                log::info!(
+                    "cluster: applied announced endpoints (table {generation}): {summary:?}"
+                );
             }
             Err(e) => {
                 let text = format!("{e:#}");
@@ -725,15 +725,11 @@ impl Controller {
                     s.name == service.config.name
                         && s.backends.iter().any(|b| (b.address, b.port) == addr)
                 });
-                let announced = self
-                    .cluster
-                    .as_ref()
-                    .filter(|_| !configured)
-                    .and_then(|c| {
-                        c.announced.iter().find(|e| {
-                            e.service == service.config.name && (e.node, e.port) == addr
-                        })
-                    });
+                let announced = self.cluster.as_ref().filter(|_| !configured).and_then(|c| {
+                    c.announced
+                        .iter()
+                        .find(|e| e.service == service.config.name && (e.node, e.port) == addr)
+                });
                 let mut health = match (&service.config.health_check, self.health.get(&key)) {
                     (None, _) => "unchecked",
                     (Some(_), Some(h)) if !h.up => "down",
@@ -748,8 +744,14 @@ impl Controller {
                 .to_string();
                 if let Some(e) = announced {
                     // The node's own report and the router's view of the node.
-                    health = serde_json::to_value(e.health)?.as_str().unwrap_or("-").into();
-                    state = serde_json::to_value(e.state)?.as_str().unwrap_or("-").into();
+                    health = serde_json::to_value(e.health)?
+                        .as_str()
+                        .unwrap_or("-")
+                        .into();
+                    state = serde_json::to_value(e.state)?
+                        .as_str()
+                        .unwrap_or("-")
+                        .into();
                 }
                 let stats = self.dataplane.backend_stats(id)?;
                 rows.push(json!({

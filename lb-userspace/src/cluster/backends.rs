@@ -111,7 +111,8 @@ fn scaled(tokens: u32, configured_weight: u64) -> u32 {
     if configured_weight == 0 {
         return tokens;
     }
-    let weight = (u64::from(tokens) * configured_weight + u64::from(TOKENS) / 2) / u64::from(TOKENS);
+    let weight =
+        (u64::from(tokens) * configured_weight + u64::from(TOKENS) / 2) / u64::from(TOKENS);
     weight.clamp(1, u64::from(u32::MAX)) as u32
 }
 
@@ -148,7 +149,13 @@ address = "198.19.0.51"
 weight = 3
 "#;
 
-    fn endpoint(service: &str, last: u8, port: u16, state: NodeState, tokens: u32) -> AnnouncedEndpoint {
+    fn endpoint(
+        service: &str,
+        last: u8,
+        port: u16,
+        state: NodeState,
+        tokens: u32,
+    ) -> AnnouncedEndpoint {
         AnnouncedEndpoint {
             service: service.into(),
             vip: Ipv4Addr::new(198, 18, 1, 10),
@@ -244,7 +251,11 @@ weight = 3
         );
         assert_eq!(skipped.configured, vec![("mixed".into(), (ip(50), 81))]);
         assert_eq!(scaled(400, 100), 40);
-        assert_eq!(scaled(1, 100), 1, "an endpoint with tokens never rounds to 0");
+        assert_eq!(
+            scaled(1, 100),
+            1,
+            "an endpoint with tokens never rounds to 0"
+        );
         assert_eq!(scaled(400, 0), 400);
     }
 }
