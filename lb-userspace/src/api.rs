@@ -26,6 +26,8 @@ pub enum Request {
     Reload,
     Backends,
     Sessions,
+    /// The cluster router's health-and-load table and counters.
+    Nodes,
     /// Backend `address[:port]` (in every service) takes no new flows.
     #[serde(rename = "backend-drain")]
     BackendDrain {

@@ -288,7 +288,34 @@ pub struct Config {
     pub snat_port_max: u16,
     /// In file order.
     pub services: Vec<ServiceConfig>,
+    /// Cluster nodes announce themselves (`[cluster]`); `None`: only configured backends.
+    pub cluster: Option<ClusterConfig>,
     origin: Origin,
+}
+
+/// Defaults of `[cluster]`.
+pub const DEFAULT_CLUSTER_PORT: u16 = 7394;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 1000;
+pub const DEFAULT_DEAD_AFTER: u32 = 3;
+
+/// The router side of the cluster protocol (docs/cluster-protocol.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub cluster_id: u16,
+    /// File holding the cluster's HMAC key; read when `lb run` starts.
+    pub key_file: PathBuf,
+    /// UDP port the router listens on (every address, so broadcast joins arrive).
+    pub port: u16,
+    /// The nodes' segment: the socket is bound to it and, without `router_ip`, its
+    /// address is the router's.
+    pub interface: Option<String>,
+    /// The router address told to the nodes (header word 4).
+    pub router_ip: Option<Ipv4Addr>,
+    /// A configured management node; `None` elects the highest-priority live node.
+    pub controller: Option<Ipv4Addr>,
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats before a node takes no new flows.
+    pub dead_after: u32,
 }
 
 /// An invalid or unreadable configuration file.
@@ -421,6 +448,20 @@ struct RawConfig {
     snat: Option<Spanned<RawSnat>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+    cluster: Option<Spanned<RawCluster>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    cluster_id: Spanned<i64>,
+    key_file: Spanned<String>,
+    port: Option<Spanned<i64>>,
+    interface: Option<Spanned<String>>,
+    router_ip: Option<Spanned<Ipv4Addr>>,
+    controller: Option<Spanned<Ipv4Addr>>,
+    heartbeat_ms: Option<Spanned<i64>>,
+    dead_after: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -704,7 +745,11 @@ impl Parser<'_> {
             }
         };
 
-        let services = self.services(&raw.service, &limits)?;
+        let cluster = match &raw.cluster {
+            None => None,
+            Some(cluster) => Some(self.cluster(cluster)?),
+        };
+        let services = self.services(&raw.service, &limits, cluster.is_some())?;
 
         Ok(Config {
             name,
@@ -717,6 +762,7 @@ impl Parser<'_> {
             snat_port_min,
             snat_port_max,
             services,
+            cluster,
             origin: Origin {
                 path: self.path.to_owned(),
                 attach: attach_positions,
@@ -771,10 +817,83 @@ impl Parser<'_> {
         ))
     }
 
+    fn cluster(&self, raw: &Spanned<RawCluster>) -> Result<ClusterConfig, ConfigError> {
+        let cluster = raw.get_ref();
+        let key_file = cluster.key_file.get_ref();
+        if key_file.is_empty() {
+            return Err(self.error(
+                cluster.key_file.span(),
+                "cluster.key_file must not be empty",
+            ));
+        }
+        let interface = match &cluster.interface {
+            None => None,
+            Some(name) if valid_ifname(name.get_ref()) => Some(name.get_ref().clone()),
+            Some(name) => {
+                return Err(self.error(
+                    name.span(),
+                    format!(
+                        "cluster.interface {:?} is not a valid interface name",
+                        name.get_ref()
+                    ),
+                ));
+            }
+        };
+        let router_ip = match &cluster.router_ip {
+            None => None,
+            Some(ip) => Some(self.unicast(ip, "cluster.router_ip")?),
+        };
+        if interface.is_none() && router_ip.is_none() {
+            return Err(self.error(
+                raw.span(),
+                "[cluster] needs `interface` (the nodes' segment) or `router_ip`",
+            ));
+        }
+        let controller = match &cluster.controller {
+            None => None,
+            Some(ip) => Some(self.unicast(ip, "cluster.controller")?),
+        };
+        // Bounded so that a node is always declared down well before it is forgotten
+        // (300 s), which replay protection relies on.
+        let heartbeat_ms: u64 = self.int_or(
+            cluster.heartbeat_ms.as_ref(),
+            "cluster.heartbeat_ms",
+            50..=10_000,
+            DEFAULT_HEARTBEAT_MS,
+        )?;
+        Ok(ClusterConfig {
+            cluster_id: self.int(
+                &cluster.cluster_id,
+                "cluster.cluster_id",
+                0..=u16::MAX as i64,
+            )?,
+            key_file: PathBuf::from(key_file),
+            port: self.int_or(
+                cluster.port.as_ref(),
+                "cluster.port",
+                PORTS,
+                DEFAULT_CLUSTER_PORT,
+            )?,
+            interface,
+            router_ip,
+            controller,
+            heartbeat_interval: Duration::from_millis(heartbeat_ms),
+            dead_after: self.int_or(
+                cluster.dead_after.as_ref(),
+                "cluster.dead_after",
+                1..=20,
+                DEFAULT_DEAD_AFTER,
+            )?,
+        })
+    }
+
+    /// With a cluster, a service may start without configured backends: nodes announce
+    /// theirs.
     fn services(
         &self,
         raw: &[Spanned<RawService>],
         limits: &Limits,
+        announced_backends: bool,
     ) -> Result<Vec<ServiceConfig>, ConfigError> {
         // A full-NAT source address equal to any VIP, even a later one, would make
         // translated packets look like client traffic to that service.
@@ -865,8 +984,14 @@ impl Parser<'_> {
                 }
             };
 
-            if service.backend.is_empty() {
-                return Err(self.error(table, format!("service {name:?} has no backends")));
+            if service.backend.is_empty() && !announced_backends {
+                return Err(self.error(
+                    table,
+                    format!(
+                        "service {name:?} has no backends (and no [cluster] whose nodes \
+                         could announce some)"
+                    ),
+                ));
             }
             let mut backends = Vec::with_capacity(service.backend.len());
             let mut seen = HashSet::new();
@@ -899,7 +1024,7 @@ impl Parser<'_> {
                     weight,
                 });
             }
-            if backends.iter().all(|backend| backend.weight == 0) {
+            if !announced_backends && backends.iter().all(|backend| backend.weight == 0) {
                 return Err(self.error(
                     table,
                     format!(
@@ -1247,6 +1372,7 @@ backend = [
                     on_backend_down: BackendDown::Keep,
                 },
             ],
+            cluster: None,
             origin: Origin::default(),
         };
         assert_eq!(config, expected);
@@ -1593,6 +1719,99 @@ backend = [
              protocol = \"udp\"\nmode = \"dnat\"\n[[service.backend]]\naddress = \"198.19.0.11\"\n",
         );
         assert_eq!(parse(&text).unwrap().services.len(), 2);
+    }
+
+    const CLUSTER: &str = r#"[interfaces]
+attach = ["lb-ext", "lb-int"]
+[cluster]
+cluster_id = 7
+key_file = "/etc/lb/cluster.key"
+interface = "lb-int"
+[[service]]
+name = "web"
+vip = "198.18.1.10"
+port = 80
+snat_ip = "198.19.1.1"
+"#;
+
+    #[test]
+    fn cluster_table_parses_with_defaults() {
+        let config = parse(CLUSTER).unwrap();
+        assert_eq!(
+            config.cluster,
+            Some(ClusterConfig {
+                cluster_id: 7,
+                key_file: "/etc/lb/cluster.key".into(),
+                port: DEFAULT_CLUSTER_PORT,
+                interface: Some("lb-int".into()),
+                router_ip: None,
+                controller: None,
+                heartbeat_interval: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
+                dead_after: DEFAULT_DEAD_AFTER,
+            })
+        );
+        // With a cluster, a service may wait for announced backends.
+        assert!(config.services[0].backends.is_empty());
+        let full = CLUSTER.replace(
+            "interface = \"lb-int\"\n",
+            "router_ip = \"198.19.0.1\"\ncontroller = \"198.19.0.13\"\nport = 9000\n\
+             heartbeat_ms = 250\ndead_after = 4\n",
+        );
+        let cluster = parse(&full).unwrap().cluster.unwrap();
+        assert_eq!(cluster.router_ip, Some(Ipv4Addr::new(198, 19, 0, 1)));
+        assert_eq!(cluster.controller, Some(Ipv4Addr::new(198, 19, 0, 13)));
+        assert_eq!(cluster.port, 9000);
+        assert_eq!(cluster.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(cluster.dead_after, 4);
+        assert_eq!(cluster.interface, None);
+    }
+
+    #[test]
+    fn cluster_keys_are_checked() {
+        let with = |from: &str, to: &str| CLUSTER.replace(from, to);
+        assert_refused(
+            &with("cluster_id = 7", "cluster_id = 65536"),
+            4,
+            "cluster.cluster_id must be between 0 and 65535",
+        );
+        assert_refused(
+            &with("interface = \"lb-int\"\n", ""),
+            3,
+            "needs `interface` (the nodes' segment) or `router_ip`",
+        );
+        assert_refused(
+            &with("interface = \"lb-int\"", "interface = \"a/b\""),
+            6,
+            "not a valid interface name",
+        );
+        assert_refused(
+            &with("cluster_id = 7", "cluster_id = 7\nheartbeat_ms = 10"),
+            5,
+            "cluster.heartbeat_ms must be between 50 and 10000",
+        );
+        assert_refused(
+            &with("cluster_id = 7", "cluster_id = 7\ndead_after = 0"),
+            5,
+            "cluster.dead_after must be between 1 and 20",
+        );
+        assert_refused(
+            &with(
+                "cluster_id = 7",
+                "cluster_id = 7\ncontroller = \"255.255.255.255\"",
+            ),
+            5,
+            "cluster.controller must be a unicast address",
+        );
+        assert_refused(
+            &with("key_file = \"/etc/lb/cluster.key\"", "key_file = \"\""),
+            5,
+            "must not be empty",
+        );
+        assert_refused(
+            &with("cluster_id = 7", "cluster_id = 7\nsecret = 1"),
+            5,
+            "unknown field `secret`",
+        );
     }
 
     #[test]

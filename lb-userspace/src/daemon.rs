@@ -23,11 +23,15 @@ use tokio::{
 
 use crate::{
     api::{Answer, MAX_REQUEST_BYTES, Request},
-    config::{BackendConfig, BackendDown, Config, HealthCheck, XdpMode},
+    cluster::{
+        self,
+        router::{AnnouncedEndpoint, KnownService, RouterEngine, RouterSettings},
+    },
+    config::{BackendConfig, BackendDown, ClusterConfig, Config, HealthCheck, XdpMode},
     dataplane::{self, AttachedMode, Capacity, Dataplane, PinnedState},
     flows,
     health::{self, Health},
-    metrics::{BackendLabels, ReasonLabels, Scrape, ServiceLabels},
+    metrics::{BackendLabels, EventLabels, ReasonLabels, Scrape, ServiceLabels, StateLabels},
     services::{ApplySummary, BackendAddr, Overrides, ServiceTable},
     sys,
 };
@@ -50,6 +54,125 @@ pub struct Controller {
     health: BTreeMap<(String, BackendAddr), Health>,
     /// Set when a new daemon takes over: exit without detaching.
     pub handed_over: bool,
+    /// The router side of the cluster protocol, with `[cluster]`.
+    cluster: Option<ClusterRouter>,
+}
+
+/// How often the daemon looks for a change in the announced endpoints.
+pub const CLUSTER_POLL: Duration = Duration::from_millis(100);
+
+/// The cluster router as the controller sees it: the engine (shared with the socket
+/// loop in `cluster::io`) and what of its table the data plane holds.
+pub struct ClusterRouter {
+    pub engine: Arc<Mutex<RouterEngine>>,
+    pub config: ClusterConfig,
+    /// Endpoints merged into every apply (as of `applied_generation`).
+    announced: Vec<AnnouncedEndpoint>,
+    applied_generation: Option<u64>,
+    /// Last apply error, logged once until it changes.
+    last_error: Option<String>,
+    /// Skipped endpoints already logged.
+    logged_skips: std::collections::BTreeSet<(String, BackendAddr)>,
+}
+
+/// The services nodes may offer: every configured one.
+pub fn known_services(config: &Config) -> Vec<KnownService> {
+    config
+        .services
+        .iter()
+        .map(|s| KnownService {
+            name: s.name.clone(),
+            protocol: s.protocol,
+            vip: s.vip,
+            port: s.port,
+        })
+        .collect()
+}
+
+/// Reads the key, finds the router address and binds the socket: everything that can
+/// fail about `[cluster]`, before the data path is touched.
+pub fn prepare_cluster(config: &Config) -> Result<Option<(ClusterRouter, std::net::UdpSocket)>> {
+    let Some(cluster) = &config.cluster else {
+        return Ok(None);
+    };
+    let key =
+        cluster::wire::ClusterKey::from_file(&cluster.key_file).context("cluster.key_file")?;
+    let interface_ip = match &cluster.interface {
+        Some(name) => {
+            if !sys::interface_exists(name) {
+                bail!("cluster.interface {name:?} does not exist");
+            }
+            Some(
+                cluster::agent::interface_address(name)
+                    .with_context(|| format!("cluster.interface {name:?}"))?
+                    .0,
+            )
+        }
+        None => None,
+    };
+    let router_ip = cluster
+        .router_ip
+        .or(interface_ip)
+        .context("cluster: no router address (set router_ip)")?;
+    let mut settings = RouterSettings::new(cluster.cluster_id, router_ip, known_services(config));
+    settings.controller = cluster.controller;
+    settings.heartbeat_interval = cluster.heartbeat_interval;
+    settings.dead_after = cluster.dead_after;
+    let engine = RouterEngine::new(
+        settings,
+        key,
+        cluster::agent::random_instance(),
+        cluster::router::Clock::system(),
+    )
+    .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+    // Every address, or broadcast joins would be missed; the interface (if named)
+    // keeps other segments out.
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cluster.port))
+        .with_context(|| format!("cluster.port: cannot listen on UDP port {}", cluster.port))?;
+    if let Some(name) = &cluster.interface {
+        bind_to_device(&socket, name)
+            .with_context(|| format!("cluster.interface: bind the socket to {name}"))?;
+    }
+    socket.set_nonblocking(true)?;
+    log::info!(
+        "cluster {}: router {router_ip}, listening on UDP port {}{}",
+        cluster.cluster_id,
+        cluster.port,
+        cluster
+            .interface
+            .as_ref()
+            .map_or(String::new(), |i| format!(" on {i}"))
+    );
+    Ok(Some((
+        ClusterRouter {
+            engine: Arc::new(Mutex::new(engine)),
+            config: cluster.clone(),
+            announced: Vec::new(),
+            applied_generation: None,
+            last_error: None,
+            logged_skips: Default::default(),
+        },
+        socket,
+    )))
+}
+
+fn bind_to_device(socket: &std::net::UdpSocket, name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setsockopt on an open socket with a valid buffer and its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// A health check the controller wants running.
@@ -140,6 +263,7 @@ impl Controller {
                 overrides,
                 health: BTreeMap::new(),
                 handed_over: false,
+                cluster: None,
             }),
             Err(e) => {
                 if adopt {
@@ -220,6 +344,7 @@ impl Controller {
                 weight,
             } => self.add_backend(service, backend, *weight),
             Request::BackendRemove { service, backend } => self.remove_backend(service, backend),
+            Request::Nodes => self.nodes(),
             Request::Handover => {
                 self.handed_over = true;
                 Ok(json!({ "handed_over": true }))
@@ -229,8 +354,98 @@ impl Controller {
 
     /// Re-applies config and overrides (a difference: only changed rings are swapped).
     fn reapply(&mut self) -> Result<ApplySummary> {
+        let config = self.config.clone();
+        self.apply_config(&config)
+    }
+
+    /// Applies `config` with the overrides and the announced endpoints on top.
+    fn apply_config(&mut self, config: &Config) -> Result<ApplySummary> {
+        let Some(cluster) = &mut self.cluster else {
+            return self
+                .table
+                .apply_with(&mut self.dataplane, config, &self.overrides);
+        };
+        let (merged, overrides, skipped) =
+            cluster::backends::merge(config, &self.overrides, &cluster.announced);
+        for (service, (ip, port)) in &skipped.configured {
+            if cluster.logged_skips.insert((service.clone(), (*ip, *port))) {
+                log::warn!(
+                    "cluster: {service}: {ip}:{port} is announced and also configured: \
+                     the configured backend is used"
+                );
+            }
+        }
+        for (service, (ip, port)) in &skipped.no_room {
+            if cluster.logged_skips.insert((service.clone(), (*ip, *port))) {
+                log::warn!(
+                    "cluster: {service}: no room for announced {ip}:{port} \
+                     (limits.max_backends is {})",
+                    config.limits.max_backends
+                );
+            }
+        }
         self.table
-            .apply_with(&mut self.dataplane, &self.config, &self.overrides)
+            .apply_with(&mut self.dataplane, &merged, &overrides)
+    }
+
+    /// Applies the router's table if it changed since the last time (called every
+    /// [`CLUSTER_POLL`]).
+    pub fn sync_cluster(&mut self) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let (generation, endpoints) = {
+            let engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+            (engine.generation(), engine.endpoints().to_vec())
+        };
+        if cluster.applied_generation == Some(generation) {
+            return;
+        }
+        cluster.announced = endpoints;
+        let result = self.reapply();
+        let cluster = self.cluster.as_mut().expect("checked above");
+        match result {
+            Ok(summary) => {
+                let mut engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+                // Changed meanwhile: the next poll applies the newer table.
+                if engine.generation() == generation {
+                    engine.mark_applied();
+                }
+                cluster.applied_generation = Some(generation);
+                cluster.last_error = None;
+                log::info!(
+                    "cluster: applied announced endpoints (table {generation}): {summary:?}"
+                );
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                if cluster.last_error.as_ref() != Some(&text) {
+                    log::error!("cluster: applying announced endpoints failed: {text}");
+                    cluster.last_error = Some(text);
+                }
+            }
+        }
+    }
+
+    fn nodes(&self) -> Result<Value> {
+        let Some(cluster) = &self.cluster else {
+            bail!("no [cluster] in the config: this balancer takes no node announcements");
+        };
+        let engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let settings = engine.settings();
+        let management = engine.management();
+        Ok(json!({
+            "cluster_id": settings.cluster_id,
+            "router": settings.router_ip.to_string(),
+            "port": cluster.config.port,
+            "management": (!management.is_unspecified()).then(|| management.to_string()),
+            "controller_configured": settings.controller.is_some(),
+            "heartbeat_ms": settings.heartbeat_interval.as_millis() as u64,
+            "dead_after": settings.dead_after,
+            "table_generation": engine.generation(),
+            "counters": engine.counters(),
+            "endpoints": engine.endpoints(),
+        }))
     }
 
     /// The configured backend addresses `text` names, in `service` if given.
@@ -340,9 +555,7 @@ impl Controller {
                 self.dataplane.capacity.max_backends
             );
         }
-        let summary = self
-            .table
-            .apply_with(&mut self.dataplane, &config, &self.overrides)?;
+        let summary = self.apply_config(&config)?;
         self.config = config;
         log::info!("{service}: added backend {ip}:{port} (weight {weight}): {summary:?}");
         Ok(json!(summary))
@@ -357,7 +570,7 @@ impl Controller {
             .find(|s| s.name == service)
             .expect("resolved above");
         entry.backends.retain(|b| (b.address, b.port) != addr);
-        if !entry.backends.iter().any(|b| b.weight > 0) {
+        if !entry.backends.iter().any(|b| b.weight > 0) && self.cluster.is_none() {
             bail!(
                 "removing {}:{} would leave service {service:?} without a backend that \
                  can take flows",
@@ -365,9 +578,7 @@ impl Controller {
                 addr.1
             );
         }
-        let summary = self
-            .table
-            .apply_with(&mut self.dataplane, &config, &self.overrides)?;
+        let summary = self.apply_config(&config)?;
         self.config = config;
         self.prune_overrides();
         log::info!(
@@ -510,16 +721,38 @@ impl Controller {
             {
                 let addr = (backend.address, backend.port);
                 let key = (service.config.name.clone(), addr);
-                let health = match (&service.config.health_check, self.health.get(&key)) {
+                let configured = self.config.services.iter().any(|s| {
+                    s.name == service.config.name
+                        && s.backends.iter().any(|b| (b.address, b.port) == addr)
+                });
+                let announced = self.cluster.as_ref().filter(|_| !configured).and_then(|c| {
+                    c.announced
+                        .iter()
+                        .find(|e| e.service == service.config.name && (e.node, e.port) == addr)
+                });
+                let mut health = match (&service.config.health_check, self.health.get(&key)) {
                     (None, _) => "unchecked",
                     (Some(_), Some(h)) if !h.up => "down",
                     (Some(_), _) => "up",
-                };
-                let state = match self.overrides.state(addr) {
+                }
+                .to_string();
+                let mut state = match self.overrides.state(addr) {
                     lb_common::BACKEND_STATE_DRAINING => "draining",
                     _ if self.overrides.down.contains(&key) => "down",
                     _ => "active",
-                };
+                }
+                .to_string();
+                if let Some(e) = announced {
+                    // The node's own report and the router's view of the node.
+                    health = serde_json::to_value(e.health)?
+                        .as_str()
+                        .unwrap_or("-")
+                        .into();
+                    state = serde_json::to_value(e.state)?
+                        .as_str()
+                        .unwrap_or("-")
+                        .into();
+                }
                 let stats = self.dataplane.backend_stats(id)?;
                 rows.push(json!({
                     "service": service.config.name,
@@ -527,6 +760,7 @@ impl Controller {
                     "id": id,
                     "weight": self.overrides.weights.get(&key).copied().unwrap_or(backend.weight),
                     "effective_weight": effective,
+                    "source": if configured { "config" } else { "announced" },
                     "state": state,
                     "health": health,
                     "last_error": self.health.get(&key).and_then(|h| h.last_error.clone()),
@@ -693,6 +927,31 @@ impl Controller {
                     .set(i64::from(effective));
             }
         }
+        if let Some(cluster) = &self.cluster {
+            let engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let counters = serde_json::to_value(engine.counters())?;
+            for (name, value) in counters.as_object().into_iter().flatten() {
+                scrape
+                    .cluster_events
+                    .get_or_create(&EventLabels {
+                        event: name.clone(),
+                    })
+                    .inc_by(value.as_u64().unwrap_or(0));
+            }
+            for state in ["active", "draining", "down"] {
+                let count = engine
+                    .endpoints()
+                    .iter()
+                    .filter(|e| serde_json::to_value(e.state).ok() == Some(json!(state)))
+                    .count();
+                scrape
+                    .cluster_endpoints
+                    .get_or_create(&StateLabels {
+                        state: state.to_string(),
+                    })
+                    .set(count as i64);
+            }
+        }
         scrape.config_generation.set(self.generation as i64);
         scrape
             .last_reload_ok
@@ -811,10 +1070,21 @@ impl Controller {
                 self.config_path.display()
             );
         }
-        let summary = self
-            .table
-            .apply_with(&mut self.dataplane, &config, &self.overrides)?;
+        if config.cluster != self.config.cluster {
+            bail!(
+                "{}: [cluster] can only change with a restart",
+                self.config_path.display()
+            );
+        }
+        let summary = self.apply_config(&config)?;
         self.config = config;
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .engine
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_services(known_services(&self.config), Instant::now());
+        }
         self.prune_overrides();
         // Overrides of backends that went away may have changed rings: settle them.
         self.reapply()?;
@@ -939,16 +1209,40 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
         .with_context(|| format!("control.socket: cannot create {}", socket.display()))?;
     // Only the owner (root by default) may drive the balancer.
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
-    let controller = match Controller::start(config_path, mode_override, replace) {
+    // The cluster socket and key too: a bad [cluster] refuses the start, nothing changed.
+    let cluster = match prepare_cluster(&config) {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            let _ = fs::remove_file(&socket);
+            return Err(e);
+        }
+    };
+    let mut controller = match Controller::start(config_path, mode_override, replace) {
         Ok(controller) => controller,
         Err(e) => {
             let _ = fs::remove_file(&socket);
             return Err(e);
         }
     };
+    let cluster_task = match cluster {
+        Some((router, udp)) => {
+            let engine = router.engine.clone();
+            controller.cluster = Some(router);
+            let udp = tokio::net::UdpSocket::from_std(udp)?;
+            Some(tokio::spawn(async move {
+                if let Err(e) = cluster::io::serve(udp, engine, std::future::pending()).await {
+                    log::error!("cluster: router socket failed: {e:#}");
+                }
+            }))
+        }
+        None => None,
+    };
     let controller = Arc::new(Mutex::new(controller));
 
     let result = serve(controller.clone(), &socket, listener, metrics).await;
+    if let Some(task) = cluster_task {
+        task.abort();
+    }
     let _ = fs::remove_file(&socket);
     let mut controller = controller.lock().unwrap_or_else(|p| p.into_inner());
     controller.shutdown();
@@ -1069,6 +1363,13 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut gc = tokio::time::interval(GC_INTERVAL);
+    let has_cluster = controller
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .cluster
+        .is_some();
+    let mut cluster_poll = tokio::time::interval(CLUSTER_POLL);
+    cluster_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probes = HashMap::new();
     reconcile_health(&controller, &mut probes);
     let result = loop {
@@ -1099,6 +1400,12 @@ async fn serve(
                     break Ok(());
                 }
                 reconcile_health(&controller, &mut probes);
+            }
+            _ = cluster_poll.tick(), if has_cluster => {
+                let c = controller.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    c.lock().unwrap_or_else(|p| p.into_inner()).sync_cluster();
+                }).await;
             }
             _ = sighup.recv() => {
                 let controller = controller.clone();

@@ -82,6 +82,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cluster nodes: the router's health-and-load table (application, node, health,
+    /// load, capacity, target and current allotment) and its counters.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
     /// Change backends of the running system (not the config file).
     Backend {
         #[command(subcommand)]
@@ -136,6 +142,9 @@ struct NodeArgs {
     /// Relative capacity; the router shares new flows by it.
     #[arg(long, default_value_t = 1)]
     capacity: u32,
+    /// What to report as load: the load average per CPU, or none (share by capacity).
+    #[arg(long, value_enum, default_value = "loadavg")]
+    load_source: cluster::agent::LoadSource,
     /// Interface on the internal segment: its address is the node's, joins go to its
     /// broadcast address.
     #[arg(long, required_unless_present = "address")]
@@ -193,6 +202,7 @@ fn run_node(args: NodeArgs) -> Result<()> {
         interval: args.interval,
         dead_after: args.dead_after,
         capacity: args.capacity,
+        load_source: args.load_source,
         address,
         listen_port: args.port,
         announce_to: std::net::SocketAddrV4::new(announce_ip, args.port),
@@ -250,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reload { json } => (Request::Reload, json),
         Command::Backends { json } => (Request::Backends, json),
         Command::Sessions { json } => (Request::Sessions, json),
+        Command::Nodes { json } => (Request::Nodes, json),
         Command::Backend { action } => (
             match action {
                 BackendAction::Drain { backend } => Request::BackendDrain { backend },

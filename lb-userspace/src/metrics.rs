@@ -24,6 +24,16 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
 /// One scrape's worth of values; families are filled by the controller.
 #[derive(Default)]
 pub struct Scrape {
@@ -40,6 +50,10 @@ pub struct Scrape {
     pub backend_up: Family<BackendLabels, Gauge>,
     pub backend_weight: Family<BackendLabels, Gauge>,
     pub packets_by_verdict: Family<ReasonLabels, Counter>,
+    /// Cluster router counters (received, accepted, joins, drops by reason...).
+    pub cluster_events: Family<EventLabels, Counter>,
+    /// Announced endpoints by state.
+    pub cluster_endpoints: Family<StateLabels, Gauge>,
     pub config_generation: Gauge,
     pub last_reload_ok: Gauge,
     pub sessions: Gauge,
@@ -114,6 +128,16 @@ impl Scrape {
             "packets",
             "Data-path verdicts (global counters) by reason",
             s.packets_by_verdict,
+        );
+        registry.register(
+            "cluster_events",
+            "Cluster router: datagrams received/accepted, joins, leaves, expiries, drops by reason",
+            s.cluster_events,
+        );
+        registry.register(
+            "cluster_endpoints",
+            "Announced endpoints by state",
+            s.cluster_endpoints,
         );
         registry.register(
             "config_generation",

@@ -75,6 +75,7 @@ pub fn render(request: &Request, result: &Value) -> String {
         | Request::BackendWeight { .. }
         | Request::BackendAdd { .. }
         | Request::BackendRemove { .. } => format!("applied: {result}\n"),
+        Request::Nodes => render_nodes(result),
         Request::Handover => format!("{result}\n"),
     }
 }
@@ -179,6 +180,81 @@ fn render_stats(stats: &Value) -> String {
         ],
         &backends,
     ));
+    out
+}
+
+/// The health-and-load table (seed 004 fig 13), then the router's counters.
+fn render_nodes(nodes: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster {}  router {}:{}  management {}{}  heartbeat {} ms  dead after {}",
+        text(&nodes["cluster_id"]),
+        text(&nodes["router"]),
+        text(&nodes["port"]),
+        text(&nodes["management"]),
+        if nodes["controller_configured"] == Value::Bool(true) {
+            " (configured)"
+        } else {
+            ""
+        },
+        text(&nodes["heartbeat_ms"]),
+        text(&nodes["dead_after"]),
+    );
+    out.push('\n');
+    let rows: Vec<Vec<String>> = nodes["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let applied = match &e["applied"] {
+                Value::Array(pair) if pair.len() == 2 => {
+                    format!("{} {}", text(&pair[0]), text(&pair[1]))
+                }
+                _ => "-".into(),
+            };
+            vec![
+                format!(
+                    "{} {}:{}/{}",
+                    text(&e["service"]),
+                    text(&e["vip"]),
+                    text(&e["service_port"]),
+                    text(&e["protocol"])
+                ),
+                format!("{}:{}", text(&e["node"]), text(&e["port"])),
+                text(&e["priority"]),
+                text(&e["health"]),
+                text(&e["load_permille"]),
+                text(&e["capacity"]),
+                text(&e["connections"]),
+                format!("{} {}", text(&e["state"]), text(&e["tokens"])),
+                applied,
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "APPLICATION",
+            "NODE",
+            "PRIO",
+            "HEALTH",
+            "LOAD(‰)",
+            "CAPACITY",
+            "CONNS",
+            "TARGET",
+            "CURRENT",
+        ],
+        &rows,
+    ));
+    let _ = writeln!(out, "{} endpoints", rows.len());
+    out.push('\n');
+    let counters: Vec<Vec<String>> = nodes["counters"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, value)| vec![name.clone(), text(value)])
+        .collect();
+    out.push_str(&table(&["ROUTER COUNTER", "VALUE"], &counters));
     out
 }
 

@@ -45,6 +45,7 @@ fn node(last_octet: u8) -> Node {
 
 fn agent_settings(node: &Node, capacity: u32, router: SocketAddrV4, key: &[u8]) -> AgentSettings {
     AgentSettings {
+        load_source: Default::default(),
         cluster_id: CLUSTER,
         priority: u16::from(node.address.octets()[3]),
         services: vec![

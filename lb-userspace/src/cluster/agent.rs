@@ -67,6 +67,17 @@ impl FromStr for ServiceSpec {
     }
 }
 
+/// What the agent reports as its load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadSource {
+    /// One-minute load average per CPU.
+    #[default]
+    Loadavg,
+    /// Always 0: the router shares by capacity alone (e.g. nodes that share a host,
+    /// whose load average says nothing about any one of them).
+    None,
+}
+
 #[derive(Clone, Debug)]
 pub struct AgentSettings {
     pub cluster_id: u16,
@@ -77,6 +88,7 @@ pub struct AgentSettings {
     /// Router silent this many intervals: look for a router again.
     pub dead_after: u32,
     pub capacity: u32,
+    pub load_source: LoadSource,
     /// The node's address on the internal segment: its identity and its services' address.
     pub address: Ipv4Addr,
     /// Local UDP port (0: any).
@@ -138,10 +150,18 @@ pub fn interface_address(name: &str) -> Result<(Ipv4Addr, Option<Ipv4Addr>)> {
             let sin = unsafe { &*(sa as *const libc::sockaddr_in) };
             Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
         };
-        let broadcast = (entry.ifa_flags & libc::IFF_BROADCAST as u32 != 0
-            && !entry.ifa_ifu.is_null())
-        .then(|| v4(entry.ifa_ifu));
-        found = Some((v4(entry.ifa_addr), broadcast));
+        let address = v4(entry.ifa_addr);
+        // An address added without `brd` has no broadcast address (getifaddrs then
+        // repeats the address): use the limited broadcast, which the kernel sends out
+        // of the interface owning the source address and never routes further.
+        let broadcast = (entry.ifa_flags & libc::IFF_BROADCAST as u32 != 0).then(|| {
+            Some(entry.ifa_ifu)
+                .filter(|p| !p.is_null())
+                .map(|p| v4(p))
+                .filter(|b| *b != address && !b.is_unspecified())
+                .unwrap_or(Ipv4Addr::BROADCAST)
+        });
+        found = Some((address, broadcast));
         break;
     }
     // SAFETY: list came from getifaddrs and is not used afterwards.
@@ -150,7 +170,7 @@ pub fn interface_address(name: &str) -> Result<(Ipv4Addr, Option<Ipv4Addr>)> {
 }
 
 /// 8 random bytes: this process's instance id.
-fn random_instance() -> u64 {
+pub fn random_instance() -> u64 {
     let mut bytes = [0u8; 8];
     if std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
@@ -211,7 +231,10 @@ pub async fn local_report(settings: &AgentSettings) -> LocalReport {
     });
     LocalReport {
         services,
-        load_permille: load_permille(),
+        load_permille: match settings.load_source {
+            LoadSource::Loadavg => load_permille(),
+            LoadSource::None => 0,
+        },
         connections: u32::try_from(connections).unwrap_or(u32::MAX),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod allotment;
+pub mod backends;
 pub mod io;
 pub mod router;
 pub mod wire;

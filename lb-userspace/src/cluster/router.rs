@@ -302,6 +302,23 @@ impl RouterEngine {
         self.generation
     }
 
+    /// The balancer's services changed (config reload): offers are matched against the
+    /// new list from now on; a node's offers of a newly added service count from its
+    /// next report.
+    pub fn set_services(&mut self, services: Vec<KnownService>, now: Instant) {
+        let policy = self.settings.allotment;
+        self.allotments
+            .retain(|name, _| services.iter().any(|s| &s.name == name));
+        for service in &services {
+            self.allotments
+                .entry(service.name.clone())
+                .or_insert_with(|| Allotment::new(policy));
+        }
+        self.settings.services = services;
+        self.logged_unknown.clear();
+        self.refresh(now);
+    }
+
     /// The daemon applied the current endpoints (state and tokens) to the data plane.
     pub fn mark_applied(&mut self) {
         self.applied = self
@@ -704,7 +721,11 @@ impl RouterEngine {
             let mut reports = BTreeMap::new();
             let mut offers = Vec::new();
             for (ip, node) in &self.nodes {
-                let Some(offer) = node.services.iter().find(|o| o.name == service.name) else {
+                let Some(offer) = node
+                    .services
+                    .iter()
+                    .find(|o| o.name == service.name && o.protocol == service.protocol)
+                else {
                     continue;
                 };
                 reports.insert(
