@@ -61,4 +61,18 @@ counters! {
     PASS_LOCAL = 22, "pass_local";
     /// Flow entries of a closed or reused connection replaced by a new SYN.
     FLOW_REPLACED = 23, "flow_replaced";
+    /// SYN proxy: SYN-ACKs with a cookie sent back to clients.
+    SYNPROXY_SYNACK_SENT = 24, "synproxy_synack_sent";
+    /// SYN proxy: ACKs with a valid cookie (the server side is then opened).
+    SYNPROXY_COOKIE_VALID = 25, "synproxy_cookie_valid";
+    /// SYN proxy: ACKs without a flow whose cookie is invalid or expired: dropped.
+    SYNPROXY_COOKIE_INVALID = 26, "synproxy_cookie_invalid";
+    /// SYN proxy: server SYN-ACKs answered, connection spliced.
+    SYNPROXY_SERVER_DONE = 27, "synproxy_server_done";
+    /// SYN proxy: server side refused (RST) or timed out; the client got an RST.
+    SYNPROXY_SERVER_FAILED = 28, "synproxy_server_failed";
+    /// SYN proxy: client packets before the server side was up: dropped for retransmission.
+    SYNPROXY_CLIENT_EARLY = 29, "synproxy_client_early";
+    /// SYN proxy: SYNs that could not be answered (no room to build the SYN-ACK): dropped.
+    SYNPROXY_SYN_DROPPED = 30, "synproxy_syn_dropped";
 }

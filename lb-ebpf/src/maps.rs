@@ -52,3 +52,7 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Scratch space of the TCP option walk (see `tcpopt::parse`), one per CPU.
+#[map]
+pub static OPT_SCRATCH: PerCpuArray<crate::tcpopt::TcpOpts> = PerCpuArray::with_max_entries(1, 0);

@@ -238,7 +238,11 @@ impl ServiceTable {
                     Mode::FullNat => MODE_FULL_NAT,
                     Mode::Dnat => MODE_DNAT,
                 },
-                flags: 0,
+                flags: if service.syn_proxy {
+                    lb_common::SERVICE_FLAG_SYN_PROXY
+                } else {
+                    0
+                },
             };
             // The flip: one map update makes the new ring live.
             dp.services.insert(wire_key(addr), entry, 0)?;
