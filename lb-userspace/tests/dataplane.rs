@@ -1413,3 +1413,180 @@ fn syn_proxy_handshake_and_translated_data_both_ways() {
         assert_checksums_valid(&out);
     });
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn syn_proxy_ack_without_a_valid_cookie_is_dropped_and_leaves_no_entry() {
+    with_harness(|h| {
+        // No SYN was ever answered for this tuple: any ACK number is a wrong cookie.
+        let ack = client_seg(40001, 1001, 0x1234_5678, F_ACK, vec![]);
+        let (verdict, _) = h.run(&ack.bytes());
+        assert_eq!(verdict, XDP_DROP);
+        // A real cookie for another tuple (port 40002) is wrong for this one, and a
+        // right cookie with the wrong client sequence number is wrong too.
+        let (cookie, _, _) = proxy_syn(h, 40002, vec![]);
+        let stolen = client_seg(40001, 1001, cookie.wrapping_add(1), F_ACK, vec![]);
+        assert_eq!(h.run(&stolen.bytes()).0, XDP_DROP);
+        let bad_seq = client_seg(40002, 5001, cookie.wrapping_add(1), F_ACK, vec![]);
+        assert_eq!(h.run(&bad_seq.bytes()).0, XDP_DROP);
+        assert_eq!(h.counter(counters::SYNPROXY_COOKIE_INVALID), 3);
+        assert_eq!(h.counter(counters::SYNPROXY_COOKIE_VALID), 0);
+        // RST, FIN and SYN+FIN without a flow: dropped, nothing answered or stored.
+        for flags in [F_RST, F_FIN | F_ACK, F_SYN | F_FIN] {
+            let seg = client_seg(40003, 1000, 0, flags, vec![]);
+            assert_eq!(h.run(&seg.bytes()).0, XDP_DROP, "flags {flags:#x}");
+        }
+        assert!(h.flows().is_empty());
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn syn_proxy_odd_syn_options() {
+    with_harness(|h| {
+        // No options at all: the SYN-ACK carries only the MSS, and the server side is
+        // opened with the RFC 1122 default MSS and no other option.
+        let (cookie, tsval, options) = proxy_syn(h, 40010, vec![]);
+        assert_eq!(tsval, 0);
+        assert_eq!(options, opt_mss(1460));
+        let ack = client_seg(40010, 1001, cookie.wrapping_add(1), F_ACK, vec![]);
+        let (verdict, out) = h.run(&ack.bytes());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out[54..], opt_mss(536)[..], "server SYN options");
+        assert_eq!(out[47], F_SYN);
+        assert_checksums_valid(&out);
+
+        // A huge window shift and an unknown option: the shift is clamped to 14 and
+        // the unknown option skipped.
+        let options = [
+            opt_mss(1460),
+            vec![99, 4, 0xab, 0xcd],
+            vec![1, 1],
+            opt_ts(5, 0),
+            opt_wscale(200),
+        ]
+        .concat();
+        let (cookie, tsval, synack_options) = proxy_syn(h, 40011, options);
+        assert_eq!(tsval & 0xf, 14, "window shift clamped");
+        assert_eq!(tsval & 0x10, 0, "no SACK offered");
+        assert_eq!(
+            synack_options,
+            [opt_mss(1460), vec![1, 1], opt_ts(tsval, 5), opt_wscale(7)].concat()
+        );
+        let ack = client_seg(
+            40011,
+            1001,
+            cookie.wrapping_add(1),
+            F_ACK,
+            [vec![1, 1], opt_ts(6, tsval)].concat(),
+        );
+        let (verdict, out) = h.run(&ack.bytes());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            out[54..],
+            [opt_mss(1460), vec![1, 1], opt_ts(6, 0), opt_wscale(14)].concat()[..]
+        );
+        assert_checksums_valid(&out);
+        assert_eq!(h.counter(counters::SYNPROXY_SYNACK_SENT), 2);
+        assert_eq!(h.flows().len(), 4);
+    });
+}
+
+/// Completes the client side and returns (cookie, SNAT port).
+fn proxy_open(h: &mut Harness, sport: u16) -> (u32, u16) {
+    let (cookie, _, _) = proxy_syn(h, sport, vec![]);
+    let ack = client_seg(sport, 1001, cookie.wrapping_add(1), F_ACK, vec![]);
+    assert_eq!(h.run(&ack.bytes()).0, XDP_REDIRECT);
+    let forward = h.flow(&key(CLIENT, sport, VIP, 443, IPPROTO_TCP)).unwrap();
+    (cookie, u16::from_be(forward.new_src_port))
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn syn_proxy_server_refusal_resets_the_client_and_frees_the_pair() {
+    with_harness(|h| {
+        let (cookie, port) = proxy_open(h, 40020);
+        // Data from the client before the server is up: dropped for retransmission.
+        let early = Seg {
+            payload: b"early".to_vec(),
+            ..client_seg(40020, 1001, cookie.wrapping_add(1), F_ACK | F_PSH, vec![])
+        };
+        assert_eq!(h.run(&early.bytes()).0, XDP_DROP);
+        assert_eq!(h.counter(counters::SYNPROXY_CLIENT_EARLY), 1);
+        // The server refuses: the client gets an RST in its own sequence space.
+        let rst = Seg {
+            src_mac: SERVER1_MAC,
+            dst_mac: LB_INT_MAC,
+            src: SERVER1,
+            dst: SNAT,
+            ttl: 64,
+            sport: 8443,
+            dport: port,
+            seq: 0,
+            ack: 1001,
+            flags: F_RST | F_ACK,
+            window: 0,
+            options: vec![],
+            payload: vec![],
+        };
+        let (verdict, out) = h.run(&rst.bytes());
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = Seg {
+            src_mac: LB_EXT_MAC,
+            dst_mac: CLIENT_MAC,
+            src: VIP,
+            dst: CLIENT,
+            ttl: 63,
+            sport: 443,
+            dport: 40020,
+            seq: cookie.wrapping_add(1),
+            ..rst.clone()
+        }
+        .bytes();
+        assert_eq!(out[34..], expected[34..], "RST to the client");
+        assert_checksums_valid(&out);
+        assert!(h.flows().is_empty(), "pair removed");
+        assert_eq!(h.counter(counters::SYNPROXY_SERVER_FAILED), 1);
+
+        // A client RST during the handshake also frees the pair.
+        let (cookie, _) = proxy_open(h, 40021);
+        let rst = client_seg(40021, 1001, cookie.wrapping_add(1), F_RST | F_ACK, vec![]);
+        assert_eq!(h.run(&rst.bytes()).0, XDP_DROP);
+        assert!(h.flows().is_empty(), "pair removed");
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn syn_proxy_silent_server_times_out_with_an_rst_to_the_client() {
+    with_harness(|h| {
+        let (cookie, _) = proxy_open(h, 40030);
+        assert_eq!(h.flows().len(), 2);
+        std::thread::sleep(std::time::Duration::from_millis(3200));
+        // The client's retransmission after the server's deadline is answered with RST.
+        let data = Seg {
+            payload: b"GET /".to_vec(),
+            ..client_seg(40030, 1001, cookie.wrapping_add(1), F_ACK | F_PSH, vec![])
+        };
+        let (verdict, out) = h.run(&data.bytes());
+        assert_eq!(verdict, XDP_TX);
+        let expected = Seg {
+            src_mac: LB_EXT_MAC,
+            dst_mac: CLIENT_MAC,
+            src: VIP,
+            dst: CLIENT,
+            ttl: 64,
+            sport: 443,
+            dport: 40030,
+            seq: cookie.wrapping_add(1),
+            ack: 0,
+            flags: F_RST,
+            window: 0,
+            options: vec![],
+            payload: vec![],
+        };
+        assert_eq!(out, expected.bytes(), "RST exact bytes");
+        assert!(h.flows().is_empty(), "pair removed");
+        assert_eq!(h.counter(counters::SYNPROXY_SERVER_FAILED), 1);
+    });
+}
