@@ -235,9 +235,7 @@ unsafe fn emit(
 unsafe fn bounce(eth: *mut EthHdr) -> u32 {
     // SAFETY: bounds-checked by the caller.
     unsafe {
-        let dst = (*eth).dst;
-        (*eth).dst = (*eth).src;
-        (*eth).src = dst;
+        core::mem::swap(&mut (*eth).dst, &mut (*eth).src);
     }
     count(counters::TX);
     XDP_TX

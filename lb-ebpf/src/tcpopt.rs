@@ -128,7 +128,7 @@ pub fn parse(ctx: &XdpContext, doff_bytes: usize) -> TcpOpts {
                         (*opts).tsecr = tsecr;
                     }
                 }
-                (OPT_SACK, _) if len >= 10 && (len - 2) % 8 == 0 => {
+                (OPT_SACK, _) if len >= 10 && (len - 2) & 7 == 0 => {
                     (*opts).sack_off = off + 2;
                     (*opts).sack_blocks = (len - 2) / 8;
                 }
