@@ -1,7 +1,7 @@
 //! SYN proxy (DESIGN.md §4 item 5): the balancer answers a client's SYN itself with a
 //! SYN cookie, opens the server side only for a client that returns a valid cookie, and
 //! from then on shifts sequence numbers, SACK blocks and timestamps between the two
-//! sequence spaces. A spoofed SYN costs one XDP_TX and no table entry.
+//! sequence spaces. A spoofed SYN costs one SYN-ACK and no table entry.
 //!
 //! The raw cookie helpers encode only the MSS, and the cookie check does not return it.
 //! Like Linux, the balancer keeps the client's options in the low `TS_OPT_BITS` bits of
@@ -11,7 +11,7 @@
 //! cannot be recovered statelessly).
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_TX},
+    bindings::xdp_action::XDP_DROP,
     helpers::{
         bpf_ktime_get_ns,
         generated::{
@@ -232,13 +232,13 @@ unsafe fn emit(
 /// # Safety
 /// `eth` must be bounds-checked.
 #[inline(always)]
-unsafe fn bounce(eth: *mut EthHdr) -> u32 {
+unsafe fn bounce(ctx: &XdpContext, eth: *mut EthHdr) -> u32 {
     // SAFETY: bounds-checked by the caller.
     unsafe {
         core::mem::swap(&mut (*eth).dst, &mut (*eth).src);
     }
     count(counters::TX);
-    XDP_TX
+    fwd::back_out(ctx)
 }
 
 #[inline(always)]
@@ -330,7 +330,7 @@ pub unsafe fn on_syn(ctx: &XdpContext, key: &FlowKey, doff_bytes: usize, flags: 
         Some((eth, _)) => {
             count(counters::SYNPROXY_SYNACK_SENT);
             // SAFETY: bounds-checked by emit.
-            unsafe { bounce(eth) }
+            unsafe { bounce(ctx, eth) }
         }
         None => {
             count(counters::SYNPROXY_SYN_DROPPED);
@@ -542,7 +542,7 @@ pub unsafe fn on_handshake(
                 seg.push_timestamps(false, opts.tsecr, opts.tsval);
             }
             return match emit(ctx, key.dst_ip, key.src_ip, &mut seg) {
-                Some((eth, _)) => bounce(eth),
+                Some((eth, _)) => bounce(ctx, eth),
                 None => XDP_DROP,
             };
         }
@@ -561,7 +561,7 @@ pub unsafe fn on_handshake(
         count(counters::SYNPROXY_SERVER_FAILED);
         let mut seg = Segment::new(key.dst_port, key.src_port, ack, 0, TCP_RST, 0);
         match emit(ctx, key.dst_ip, key.src_ip, &mut seg) {
-            Some((eth, _)) => bounce(eth),
+            Some((eth, _)) => bounce(ctx, eth),
             None => XDP_DROP,
         }
     }
