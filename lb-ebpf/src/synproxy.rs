@@ -16,6 +16,7 @@ use aya_ebpf::{
         bpf_ktime_get_ns,
         generated::{
             bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_tail,
+            bpf_xdp_load_bytes,
         },
     },
     programs::XdpContext,
@@ -260,35 +261,56 @@ pub unsafe fn on_syn(ctx: &XdpContext, key: &FlowKey, doff_bytes: usize, flags: 
         return XDP_DROP;
     }
     let opts = tcpopt::parse(ctx, doff_bytes);
-    // The cookie helper reads `th_len` bytes of TCP header and insists th_len equals the
-    // data offset; the verifier needs a constant upper bound on the readable bytes, so
-    // make room for the largest header first (a SYN normally has no payload).
-    let len = core::hint::black_box(ctx.data_end() - ctx.data());
-    if len < L4_OFFSET + TCP_MAX_HDR_LEN {
-        let grow = (L4_OFFSET + TCP_MAX_HDR_LEN - len) as i32;
-        // SAFETY: pointers are re-derived below.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, grow) } != 0 {
-            count(counters::SYNPROXY_SYN_DROPPED);
-            return XDP_DROP;
-        }
-    }
-    let Some(frame) = ptr_at::<[u8; L4_OFFSET + TCP_MAX_HDR_LEN]>(ctx, 0) else {
-        count(counters::SYNPROXY_SYN_DROPPED);
-        return XDP_DROP;
-    };
-    let ip = frame
-        .cast::<u8>()
-        .wrapping_add(ETH_HDR_LEN)
-        .cast::<Ipv4Hdr>();
-    let tcp = frame.cast::<u8>().wrapping_add(L4_OFFSET).cast::<TcpHdr>();
-    // SAFETY: bounds-checked above.
-    let (th_len, client_seq) = unsafe { ((((*tcp).doff_res >> 4) as u32) * 4, (*tcp).seq) };
+    // The cookie helper reads `th_len` bytes of TCP header (th_len must equal the data
+    // offset) and the verifier needs a constant bound on them. Copies of the headers on
+    // the stack give it that without growing the frame: an skb-backed veth frame often
+    // has no tailroom to grow into (a flood of bare SYNs was mostly dropped that way).
+    let th_len = doff_bytes as u32;
     if !(TCP_HDR_LEN as u32..=TCP_MAX_HDR_LEN as u32).contains(&th_len) {
         count(counters::SYNPROXY_SYN_DROPPED);
         return XDP_DROP;
     }
-    // SAFETY: ip and th_len bytes of tcp are inside the packet; the helper only reads.
-    let value = unsafe { bpf_tcp_raw_gen_syncookie_ipv4(ip.cast(), tcp.cast(), th_len) };
+    let mut ip_copy = [0u8; IPV4_HDR_LEN];
+    // Header, then room for 16 option words: the verifier's bound on the masked length.
+    let mut tcp_copy = [0u8; TCP_HDR_LEN + 64];
+    let opt_words = th_len / 4 - 5;
+    // SAFETY: the helper writes at most the given lengths into the stack buffers; the
+    // main parser checked that doff_bytes bytes of TCP header are inside the packet.
+    let loaded = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            ETH_HDR_LEN as u32,
+            ip_copy.as_mut_ptr().cast(),
+            IPV4_HDR_LEN as u32,
+        ) == 0
+            && bpf_xdp_load_bytes(
+                ctx.ctx,
+                L4_OFFSET as u32,
+                tcp_copy.as_mut_ptr().cast(),
+                TCP_HDR_LEN as u32,
+            ) == 0
+            && (opt_words == 0
+                || bpf_xdp_load_bytes(
+                    ctx.ctx,
+                    (L4_OFFSET + TCP_HDR_LEN) as u32,
+                    tcp_copy.as_mut_ptr().add(TCP_HDR_LEN).cast(),
+                    // 1..=10 words; the mask changes nothing but bounds it for the verifier.
+                    (((opt_words - 1) & 15) + 1) * 4,
+                ) == 0)
+    };
+    if !loaded {
+        count(counters::SYNPROXY_SYN_DROPPED);
+        return XDP_DROP;
+    }
+    let client_seq = u32::from_ne_bytes([tcp_copy[4], tcp_copy[5], tcp_copy[6], tcp_copy[7]]);
+    // SAFETY: both buffers hold the headers; the helper only reads th_len <= 60 bytes.
+    let value = unsafe {
+        bpf_tcp_raw_gen_syncookie_ipv4(
+            ip_copy.as_mut_ptr().cast(),
+            tcp_copy.as_mut_ptr().cast(),
+            th_len,
+        )
+    };
     if value < 0 {
         count(counters::SYNPROXY_SYN_DROPPED);
         return XDP_DROP;
@@ -443,7 +465,13 @@ pub unsafe fn on_ack(
     match unsafe { emit(ctx, forward.new_src_ip, forward.new_dst_ip, &mut seg) } {
         // SAFETY: bounds-checked by emit.
         Some((eth, ip)) => unsafe { fwd::forward(ctx, eth, ip) },
-        None => XDP_DROP,
+        None => {
+            // No room for the SYN: forget the pair, so that the client's next segment
+            // (its cookie is still valid) opens the server side afresh.
+            flow::remove_pair(key, &forward);
+            count(counters::SYNPROXY_SERVER_FAILED);
+            XDP_DROP
+        }
     }
 }
 

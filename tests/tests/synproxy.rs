@@ -390,7 +390,8 @@ fn a_spoofed_syn_flood_costs_no_flow_entries_and_real_clients_get_through() {
     let synacks = balancer.counter("synproxy_synack_sent").unwrap() - synacks_before;
     assert!(
         synacks >= u64::from(FLOOD),
-        "{synacks} SYN-ACKs for {FLOOD} spoofed SYNs in {flood_time:?}"
+        "{synacks} SYN-ACKs for {FLOOD} spoofed SYNs in {flood_time:?}: {}",
+        balancer.json("stats").unwrap()["counters"]
     );
     let total = ok + failed.len() as u32;
     assert!(
