@@ -1693,3 +1693,37 @@ fn syn_proxy_silent_server_times_out_with_an_rst_to_the_client() {
         assert_eq!(h.counter(counters::SYNPROXY_SERVER_FAILED), 1);
     });
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn syn_proxy_refuses_clients_outside_the_allow_list_before_spending_a_cookie() {
+    with_harness(|h| {
+        let config = CONFIG.replacen(
+            "name = \"proxied\"\n",
+            "name = \"proxied\"\nallow = [\"10.0.0.0/8\"]\ndeny = \"reset\"\n",
+            1,
+        );
+        let config = Config::parse(&config, Path::new("allow.toml")).unwrap();
+        h._table.apply(&mut h.dp, &config).unwrap();
+        // The SYN gets the refusal (a RST acknowledging it), not a SYN-ACK with a cookie.
+        let (verdict, out) = h.run(&client_seg(40050, 1000, 0, F_SYN, vec![]).bytes());
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(out[47], F_RST | F_ACK, "a RST+ACK, not a SYN-ACK");
+        assert_eq!(&out[42..46], &1001u32.to_be_bytes(), "acknowledges the SYN");
+        assert_checksums_valid(&out);
+        // An ACK from outside the list is refused without a cookie check.
+        let (verdict, out) = h.run(&client_seg(40050, 1001, 0x1234_5678, F_ACK, vec![]).bytes());
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(out[47], F_RST);
+        assert_eq!(
+            &out[38..42],
+            &0x1234_5678u32.to_be_bytes(),
+            "RST seq = the ACK"
+        );
+        assert_eq!(h.counter(counters::TX_RST_NOT_ELIGIBLE), 2);
+        assert_eq!(h.counter(counters::SYNPROXY_SYNACK_SENT), 0);
+        assert_eq!(h.counter(counters::SYNPROXY_COOKIE_INVALID), 0);
+        assert_eq!(h.counter(counters::SYNPROXY_COOKIE_VALID), 0);
+        assert!(h.flows().is_empty());
+    });
+}
