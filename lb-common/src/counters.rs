@@ -73,4 +73,18 @@ counters! {
     TX_RST_BACKEND_DOWN = 28, "tx_rst_backend_down";
     /// Server packet (or UDP) of a flow whose backend failed and is being reset: dropped.
     DROP_BACKEND_DOWN = 29, "drop_backend_down";
+    /// SYN proxy: SYN-ACKs with a cookie sent back to clients.
+    SYNPROXY_SYNACK_SENT = 30, "synproxy_synack_sent";
+    /// SYN proxy: ACKs with a valid cookie (the server side is then opened).
+    SYNPROXY_COOKIE_VALID = 31, "synproxy_cookie_valid";
+    /// SYN proxy: ACKs without a flow whose cookie is invalid or expired: dropped.
+    SYNPROXY_COOKIE_INVALID = 32, "synproxy_cookie_invalid";
+    /// SYN proxy: server SYN-ACKs answered, connection spliced.
+    SYNPROXY_SERVER_DONE = 33, "synproxy_server_done";
+    /// SYN proxy: server side refused (RST) or timed out; the client got an RST.
+    SYNPROXY_SERVER_FAILED = 34, "synproxy_server_failed";
+    /// SYN proxy: client packets before the server side was up: dropped for retransmission.
+    SYNPROXY_CLIENT_EARLY = 35, "synproxy_client_early";
+    /// SYN proxy: SYNs that could not be answered (no room to build the SYN-ACK): dropped.
+    SYNPROXY_SYN_DROPPED = 36, "synproxy_syn_dropped";
 }

@@ -79,6 +79,9 @@ pub const SERVICE_FLAG_AUTH_REQUIRED: u8 = 1;
 pub const SERVICE_FLAG_AUTH_RST: u8 = 2;
 /// `Service::flags`: new flows of a client follow its SESSIONS entry (client-IP affinity).
 pub const SERVICE_FLAG_AFFINITY: u8 = 4;
+/// `Service::flags`: the balancer answers SYNs itself with a SYN cookie and opens the
+/// server side only for a client that completed the handshake (TCP only).
+pub const SERVICE_FLAG_SYN_PROXY: u8 = 8;
 
 /// Services map value: the policy for new flows of one service.
 #[repr(C)]
@@ -184,6 +187,22 @@ pub const FLOW_STATE_UDP: u8 = 4;
 /// Set by the controller when the backend failed and its service says
 /// `on_backend_down = "reset"`: the client's next packet is answered with a RST.
 pub const FLOW_STATE_RESET: u8 = 5;
+/// SYN proxy: the client finished its handshake with the balancer, the server side is
+/// being opened. `seq_delta`/`ts_delta` still hold the cookie and the timestamp the
+/// balancer sent the client; they become deltas on the server's SYN-ACK.
+pub const FLOW_STATE_SYNPROXY: u8 = 6;
+
+/// `FlowEntry::synproxy` bits (0: not a proxied connection, nothing is translated).
+pub const SYNPROXY_ACTIVE: u8 = 1;
+/// Both sides use TCP timestamps: `ts_delta` applies.
+pub const SYNPROXY_TIMESTAMPS: u8 = 2;
+/// The client offered window scaling: the balancer announced `SYNPROXY_WSCALE`, and
+/// server windows are rescaled from the server's shift (`wscales` high nibble) to it.
+pub const SYNPROXY_WSCALE_OK: u8 = 4;
+/// Window shift the balancer announces to clients that offer window scaling.
+pub const SYNPROXY_WSCALE: u8 = 7;
+/// MSS the balancer announces to clients in its SYN-ACK.
+pub const SYNPROXY_MSS: u16 = 1460;
 
 /// Flow directions (`FlowEntry::direction`).
 pub const FLOW_DIR_CLIENT_TO_SERVER: u8 = 0;
@@ -203,13 +222,22 @@ pub struct FlowEntry {
     pub new_dst_port: u16,
     pub service_id: u32,
     pub backend_id: u32,
-    /// Added to SEQ (client→server: to ACK) by the SYN proxy; 0 without it.
+    /// SYN proxy: cookie − server ISN, the same in both entries. Added to SEQ
+    /// server→client, subtracted from ACK and SACK blocks client→server. 0 without it.
     pub seq_delta: u32,
-    /// Added to TCP timestamps by the SYN proxy; 0 without it.
+    /// SYN proxy: balancer's timestamp − server's, the same in both entries. Added to
+    /// TSval server→client, subtracted from TSecr client→server. 0 without it.
     pub ts_delta: u32,
     pub state: u8,
     pub direction: u8,
-    pub _pad: [u8; 2],
+    /// `SYNPROXY_*` bits; 0 for a connection the balancer did not proxy.
+    pub synproxy: u8,
+    /// SYN proxy window shifts: low nibble the client's, high nibble the server's.
+    pub wscales: u8,
+    /// SYN proxy: the balancer's initial sequence number toward the client (its SYN
+    /// cookie), kept for `lb flows`; 0 without it.
+    pub proxy_isn: u32,
+    pub _pad: u32,
     /// bpf_ktime_get_ns (CLOCK_MONOTONIC) when the flow was created.
     pub created_ns: u64,
     /// CLOCK_MONOTONIC of the last packet, refreshed at `LAST_SEEN_GRANULARITY_NS`.
@@ -366,7 +394,7 @@ mod tests {
         assert_eq!(size_of::<Service>(), 24);
         assert_eq!(size_of::<Backend>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<FlowEntry>(), 48);
+        assert_eq!(size_of::<FlowEntry>(), 56);
         assert_eq!(size_of::<Settings>(), 8);
         assert_eq!(size_of::<ServiceStats>(), 40);
         assert_eq!(size_of::<EligibilityKey>(), 8);

@@ -1,4 +1,5 @@
-//! Egress: FIB lookup for next hop and MACs, then XDP_TX or a devmap redirect.
+//! Egress: FIB lookup for next hop and MACs, then a devmap redirect (also back out of the
+//! ingress interface: see `back_out`).
 //! When the neighbour is not resolved the rewritten packet goes to the kernel, which
 //! resolves it and forwards: a new backend is never blackholed.
 
@@ -76,7 +77,7 @@ pub unsafe fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> u
 
     if params.ifindex == ingress {
         count(counters::TX);
-        return XDP_TX;
+        return back_out(ctx);
     }
     match TX_PORTS.redirect(params.ifindex, 0) {
         Ok(action) => {
@@ -89,4 +90,17 @@ pub unsafe fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> u
             XDP_PASS
         }
     }
+}
+
+/// Sends the frame back out of the interface it arrived on.
+///
+/// Through the devmap rather than `XDP_TX`: in this testbed native `XDP_TX` frames on a
+/// veth never reached the peer, while a devmap redirect to the same interface does. Only
+/// where the ingress interface is not in `TX_PORTS` (a `BPF_PROG_TEST_RUN` outside an
+/// attached interface) does it fall back to `XDP_TX`.
+#[inline(always)]
+pub fn back_out(ctx: &XdpContext) -> u32 {
+    TX_PORTS
+        .redirect(ctx.ingress_ifindex() as u32, 0)
+        .unwrap_or(XDP_TX)
 }

@@ -23,6 +23,8 @@ mod reset;
 mod sched;
 mod session;
 mod stats;
+mod synproxy;
+mod tcpopt;
 
 use aya_ebpf::{
     bindings::{
@@ -35,16 +37,17 @@ use aya_ebpf::{
 };
 use lb_common::{
     FLOW_DIR_CLIENT_TO_SERVER, FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_RESET,
-    FLOW_STATE_SYN_SEEN, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, MODE_DNAT,
-    SERVICE_FLAG_AUTH_RST, Service, ServiceKey, counters,
+    FLOW_STATE_SYN_SEEN, FLOW_STATE_SYNPROXY, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP,
+    IPPROTO_UDP, MODE_DNAT, SERVICE_FLAG_AUTH_RST, SERVICE_FLAG_SYN_PROXY, Service, ServiceKey,
+    counters,
 };
 
 use crate::{
     maps::{FLOWS, LOCAL_ADDRS, SERVICES},
     nat::L4,
     parse::{
-        ETH_HDR_LEN, ETH_P_IP_WIRE, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_HDR_LEN,
-        TCP_SYN, TcpHdr, UDP_HDR_LEN, UdpHdr, ptr_at,
+        ETH_HDR_LEN, ETH_P_IP_WIRE, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN,
+        TCP_HDR_LEN, TCP_RST, TCP_SYN, TcpHdr, UDP_HDR_LEN, UdpHdr, ptr_at,
     },
     stats::{account, account_new_flow, account_service_denied, account_service_drop, count},
 };
@@ -114,7 +117,7 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
     }
 
     let l4_len = tot_len - IPV4_HDR_LEN;
-    let (l4, src_port, dst_port, tcp_flags) = match proto {
+    let (l4, src_port, dst_port, tcp_flags, doff_bytes) = match proto {
         IPPROTO_TCP => {
             let Some(tcp) = ptr_at::<TcpHdr>(ctx, L4_OFFSET) else {
                 return malformed(daddr, counters::DROP_TCP_TRUNCATED);
@@ -129,7 +132,7 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
             if doff_bytes < TCP_HDR_LEN || doff_bytes > l4_len {
                 return malformed(daddr, counters::DROP_TCP_BAD_DOFF);
             }
-            (L4::Tcp(tcp), source, dest, Some(flags))
+            (L4::Tcp(tcp), source, dest, Some(flags), doff_bytes)
         }
         IPPROTO_UDP => {
             let Some(udp) = ptr_at::<UdpHdr>(ctx, L4_OFFSET) else {
@@ -140,7 +143,7 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
             }
             // SAFETY: bounds-checked by ptr_at.
             let (source, dest) = unsafe { ((*udp).source, (*udp).dest) };
-            (L4::Udp(udp), source, dest, None)
+            (L4::Udp(udp), source, dest, None, 0)
         }
         _ => {
             count(counters::PASS_NOT_OURS);
@@ -183,6 +186,16 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
                 count(counters::DROP_BACKEND_DOWN);
                 return XDP_DROP;
             } else {
+                if let (L4::Tcp(tcp), Some(flags)) = (l4, tcp_flags)
+                    && (*entry).synproxy != 0
+                {
+                    if (*entry).state == FLOW_STATE_SYNPROXY {
+                        return synproxy::on_handshake(
+                            ctx, eth, ip, tcp, &key, entry, flags, doff_bytes,
+                        );
+                    }
+                    synproxy::translate(ctx, tcp, &*entry, flags, doff_bytes);
+                }
                 let now = bpf_ktime_get_ns();
                 flow::touch(entry, tcp_flags, proto, now);
                 let rewrite = *entry;
@@ -210,11 +223,17 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         }
         return XDP_PASS;
     };
-    if tcp_flags.is_some() && !is_syn {
+    // A SYN-proxied service opens flows on the client's cookie-carrying ACK, not its SYN.
+    let syn_proxy = tcp_flags.is_some() && service.flags & SERVICE_FLAG_SYN_PROXY != 0;
+    let proxy_ack = syn_proxy
+        && matches!(tcp_flags, Some(flags) if flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK);
+    if tcp_flags.is_some() && !is_syn && !proxy_ack {
         count(counters::DROP_NO_FLOW);
         account_service_drop(service.id);
         return XDP_DROP;
     }
+    // Authorization comes before the SYN proxy: a refused client gets its refusal, never
+    // a cookie, and an ACK from outside the allow-list spends no cookie check.
     if !eligibility::allowed(&service, key.src_ip) {
         account_service_denied(service.id);
         if tcp_flags.is_some() && service.flags & SERVICE_FLAG_AUTH_RST != 0 {
@@ -224,7 +243,29 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         count(counters::DROP_NOT_ELIGIBLE);
         return XDP_DROP;
     }
-    let Some(forward) = create_flow(&service, &key, tcp_flags.is_some()) else {
+    if let (L4::Tcp(tcp), Some(flags)) = (l4, tcp_flags)
+        && syn_proxy
+    {
+        // SAFETY: headers bounds-checked above; the handlers re-derive what they change.
+        unsafe {
+            if is_syn {
+                return synproxy::on_syn(ctx, &key, doff_bytes, flags);
+            }
+            return synproxy::on_ack(ctx, ip, tcp, &key, &service, doff_bytes, frame_len);
+        }
+    }
+    let init = FlowInit {
+        state: if tcp_flags.is_some() {
+            FLOW_STATE_SYN_SEEN
+        } else {
+            FLOW_STATE_UDP
+        },
+        seq_delta: 0,
+        ts_delta: 0,
+        synproxy: 0,
+        wscales: 0,
+    };
+    let Some(forward) = create_flow(&service, &key, &init) else {
         account_service_drop(service.id);
         return XDP_DROP;
     };
@@ -238,10 +279,19 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
     }
 }
 
+/// Initial state and SYN-proxy fields of a new connection's entries.
+pub struct FlowInit {
+    pub state: u8,
+    pub seq_delta: u32,
+    pub ts_delta: u32,
+    pub synproxy: u8,
+    pub wscales: u8,
+}
+
 /// Creates both flow entries of a new connection and returns the forward one.
 /// Counts the reason when it cannot.
 #[inline(always)]
-fn create_flow(service: &Service, key: &FlowKey, is_tcp: bool) -> Option<FlowEntry> {
+fn create_flow(service: &Service, key: &FlowKey, init: &FlowInit) -> Option<FlowEntry> {
     if service.backend_count == 0 {
         count(counters::DROP_NO_BACKEND);
         return None;
@@ -252,11 +302,6 @@ fn create_flow(service: &Service, key: &FlowKey, is_tcp: bool) -> Option<FlowEnt
         count(counters::DROP_NO_BACKEND);
         return None;
     };
-    let state = if is_tcp {
-        FLOW_STATE_SYN_SEEN
-    } else {
-        FLOW_STATE_UDP
-    };
     let dnat = service.mode == MODE_DNAT;
     // Server → balancer: restore the VIP as source and the client as destination.
     let reverse = FlowEntry {
@@ -266,11 +311,14 @@ fn create_flow(service: &Service, key: &FlowKey, is_tcp: bool) -> Option<FlowEnt
         new_dst_port: key.src_port,
         service_id: service.id,
         backend_id,
-        seq_delta: 0,
-        ts_delta: 0,
-        state,
+        seq_delta: init.seq_delta,
+        ts_delta: init.ts_delta,
+        state: init.state,
         direction: FLOW_DIR_SERVER_TO_CLIENT,
-        _pad: [0; 2],
+        synproxy: init.synproxy,
+        wscales: init.wscales,
+        proxy_isn: init.seq_delta,
+        _pad: 0,
         created_ns: now,
         last_seen_ns: now,
     };

@@ -64,3 +64,7 @@ pub static ELIGIBILITY: LpmTrie<EligibilityKey, u32> =
 #[map]
 pub static SESSIONS: LruHashMap<SessionKey, SessionEntry> =
     LruHashMap::with_max_entries(MAX_SESSIONS, 0);
+
+/// Scratch space of the TCP option walk (see `tcpopt::parse`), one per CPU.
+#[map]
+pub static OPT_SCRATCH: PerCpuArray<crate::tcpopt::TcpOpts> = PerCpuArray::with_max_entries(1, 0);

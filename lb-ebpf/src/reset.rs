@@ -2,13 +2,12 @@
 //! connections whose backend failed (`on_backend_down = "reset"`).
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_TX},
+    bindings::xdp_action::XDP_DROP,
     helpers::bpf_xdp_adjust_tail,
     programs::XdpContext,
 };
 
 use crate::{
-    maps::TX_PORTS,
     parse::{
         ETH_HDR_LEN, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN, TCP_HDR_LEN,
         TCP_RST, TCP_SYN, TcpHdr, ptr_at,
@@ -111,10 +110,5 @@ pub fn reply(ctx: &XdpContext) -> u32 {
             + u32::from((TCP_HDR_LEN as u16).to_be());
         (*tcp).check = fold(pseudo + sum_words::<10>(tcp as *const u16));
     }
-    // Out of the ingress interface through the devmap rather than XDP_TX: a veth
-    // delivers native XDP_TX frames to a peer only when the peer runs XDP itself.
-    match TX_PORTS.redirect(ctx.ingress_ifindex() as u32, 0) {
-        Ok(action) => action,
-        Err(_) => XDP_TX,
-    }
+    crate::fwd::back_out(ctx)
 }

@@ -258,6 +258,9 @@ pub struct ServiceConfig {
     pub mode: Mode,
     /// Set exactly when `mode` is [`Mode::FullNat`].
     pub snat_ip: Option<Ipv4Addr>,
+    /// The balancer answers SYNs with SYN cookies and opens the server side itself
+    /// (TCP only).
+    pub syn_proxy: bool,
     /// Never empty, and at least one has a weight above 0.
     pub backends: Vec<BackendConfig>,
     /// Some: authorization required, only these client prefixes may open flows.
@@ -516,6 +519,7 @@ struct RawService {
     affinity_timeout: Option<Spanned<i64>>,
     health_check: Option<Spanned<RawHealthCheck>>,
     on_backend_down: Option<BackendDown>,
+    syn_proxy: Option<Spanned<bool>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
 }
@@ -954,6 +958,16 @@ impl Parser<'_> {
                 ));
             }
 
+            let syn_proxy = match &service.syn_proxy {
+                Some(flag) if *flag.get_ref() && protocol != Protocol::Tcp => {
+                    return Err(self.error(
+                        flag.span(),
+                        format!("service {name:?} is {protocol}: syn_proxy is only for tcp"),
+                    ));
+                }
+                Some(flag) => *flag.get_ref(),
+                None => false,
+            };
             let mode = service.mode.unwrap_or_default();
             let snat_ip = match (mode, &service.snat_ip) {
                 (Mode::FullNat, None) => {
@@ -1080,6 +1094,7 @@ impl Parser<'_> {
                 protocol,
                 mode,
                 snat_ip,
+                syn_proxy,
                 backends,
                 allow,
                 deny,
@@ -1328,6 +1343,7 @@ backend = [
                     protocol: Protocol::Tcp,
                     mode: Mode::FullNat,
                     snat_ip: Some(Ipv4Addr::new(198, 19, 1, 1)),
+                    syn_proxy: false,
                     backends: vec![
                         BackendConfig {
                             address: Ipv4Addr::new(198, 19, 0, 11),
@@ -1353,6 +1369,7 @@ backend = [
                     protocol: Protocol::Udp,
                     mode: Mode::Dnat,
                     snat_ip: None,
+                    syn_proxy: false,
                     backends: vec![
                         BackendConfig {
                             address: Ipv4Addr::new(198, 19, 0, 21),

@@ -5,7 +5,8 @@ use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
 use lb_common::{
     FLOW_DIR_CLIENT_TO_SERVER, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_RESET,
-    FLOW_STATE_SYN_SEEN, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP,
+    FLOW_STATE_SYN_SEEN, FLOW_STATE_SYNPROXY, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -18,13 +19,14 @@ pub fn state_name(state: u8) -> &'static str {
         FLOW_STATE_CLOSING => "closing",
         FLOW_STATE_UDP => "udp",
         FLOW_STATE_RESET => "reset",
+        FLOW_STATE_SYNPROXY => "syn-proxy",
         _ => "unknown",
     }
 }
 
 fn timeout_for(state: u8, timeouts: &Timeouts) -> Duration {
     match state {
-        FLOW_STATE_SYN_SEEN => timeouts.tcp_syn,
+        FLOW_STATE_SYN_SEEN | FLOW_STATE_SYNPROXY => timeouts.tcp_syn,
         FLOW_STATE_ESTABLISHED => timeouts.tcp_established,
         FLOW_STATE_CLOSING | FLOW_STATE_RESET => timeouts.tcp_closing,
         _ => timeouts.udp,
@@ -70,6 +72,17 @@ pub struct FlowRow {
     pub age_secs: u64,
     pub idle_secs: u64,
     pub backend_id: u32,
+    /// SYN proxy (seed 001's TCP flow control columns): the balancer's initial sequence
+    /// number toward the client, the SEQ delta and the timestamp delta. `None` for a
+    /// connection that is not proxied.
+    pub proxy: Option<ProxyColumns>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct ProxyColumns {
+    pub seq: u32,
+    pub delta: u32,
+    pub timestamp: u32,
 }
 
 fn endpoint(ip: u32, port: u16) -> String {
@@ -106,6 +119,20 @@ pub fn rows(
                 age_secs: now_ns.saturating_sub(entry.created_ns) / 1_000_000_000,
                 idle_secs: now_ns.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
                 backend_id: entry.backend_id,
+                proxy: (entry.synproxy != 0).then_some(ProxyColumns {
+                    seq: entry.proxy_isn,
+                    // Still opening the server side: no delta yet.
+                    delta: if entry.state == FLOW_STATE_SYNPROXY {
+                        0
+                    } else {
+                        entry.seq_delta
+                    },
+                    timestamp: if entry.state == FLOW_STATE_SYNPROXY {
+                        0
+                    } else {
+                        entry.ts_delta
+                    },
+                }),
             };
             (entry.created_ns, row)
         })

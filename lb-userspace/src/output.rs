@@ -277,12 +277,28 @@ fn render_flows(flows: &Value) -> String {
             ]
             .iter()
             .map(|k| text(&f[*k]))
+            .chain(
+                ["seq", "delta", "timestamp"]
+                    .iter()
+                    .map(|k| text(&f["proxy"][*k])),
+            )
             .collect()
         })
         .collect();
     let mut out = table(
         &[
-            "PROTO", "SERVICE", "CLIENT", "VIP", "SNAT", "SERVER", "STATE", "AGE(s)", "IDLE(s)",
+            "PROTO",
+            "SERVICE",
+            "CLIENT",
+            "VIP",
+            "SNAT",
+            "SERVER",
+            "STATE",
+            "AGE(s)",
+            "IDLE(s)",
+            "SEQ",
+            "DELTA",
+            "TIMESTAMP",
         ],
         &rows,
     );

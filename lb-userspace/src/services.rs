@@ -15,8 +15,8 @@ use anyhow::{Context as _, Result, bail};
 use lb_common::{
     ADDR_KIND_SNAT, ADDR_KIND_VIP, BACKEND_STATE_ACTIVE, BACKEND_STATE_DOWN,
     BACKEND_STATE_DRAINING, Backend, EligibilityKey, MAGLEV_RING_SIZE, MODE_DNAT, MODE_FULL_NAT,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_AUTH_REQUIRED, SERVICE_FLAG_AUTH_RST, Service, ServiceKey,
-    Settings,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_AUTH_REQUIRED, SERVICE_FLAG_AUTH_RST,
+    SERVICE_FLAG_SYN_PROXY, Service, ServiceKey, Settings,
 };
 use serde::Serialize;
 
@@ -511,6 +511,7 @@ fn placeholder_config(addr: ServiceAddr) -> ServiceConfig {
         },
         mode: Mode::FullNat,
         snat_ip: None,
+        syn_proxy: false,
         backends: Vec::new(),
         allow: None,
         deny: DenyAction::Drop,
@@ -530,6 +531,9 @@ fn service_flags(service: &ServiceConfig) -> u8 {
     }
     if service.affinity_timeout.is_some() {
         flags |= SERVICE_FLAG_AFFINITY;
+    }
+    if service.syn_proxy {
+        flags |= SERVICE_FLAG_SYN_PROXY;
     }
     flags
 }

@@ -972,13 +972,46 @@ fn serve_http<R: BufRead, W: Write>(
             Err(e) => return Err(e),
         };
         counters.http_requests.fetch_add(1, Ordering::Relaxed);
-        // Discard a request body; only GET/HEAD are meaningful here.
+        let keep_alive = request.keep_alive;
+        let head_only = request.method == "HEAD";
+        // An upload is hashed as it arrives, so tests can check what reached the server.
+        if matches!(request.method.as_str(), "POST" | "PUT") && request.target == "/sha256" {
+            let mut hasher = Sha256::new();
+            let mut body = reader.by_ref().take(request.content_length);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0u64;
+            loop {
+                let n = body.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                got += n as u64;
+            }
+            if got != request.content_length {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let answer = format!("{}\n", hex(&hasher.finalize()));
+            write_head(
+                &mut writer,
+                "200 OK",
+                name,
+                peer,
+                answer.len() as u64,
+                keep_alive,
+            )?;
+            writer.write_all(answer.as_bytes())?;
+            writer.flush()?;
+            if !keep_alive {
+                return Ok(());
+            }
+            continue;
+        }
+        // Discard any other request body; only GET/HEAD are meaningful there.
         io::copy(
             &mut reader.by_ref().take(request.content_length),
             &mut io::sink(),
         )?;
-        let keep_alive = request.keep_alive;
-        let head_only = request.method == "HEAD";
         if request.method != "GET" && !head_only {
             let body = "method not allowed\n";
             write_head(
@@ -1380,6 +1413,12 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(resp.status, 405);
+        let resp = parse_response(&converse(
+            b"PUT /sha256 HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        ))
+        .unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), format!("{}\n", sha256_hex(b"abc")));
         let resp = parse_response(&converse(
             b"HEAD /bytes/10 HTTP/1.1\r\nConnection: close\r\n\r\n",
         ))

@@ -735,7 +735,10 @@ fn scale(params: &KernelParams, wrapper_ns: f64) -> Result<Vec<ScalePoint>> {
                 ts_delta: 0,
                 state: lb_common::FLOW_STATE_ESTABLISHED,
                 direction: lb_common::FLOW_DIR_CLIENT_TO_SERVER,
-                _pad: [0; 2],
+                synproxy: 0,
+                wscales: 0,
+                proxy_isn: 0,
+                _pad: 0,
                 created_ns: 0,
                 last_seen_ns: u64::MAX / 2,
             };
