@@ -45,7 +45,9 @@ fn node(last_octet: u8) -> Node {
 
 fn agent_settings(node: &Node, capacity: u32, router: SocketAddrV4, key: &[u8]) -> AgentSettings {
     AgentSettings {
-        load_source: Default::default(),
+        // All agents share this machine's load average: it says nothing about any one
+        // of them and, drifting between their reports, would move the shares.
+        load_source: lb_userspace::cluster::agent::LoadSource::None,
         cluster_id: CLUSTER,
         priority: u16::from(node.address.octets()[3]),
         services: vec![
