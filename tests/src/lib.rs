@@ -4,7 +4,8 @@
 //! fails.
 
 use std::{
-    net::SocketAddrV4,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -270,4 +271,50 @@ pub fn server_of(body: &str) -> Option<usize> {
         .strip_prefix('s')
         .and_then(|n| n.parse().ok())
         .filter(|n| (1..=3).contains(n))
+}
+
+/// An HTTP/1.1 keep-alive connection from the client namespace to the VIP's port 80,
+/// for tests that need one connection to outlive a change.
+pub struct KeepAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn open(balancer: &Balancer) -> Result<KeepAlive> {
+        let timeout = Duration::from_secs(5);
+        let stream = testbed::run_in_netns(&balancer.topo.ns(Role::Client), move || {
+            TcpStream::connect_timeout(&Balancer::vip(80).into(), timeout)
+        })??;
+        stream.set_read_timeout(Some(timeout))?;
+        Ok(KeepAlive {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// GET / on this connection: which server (1..=3) answered.
+    pub fn get(&mut self) -> std::io::Result<usize> {
+        self.reader
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+        let mut content_length = 0usize;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        self.reader.read_exact(&mut body)?;
+        server_of(&String::from_utf8_lossy(&body))
+            .ok_or_else(|| std::io::Error::other("unexpected body"))
+    }
 }

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_integration::{Balancer, lb_binary, server_of};
+use lb_integration::{Balancer, KeepAlive, lb_binary, server_of};
 use lb_userspace::{
     cluster::wire::{
         self, ClusterKey, Fields, Function, Header, Health, Message, PacketType, ServiceOffer,
@@ -337,16 +337,10 @@ fn announced_nodes_balance_by_capacity_fail_over_rejoin_and_drain() {
 
     // SIGTERM on server 1's agent: it leaves, the router drains it. An established
     // connection to it keeps working; new flows go elsewhere.
-    let client = cluster.balancer.topo.ns(Role::Client);
     let mut established = None;
     for _ in 0..50 {
-        let mut conn = run_in_netns(&client, || {
-            TcpStream::connect_timeout(&Balancer::vip(80).into(), Duration::from_secs(2))
-        })
-        .unwrap()
-        .unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        if keep_alive_get(&mut conn) == 1 {
+        let mut conn = KeepAlive::open(&cluster.balancer).unwrap();
+        if conn.get().ok() == Some(1) {
             established = Some(conn);
             break;
         }
@@ -370,37 +364,12 @@ fn announced_nodes_balance_by_capacity_fail_over_rejoin_and_drain() {
         "a draining node took new flows: {by_server:?}"
     );
     for _ in 0..3 {
-        assert_eq!(
-            keep_alive_get(&mut established),
-            1,
-            "established flow moved"
-        );
+        assert_eq!(established.get().ok(), Some(1), "established flow moved");
     }
     drop(established);
     for idx in [2, 3] {
         cluster.end_agent(idx, libc::SIGTERM);
     }
-}
-
-/// GET / on a keep-alive connection; which server answered (0 on any failure).
-fn keep_alive_get(conn: &mut TcpStream) -> usize {
-    if conn
-        .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")
-        .is_err()
-    {
-        return 0;
-    }
-    // Test server answers are small: one read holds head and body.
-    let mut buf = vec![0u8; 4096];
-    let mut got = Vec::new();
-    while !String::from_utf8_lossy(&got).contains("\r\n\r\ns") || !got.ends_with(b"\n") {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return 0,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&got);
-    server_of(text.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap_or(0)
 }
 
 /// A node message from server 3 (header source = its address, as the router checks).

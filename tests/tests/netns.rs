@@ -5,64 +5,17 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{SocketAddrV4, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
 use lb_common::{IPPROTO_TCP, MAGLEV_RING_SIZE, hash::flow_hash};
-use lb_integration::{Balancer, SERVER_IPS, config_toml, server_of};
+use lb_integration::{Balancer, KeepAlive, SERVER_IPS, config_toml, server_of};
 use lb_userspace::maglev::{MaglevBackend, build_ring};
 use xtask::testbed::{self, Role, payload_sha256, run_in_netns, udp_request, unique_prefix};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An HTTP/1.1 keep-alive connection from the client namespace to the VIP.
-struct KeepAlive {
-    reader: BufReader<TcpStream>,
-}
-
-impl KeepAlive {
-    fn open(balancer: &Balancer) -> KeepAlive {
-        let ns = balancer.topo.ns(Role::Client);
-        let stream = run_in_netns(&ns, || {
-            TcpStream::connect_timeout(&Balancer::vip(80).into(), TIMEOUT)
-        })
-        .expect("enter client ns")
-        .expect("connect to the VIP");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        KeepAlive {
-            reader: BufReader::new(stream),
-        }
-    }
-
-    /// GET / on this connection; which server answered.
-    fn get(&mut self) -> std::io::Result<usize> {
-        self.reader
-            .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
-        let mut content_length = 0usize;
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                content_length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; content_length];
-        self.reader.read_exact(&mut body)?;
-        server_of(&String::from_utf8_lossy(&body))
-            .ok_or_else(|| std::io::Error::other("unexpected body"))
-    }
-}
 
 fn start(weights: [u32; 3], extra: &str) -> Balancer {
     let prefix = unique_prefix();
@@ -269,7 +222,7 @@ fn reload_removing_a_server_keeps_established_connections() {
             Instant::now() < deadline,
             "could not reach every server: {per_server:?}"
         );
-        let mut conn = KeepAlive::open(&balancer);
+        let mut conn = KeepAlive::open(&balancer).unwrap();
         let server = conn.get().unwrap();
         per_server[server - 1] += 1;
         connections.push((server, conn));
@@ -360,7 +313,7 @@ fn flow_entries_disappear_after_their_timeouts() {
     );
 
     // An idle established connection: 3 s.
-    let mut conn = KeepAlive::open(&balancer);
+    let mut conn = KeepAlive::open(&balancer).unwrap();
     conn.get().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let flows = balancer.json("flows").unwrap();

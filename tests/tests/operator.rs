@@ -14,51 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::TcpStream,
-};
-
-use lb_integration::{Balancer, config_toml, server_of};
-use xtask::testbed::{self, Role, payload_sha256, run_in_netns, unique_prefix};
-
-/// GET / on an open keep-alive connection: which server answered.
-fn get(reader: &mut BufReader<TcpStream>) -> std::io::Result<usize> {
-    reader
-        .get_mut()
-        .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
-    let mut content_length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            content_length = value.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0u8; content_length];
-    reader.read_exact(&mut body)?;
-    server_of(&String::from_utf8_lossy(&body)).ok_or_else(|| std::io::Error::other("body"))
-}
-
-fn keep_alive(balancer: &Balancer) -> BufReader<TcpStream> {
-    let stream = run_in_netns(&balancer.topo.ns(Role::Client), || {
-        TcpStream::connect_timeout(&Balancer::vip(80).into(), Duration::from_secs(5))
-    })
-    .unwrap()
-    .unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    BufReader::new(stream)
-}
+use lb_integration::{Balancer, KeepAlive, config_toml, server_of};
+use xtask::testbed::{self, Role, payload_sha256, unique_prefix};
 
 /// The standard config with `web_extra` lines added to the `web` service.
 fn config_with_web(prefix: &str, extra: &str, web_extra: &str) -> String {
@@ -519,8 +476,8 @@ fn a_failed_backends_connections_are_reset_when_the_service_says_so() {
     let mut on_s1 = None;
     let mut elsewhere = None;
     for _ in 0..30 {
-        let mut connection = keep_alive(&balancer);
-        match get(&mut connection).unwrap() {
+        let mut connection = KeepAlive::open(&balancer).unwrap();
+        match connection.get().unwrap() {
             1 if on_s1.is_none() => on_s1 = Some(connection),
             n if n != 1 && elsewhere.is_none() => elsewhere = Some(connection),
             _ => {}
@@ -546,16 +503,15 @@ fn a_failed_backends_connections_are_reset_when_the_service_says_so() {
         .unwrap();
     thread::sleep(Duration::from_millis(300 * 2 + 1000));
     let started = Instant::now();
-    let error = get(&mut on_s1).expect_err("the connection to the failed backend is reset");
+    let error = on_s1
+        .get()
+        .expect_err("the connection to the failed backend is reset");
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "reset, not a timeout"
     );
-    assert!(
-        get(&mut elsewhere).is_ok(),
-        "other backends' connections go on"
-    );
+    assert!(elsewhere.get().is_ok(), "other backends' connections go on");
     assert!(balancer.counter("tx_rst_backend_down").unwrap() >= 1);
 }
 
@@ -563,8 +519,8 @@ fn a_failed_backends_connections_are_reset_when_the_service_says_so() {
 #[ignore = "needs root: run with cargo xtask test"]
 fn replace_swaps_the_program_and_keeps_established_connections() {
     let mut balancer = start("", "");
-    let mut connection = keep_alive(&balancer);
-    let first = get(&mut connection).unwrap();
+    let mut connection = KeepAlive::open(&balancer).unwrap();
+    let first = connection.get().unwrap();
     let hits = balancer.counter("flow_hits").unwrap();
     let drained = format!(
         "{}:80",
@@ -583,7 +539,7 @@ fn replace_swaps_the_program_and_keeps_established_connections() {
         balancer.log()
     );
     assert_eq!(
-        get(&mut connection).unwrap(),
+        connection.get().unwrap(),
         first,
         "same connection, same server"
     );
