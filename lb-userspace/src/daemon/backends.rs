@@ -1,0 +1,315 @@
+//! Run-time backend changes from the operator (drain, weight, add, remove) and the
+//! backend and session views.
+
+use super::*;
+
+/// `address` or `address:port` as the operator names a backend.
+pub(super) fn parse_backend(text: &str) -> Result<(Ipv4Addr, Option<u16>)> {
+    if let Ok(addr) = text.parse::<Ipv4Addr>() {
+        return Ok((addr, None));
+    }
+    match text.parse::<std::net::SocketAddrV4>() {
+        Ok(addr) if addr.port() != 0 => Ok((*addr.ip(), Some(addr.port()))),
+        _ => bail!("invalid backend {text:?}: expected ADDRESS or ADDRESS:PORT"),
+    }
+}
+
+impl Controller {
+    /// The configured backend addresses `text` names, in `service` if given.
+    pub(super) fn resolve(&self, service: Option<&str>, text: &str) -> Result<Vec<BackendAddr>> {
+        let (ip, port) = parse_backend(text)?;
+        if let Some(name) = service
+            && !self.config.services.iter().any(|s| s.name == name)
+        {
+            bail!("no service named {name:?}");
+        }
+        let mut found: Vec<BackendAddr> = self
+            .config
+            .services
+            .iter()
+            .filter(|s| service.is_none_or(|name| s.name == name))
+            .flat_map(|s| s.backends.iter())
+            .filter(|b| b.address == ip && port.is_none_or(|p| b.port == p))
+            .map(|b| (b.address, b.port))
+            .collect();
+        found.sort();
+        found.dedup();
+        match (found.len(), service) {
+            (0, Some(name)) => bail!("service {name:?} has no backend {text}"),
+            (0, None) => bail!("no service has a backend {text}"),
+            (1, _) => Ok(found),
+            _ => bail!("{text} names several backends (different ports): give ADDRESS:PORT"),
+        }
+    }
+
+    pub(super) fn set_drained(&mut self, text: &str, drained: bool) -> Result<Value> {
+        let addr = self.resolve(None, text)?[0];
+        let was = self.overrides.drained.contains(&addr);
+        if was == drained {
+            bail!(
+                "backend {}:{} is {} draining",
+                addr.0,
+                addr.1,
+                if drained { "already" } else { "not" }
+            );
+        }
+        if drained {
+            self.overrides.drained.insert(addr);
+        } else {
+            self.overrides.drained.remove(&addr);
+        }
+        let summary = self.reapply()?;
+        log::info!(
+            "backend {}:{} {}: {summary:?}",
+            addr.0,
+            addr.1,
+            if drained { "draining" } else { "undrained" }
+        );
+        Ok(json!(summary))
+    }
+
+    pub(super) fn set_weight(&mut self, service: &str, text: &str, weight: u32) -> Result<Value> {
+        if weight > u32::from(u16::MAX) {
+            bail!("weight must be between 0 and 65535, got {weight}");
+        }
+        let addr = self.resolve(Some(service), text)?[0];
+        self.overrides
+            .weights
+            .insert((service.to_string(), addr), weight);
+        let summary = self.reapply()?;
+        log::info!(
+            "{service}: backend {}:{} weight {weight}: {summary:?}",
+            addr.0,
+            addr.1
+        );
+        Ok(json!(summary))
+    }
+
+    pub(super) fn add_backend(&mut self, service: &str, text: &str, weight: u32) -> Result<Value> {
+        if weight > u32::from(u16::MAX) {
+            bail!("weight must be between 0 and 65535, got {weight}");
+        }
+        let (ip, port) = parse_backend(text)?;
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+            bail!("backend address must be unicast, got {ip}");
+        }
+        let mut config = self.config.clone();
+        let Some(entry) = config.services.iter_mut().find(|s| s.name == service) else {
+            bail!("no service named {service:?}");
+        };
+        let port = port.unwrap_or(entry.port);
+        if entry
+            .backends
+            .iter()
+            .any(|b| b.address == ip && b.port == port)
+        {
+            bail!("service {service:?} already has backend {ip}:{port}");
+        }
+        entry.backends.push(BackendConfig {
+            address: ip,
+            port,
+            weight,
+        });
+        let distinct = config
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| (b.address, b.port)))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if distinct as u64 > u64::from(self.dataplane.capacity.max_backends) {
+            bail!(
+                "limits.max_backends ({}) reached",
+                self.dataplane.capacity.max_backends
+            );
+        }
+        let summary = self.apply_config(&config)?;
+        self.config = config;
+        log::info!("{service}: added backend {ip}:{port} (weight {weight}): {summary:?}");
+        Ok(json!(summary))
+    }
+
+    pub(super) fn remove_backend(&mut self, service: &str, text: &str) -> Result<Value> {
+        let addr = self.resolve(Some(service), text)?[0];
+        let mut config = self.config.clone();
+        let entry = config
+            .services
+            .iter_mut()
+            .find(|s| s.name == service)
+            .expect("resolved above");
+        entry.backends.retain(|b| (b.address, b.port) != addr);
+        if !entry.backends.iter().any(|b| b.weight > 0) && self.cluster.is_none() {
+            bail!(
+                "removing {}:{} would leave service {service:?} without a backend that \
+                 can take flows",
+                addr.0,
+                addr.1
+            );
+        }
+        let summary = self.apply_config(&config)?;
+        self.config = config;
+        self.prune_overrides();
+        log::info!(
+            "{service}: removed backend {}:{}: {summary:?}",
+            addr.0,
+            addr.1
+        );
+        Ok(json!(summary))
+    }
+
+    /// Forgets overrides and health of backends the config no longer has.
+    pub(super) fn prune_overrides(&mut self) {
+        let present: std::collections::BTreeSet<(String, BackendAddr)> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(move |b| (s.name.clone(), (b.address, b.port)))
+            })
+            .collect();
+        let addrs: std::collections::BTreeSet<BackendAddr> =
+            present.iter().map(|(_, a)| *a).collect();
+        self.overrides.drained.retain(|a| addrs.contains(a));
+        self.overrides.weights.retain(|k, _| present.contains(k));
+        self.overrides.down.retain(|k| present.contains(k));
+        let checked: std::collections::BTreeSet<(String, BackendAddr)> = self
+            .health_targets()
+            .into_iter()
+            .map(|(s, a, _)| (s, a))
+            .collect();
+        self.health.retain(|k, _| checked.contains(k));
+        self.overrides.down.retain(|k| checked.contains(k));
+    }
+
+    pub(super) fn backends(&self) -> Result<Value> {
+        let entries = self.dataplane.flow_entries();
+        let mut active: HashMap<(u32, u32), u64> = HashMap::new();
+        for (_, entry) in &entries {
+            if entry.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER {
+                *active
+                    .entry((entry.service_id, entry.backend_id))
+                    .or_default() += 1;
+            }
+        }
+        let mut rows = Vec::new();
+        for service in self.table.services() {
+            for ((backend, &id), &effective) in service
+                .config
+                .backends
+                .iter()
+                .zip(&service.backend_ids)
+                .zip(&service.effective_weights)
+            {
+                let addr = (backend.address, backend.port);
+                let key = (service.config.name.clone(), addr);
+                let configured = self.config.services.iter().any(|s| {
+                    s.name == service.config.name
+                        && s.backends.iter().any(|b| (b.address, b.port) == addr)
+                });
+                let announced = self.cluster.as_ref().filter(|_| !configured).and_then(|c| {
+                    c.announced
+                        .iter()
+                        .find(|e| e.service == service.config.name && (e.node, e.port) == addr)
+                });
+                let mut health = match (&service.config.health_check, self.health.get(&key)) {
+                    (None, _) => "unchecked",
+                    (Some(_), Some(h)) if !h.up => "down",
+                    (Some(_), _) => "up",
+                }
+                .to_string();
+                let mut state = match self.overrides.state(addr) {
+                    lb_common::BACKEND_STATE_DRAINING => "draining",
+                    _ if self.overrides.down.contains(&key) => "down",
+                    _ => "active",
+                }
+                .to_string();
+                if let Some(e) = announced {
+                    // The node's own report and the router's view of the node.
+                    health = serde_json::to_value(e.health)?
+                        .as_str()
+                        .unwrap_or("-")
+                        .into();
+                    state = serde_json::to_value(e.state)?
+                        .as_str()
+                        .unwrap_or("-")
+                        .into();
+                }
+                let stats = self.dataplane.backend_stats(id)?;
+                rows.push(json!({
+                    "service": service.config.name,
+                    "backend": format!("{}:{}", backend.address, backend.port),
+                    "id": id,
+                    "weight": self.overrides.weights.get(&key).copied().unwrap_or(backend.weight),
+                    "effective_weight": effective,
+                    "source": if configured { "config" } else { "announced" },
+                    "state": state,
+                    "health": health,
+                    "last_error": self.health.get(&key).and_then(|h| h.last_error.clone()),
+                    "active_flows": active.get(&(service.id, id)).copied().unwrap_or(0),
+                    "new_flows": stats.new_flows,
+                    "packets": stats.packets,
+                    "bytes": stats.bytes,
+                }));
+            }
+        }
+        Ok(json!(rows))
+    }
+
+    pub(super) fn sessions(&self) -> Result<Value> {
+        let now = sys::monotonic_ns();
+        let addr_of: HashMap<u32, BackendAddr> =
+            self.table.backends().map(|(a, id)| (id, a)).collect();
+        let mut rows: Vec<(u64, Value)> = Vec::new();
+        for item in self.dataplane.sessions.iter() {
+            let Ok((key, entry)) = item else { continue };
+            let backend = addr_of
+                .get(&entry.backend_id)
+                .map(|(ip, port)| format!("{ip}:{port}"));
+            rows.push((
+                entry.created_ns,
+                json!({
+                    "client": Ipv4Addr::from(u32::from_be(key.client_ip)).to_string(),
+                    "service": self.table.service_name(key.service_id),
+                    "backend": backend,
+                    "backend_id": entry.backend_id,
+                    "age_secs": now.saturating_sub(entry.created_ns) / 1_000_000_000,
+                    "idle_secs": now.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
+                    "handle": format!("{}/{}", key.service_id, Ipv4Addr::from(u32::from_be(key.client_ip))),
+                }),
+            ));
+        }
+        rows.sort_by_key(|(created, _)| *created);
+        Ok(json!(rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>()))
+    }
+
+    /// Deletes sessions idle beyond their service's timeout (or of removed services).
+    pub fn expire_sessions(&mut self) -> usize {
+        let now = sys::monotonic_ns();
+        let timeouts: HashMap<u32, u64> = self
+            .table
+            .services()
+            .filter_map(|s| {
+                s.config
+                    .affinity_timeout
+                    .map(|t| (s.id, t.as_nanos() as u64))
+            })
+            .collect();
+        let stale: Vec<lb_common::SessionKey> = self
+            .dataplane
+            .sessions
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| {
+                timeouts
+                    .get(&key.service_id)
+                    .is_none_or(|&t| now.saturating_sub(entry.last_seen_ns) > t)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        stale
+            .iter()
+            .filter(|key| self.dataplane.sessions.remove(key).is_ok())
+            .count()
+    }
+}

@@ -1,0 +1,451 @@
+//! `lb run`: the controller daemon. Loads the XDP program, programs the tables from the
+//! config, attaches, serves the operator API, expires idle flows, reloads on request or
+//! SIGHUP, and detaches cleanly on SIGTERM/SIGINT.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    api::{Answer, MAX_REQUEST_BYTES, Request},
+    cluster::{
+        self,
+        router::{AnnouncedEndpoint, KnownService, RouterEngine, RouterSettings},
+    },
+    config::{BackendConfig, BackendDown, ClusterConfig, Config, HealthCheck, XdpMode},
+    dataplane::{self, AttachedMode, Capacity, Dataplane, PinnedState},
+    flows,
+    health::{self, Health},
+    metrics::{BackendLabels, EventLabels, ReasonLabels, Scrape, ServiceLabels, StateLabels},
+    services::{ApplySummary, BackendAddr, Overrides, ServiceTable},
+    sys,
+};
+
+mod backends;
+mod cluster_router;
+mod health_results;
+mod scrape;
+mod server;
+
+pub use cluster_router::{CLUSTER_POLL, ClusterRouter, known_services, prepare_cluster};
+pub use server::run;
+
+/// How often idle flows are looked for.
+const GC_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Controller {
+    config_path: PathBuf,
+    config: Config,
+    dataplane: Dataplane,
+    table: ServiceTable,
+    started: Instant,
+    generation: u64,
+    last_reload: Option<String>,
+    last_reload_ok: Option<bool>,
+    flows_expired: u64,
+    overrides: Overrides,
+    /// Health of each checked (service, backend).
+    health: BTreeMap<(String, BackendAddr), Health>,
+    /// Set when a new daemon takes over: exit without detaching.
+    pub handed_over: bool,
+    /// The router side of the cluster protocol, with `[cluster]`.
+    cluster: Option<ClusterRouter>,
+}
+
+/// A health check the controller wants running.
+pub type HealthTarget = (String, BackendAddr, HealthCheck);
+
+#[derive(Serialize)]
+struct InterfaceStatus {
+    name: String,
+    ifindex: u32,
+    mode: AttachedMode,
+}
+
+pub fn pin_dir(name: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(name)
+}
+
+fn capacity(config: &Config) -> Capacity {
+    Capacity {
+        max_services: config.limits.max_services,
+        max_backends: config.limits.max_backends,
+        max_flows: config.limits.max_flows,
+    }
+}
+
+impl Controller {
+    /// Validates, loads, programs and attaches. Nothing stays attached on error.
+    pub fn start(
+        config_path: &Path,
+        mode_override: Option<XdpMode>,
+        replace: bool,
+    ) -> Result<Controller> {
+        let config = Config::load(config_path)?;
+        config.check_interfaces(sys::interface_exists)?;
+        if !sys::is_root() {
+            bail!("lb run needs root (CAP_BPF, CAP_NET_ADMIN) to load and attach XDP programs");
+        }
+        if fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() != "1") {
+            log::warn!(
+                "net.ipv4.ip_forward is off: packets whose next hop is not resolved yet are \
+                 handed to the kernel, which must forward them"
+            );
+        }
+        if !bpffs_mounted() {
+            bail!(
+                "no bpffs at /sys/fs/bpf in this mount namespace (run `cargo xtask setup`; \
+                 note that `ip netns exec` hides it: enter the namespace with \
+                 `nsenter --net=/var/run/netns/NAME` instead)"
+            );
+        }
+        let dir = pin_dir(&config.name);
+        let adopt = dataplane::has_pinned_state(&dir);
+        if replace && !adopt {
+            bail!(
+                "--replace needs the pinned state of a running (or killed) daemon in {}, \
+                 and there is none: start without --replace",
+                dir.display()
+            );
+        }
+        let pinned = if adopt {
+            log::info!("adopting the pinned data path in {}", dir.display());
+            PinnedState::Adopt
+        } else {
+            PinnedState::Replace
+        };
+        let mut dataplane = Dataplane::load_with(capacity(&config), Some(&dir), pinned)?;
+        match Self::program_and_attach(&mut dataplane, &config, mode_override, adopt, replace) {
+            Ok((table, overrides)) => Ok(Controller {
+                config_path: config_path.to_path_buf(),
+                config,
+                dataplane,
+                table,
+                started: Instant::now(),
+                generation: 1,
+                last_reload: None,
+                last_reload_ok: None,
+                flows_expired: 0,
+                overrides,
+                health: BTreeMap::new(),
+                handed_over: false,
+                cluster: None,
+            }),
+            Err(e) => {
+                if adopt {
+                    // Whatever failed, the adopted data path keeps forwarding.
+                    dataplane.release();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn program_and_attach(
+        dataplane: &mut Dataplane,
+        config: &Config,
+        mode_override: Option<XdpMode>,
+        adopt: bool,
+        replace: bool,
+    ) -> Result<(ServiceTable, Overrides)> {
+        let mut table = if adopt {
+            ServiceTable::adopt(dataplane, config)?
+        } else {
+            ServiceTable::default()
+        };
+        let overrides = Overrides {
+            drained: table.draining(),
+            ..Overrides::default()
+        };
+        let summary = table.apply_with(dataplane, config, &overrides)?;
+        log::info!("programmed: {summary:?}");
+        let adopted = if adopt {
+            dataplane.adopt_links(replace)?
+        } else {
+            Vec::new()
+        };
+        for (ifname, mode) in &adopted {
+            log::info!(
+                "adopted the pinned link on {ifname} ({mode:?} mode){}",
+                if replace { ", program replaced" } else { "" }
+            );
+        }
+        let mode = match mode_override.unwrap_or(config.xdp_mode) {
+            XdpMode::Native => Some(AttachedMode::Native),
+            XdpMode::Generic => Some(AttachedMode::Generic),
+            XdpMode::Auto => None,
+        };
+        for ifname in &config.attach {
+            if adopted.iter().any(|(name, _)| name == ifname) {
+                continue;
+            }
+            let attached = dataplane.attach(ifname, mode)?;
+            log::info!("attached to {ifname} ({attached:?} mode)");
+        }
+        Ok((table, overrides))
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.config.socket
+    }
+
+    pub fn handle(&mut self, request: &Request) -> Result<Value> {
+        match request {
+            Request::Status => Ok(self.status()),
+            Request::Stats => self.stats(),
+            Request::Flows => Ok(self.flows()),
+            Request::Reload => self.reload().map(|s| json!(s)),
+            Request::Backends => self.backends(),
+            Request::Sessions => self.sessions(),
+            Request::BackendDrain { backend } => self.set_drained(backend, true),
+            Request::BackendUndrain { backend } => self.set_drained(backend, false),
+            Request::BackendWeight {
+                service,
+                backend,
+                weight,
+            } => self.set_weight(service, backend, *weight),
+            Request::BackendAdd {
+                service,
+                backend,
+                weight,
+            } => self.add_backend(service, backend, *weight),
+            Request::BackendRemove { service, backend } => self.remove_backend(service, backend),
+            Request::Nodes => self.nodes(),
+            Request::Handover => {
+                self.handed_over = true;
+                Ok(json!({ "handed_over": true }))
+            }
+        }
+    }
+
+    /// Re-applies config and overrides (a difference: only changed rings are swapped).
+    fn reapply(&mut self) -> Result<ApplySummary> {
+        let config = self.config.clone();
+        self.apply_config(&config)
+    }
+
+    /// Applies `config` with the overrides and the announced endpoints on top.
+    fn apply_config(&mut self, config: &Config) -> Result<ApplySummary> {
+        let Some(cluster) = &mut self.cluster else {
+            return self
+                .table
+                .apply_with(&mut self.dataplane, config, &self.overrides);
+        };
+        let (merged, overrides, skipped) =
+            cluster::backends::merge(config, &self.overrides, &cluster.announced);
+        for (service, (ip, port)) in &skipped.configured {
+            if cluster.logged_skips.insert((service.clone(), (*ip, *port))) {
+                log::warn!(
+                    "cluster: {service}: {ip}:{port} is announced and also configured: \
+                     the configured backend is used"
+                );
+            }
+        }
+        for (service, (ip, port)) in &skipped.no_room {
+            if cluster.logged_skips.insert((service.clone(), (*ip, *port))) {
+                log::warn!(
+                    "cluster: {service}: no room for announced {ip}:{port} \
+                     (limits.max_backends is {})",
+                    config.limits.max_backends
+                );
+            }
+        }
+        self.table
+            .apply_with(&mut self.dataplane, &merged, &overrides)
+    }
+
+    fn status(&self) -> Value {
+        let interfaces: Vec<InterfaceStatus> = self
+            .dataplane
+            .attached()
+            .into_iter()
+            .map(|(name, ifindex, mode)| InterfaceStatus {
+                name,
+                ifindex,
+                mode,
+            })
+            .collect();
+        let connections = self
+            .dataplane
+            .flow_entries()
+            .iter()
+            .filter(|(_, e)| e.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER)
+            .count();
+        json!({
+            "name": self.config.name,
+            "config": self.config_path.display().to_string(),
+            "pid": std::process::id(),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "generation": self.generation,
+            "last_reload": self.last_reload,
+            "interfaces": interfaces,
+            "pin_dir": pin_dir(&self.config.name).display().to_string(),
+            "services": self.config.services.len(),
+            "connections": connections,
+            "flows_expired": self.flows_expired,
+            "adopted": self.dataplane.adopted,
+            "metrics": self.config.metrics.map(|m| m.to_string()),
+        })
+    }
+
+    fn stats(&self) -> Result<Value> {
+        let counters: serde_json::Map<String, Value> = self
+            .dataplane
+            .global_counters()?
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), json!(value)))
+            .collect();
+        let mut services = Vec::new();
+        for service in self.table.services() {
+            let stats = self.dataplane.service_stats(service.id)?;
+            let mut backends = Vec::new();
+            for (backend, &id) in service.config.backends.iter().zip(&service.backend_ids) {
+                let b = self.dataplane.backend_stats(id)?;
+                backends.push(json!({
+                    "address": format!("{}:{}", backend.address, backend.port),
+                    "id": id,
+                    "weight": backend.weight,
+                    "packets": b.packets,
+                    "bytes": b.bytes,
+                    "new_flows": b.new_flows,
+                }));
+            }
+            services.push(json!({
+                "name": service.config.name,
+                "vip": format!("{}:{}", service.config.vip, service.config.port),
+                "protocol": service.config.protocol.name(),
+                "mode": service.config.mode.name(),
+                "id": service.id,
+                "packets": stats.packets,
+                "bytes": stats.bytes,
+                "new_flows": stats.new_flows,
+                "drops": stats.drops,
+                "denied": stats.denied,
+                "backends": backends,
+            }));
+        }
+        Ok(json!({ "counters": counters, "services": services }))
+    }
+
+    fn flows(&self) -> Value {
+        let entries = self.dataplane.flow_entries();
+        let rows = flows::rows(&entries, sys::monotonic_ns(), |id| {
+            self.table.service_name(id).map(str::to_string)
+        });
+        json!(rows)
+    }
+
+    /// Re-reads the config file and applies the difference. A bad file changes nothing.
+    pub fn reload(&mut self) -> Result<ApplySummary> {
+        let result = self.try_reload();
+        self.last_reload_ok = Some(result.is_ok());
+        self.last_reload = Some(match &result {
+            Ok(_) => format!("ok (generation {})", self.generation),
+            Err(e) => format!("refused: {e:#}"),
+        });
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<ApplySummary> {
+        let config = Config::load(&self.config_path)?;
+        config.check_interfaces(sys::interface_exists)?;
+        if config.name != self.config.name
+            || config.attach != self.config.attach
+            || config.xdp_mode != self.config.xdp_mode
+            || config.socket != self.config.socket
+            || config.metrics != self.config.metrics
+            || capacity(&config) != self.dataplane.capacity
+        {
+            bail!(
+                "{}: name, interfaces, xdp_mode, socket, metrics and limits can only change \
+                 with a restart",
+                self.config_path.display()
+            );
+        }
+        if config.cluster != self.config.cluster {
+            bail!(
+                "{}: [cluster] can only change with a restart",
+                self.config_path.display()
+            );
+        }
+        let summary = self.apply_config(&config)?;
+        self.config = config;
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .engine
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_services(known_services(&self.config), Instant::now());
+        }
+        self.prune_overrides();
+        // Overrides of backends that went away may have changed rings: settle them.
+        self.reapply()?;
+        self.generation += 1;
+        log::info!("reloaded (generation {}): {summary:?}", self.generation);
+        Ok(summary)
+    }
+
+    /// Deletes the entries of connections idle beyond their timeout.
+    pub fn expire_flows(&mut self) -> usize {
+        let entries = self.dataplane.flow_entries();
+        let expired = flows::expired(&entries, sys::monotonic_ns(), &self.config.timeouts);
+        let mut removed = 0;
+        for key in &expired {
+            if self.dataplane.flows.remove(key).is_ok() {
+                removed += 1;
+            }
+        }
+        self.flows_expired += removed as u64;
+        removed
+    }
+
+    /// SIGTERM: detach and unpin. After a handover: leave everything to the new daemon.
+    pub fn shutdown(&mut self) {
+        if self.handed_over {
+            self.dataplane.release();
+        } else {
+            self.dataplane.detach_all();
+            self.dataplane.unpin_maps();
+        }
+    }
+}
+
+fn bpffs_mounted() -> bool {
+    fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, target, fstype) = (fields.next(), fields.next(), fields.next());
+            target == Some("/sys/fs/bpf") && fstype == Some("bpf")
+        })
+    })
+}
+
+/// Refuses to start over a live daemon's socket; removes a stale one.
+fn prepare_socket(path: &Path) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!(
+            "another lb daemon is already serving {} (stop it first)",
+            path.display()
+        );
+    }
+    let _ = fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    Ok(())
+}

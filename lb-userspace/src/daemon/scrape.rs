@@ -1,0 +1,136 @@
+//! Prometheus scrape: the counters and states of the running balancer.
+
+use super::*;
+
+impl Controller {
+    /// The Prometheus text exposition of the current state.
+    pub fn metrics(&self) -> Result<String> {
+        let scrape = Scrape::default();
+        for (name, value) in self.dataplane.global_counters()? {
+            scrape
+                .packets_by_verdict
+                .get_or_create(&ReasonLabels {
+                    reason: name.to_string(),
+                })
+                .inc_by(value);
+        }
+        let entries = self.dataplane.flow_entries();
+        let mut active: HashMap<(u32, u32), i64> = HashMap::new();
+        for (_, entry) in &entries {
+            if entry.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER {
+                *active
+                    .entry((entry.service_id, entry.backend_id))
+                    .or_default() += 1;
+            }
+        }
+        for service in self.table.services() {
+            let labels = ServiceLabels {
+                service: service.config.name.clone(),
+            };
+            let stats = self.dataplane.service_stats(service.id)?;
+            scrape
+                .service_packets
+                .get_or_create(&labels)
+                .inc_by(stats.packets);
+            scrape
+                .service_bytes
+                .get_or_create(&labels)
+                .inc_by(stats.bytes);
+            scrape
+                .service_new_flows
+                .get_or_create(&labels)
+                .inc_by(stats.new_flows);
+            scrape
+                .service_drops
+                .get_or_create(&labels)
+                .inc_by(stats.drops);
+            scrape
+                .service_denied
+                .get_or_create(&labels)
+                .inc_by(stats.denied);
+            let service_active: i64 = active
+                .iter()
+                .filter(|((s, _), _)| *s == service.id)
+                .map(|(_, n)| n)
+                .sum();
+            scrape
+                .service_active_flows
+                .get_or_create(&labels)
+                .set(service_active);
+            for ((backend, &id), &effective) in service
+                .config
+                .backends
+                .iter()
+                .zip(&service.backend_ids)
+                .zip(&service.effective_weights)
+            {
+                let labels = BackendLabels {
+                    service: service.config.name.clone(),
+                    backend: format!("{}:{}", backend.address, backend.port),
+                };
+                let stats = self.dataplane.backend_stats(id)?;
+                scrape
+                    .backend_packets
+                    .get_or_create(&labels)
+                    .inc_by(stats.packets);
+                scrape
+                    .backend_bytes
+                    .get_or_create(&labels)
+                    .inc_by(stats.bytes);
+                scrape
+                    .backend_new_flows
+                    .get_or_create(&labels)
+                    .inc_by(stats.new_flows);
+                scrape
+                    .backend_active_flows
+                    .get_or_create(&labels)
+                    .set(active.get(&(service.id, id)).copied().unwrap_or(0));
+                let down = self
+                    .overrides
+                    .down
+                    .contains(&(service.config.name.clone(), (backend.address, backend.port)));
+                scrape
+                    .backend_up
+                    .get_or_create(&labels)
+                    .set(i64::from(!down));
+                scrape
+                    .backend_weight
+                    .get_or_create(&labels)
+                    .set(i64::from(effective));
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            let engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let counters = serde_json::to_value(engine.counters())?;
+            for (name, value) in counters.as_object().into_iter().flatten() {
+                scrape
+                    .cluster_events
+                    .get_or_create(&EventLabels {
+                        event: name.clone(),
+                    })
+                    .inc_by(value.as_u64().unwrap_or(0));
+            }
+            for state in ["active", "draining", "down"] {
+                let count = engine
+                    .endpoints()
+                    .iter()
+                    .filter(|e| serde_json::to_value(e.state).ok() == Some(json!(state)))
+                    .count();
+                scrape
+                    .cluster_endpoints
+                    .get_or_create(&StateLabels {
+                        state: state.to_string(),
+                    })
+                    .set(count as i64);
+            }
+        }
+        scrape.config_generation.set(self.generation as i64);
+        scrape
+            .last_reload_ok
+            .set(self.last_reload_ok.map_or(-1, i64::from));
+        scrape
+            .sessions
+            .set(self.dataplane.sessions.keys().filter(Result::is_ok).count() as i64);
+        scrape.encode()
+    }
+}
