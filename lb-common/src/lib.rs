@@ -237,11 +237,20 @@ pub struct FlowEntry {
     /// SYN proxy: the balancer's initial sequence number toward the client (its SYN
     /// cookie), kept for `lb flows`; 0 without it.
     pub proxy_isn: u32,
-    pub _pad: u32,
-    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) when the flow was created.
+    /// Next-hop cache (set by the data path, 0 = none): the egress interface of the
+    /// last `bpf_fib_lookup` for this entry's rewritten packets. A hit with a cache
+    /// skips the FIB lookup; it is redone whenever `last_seen_ns` is refreshed, so
+    /// route and neighbour changes are picked up within `LAST_SEEN_GRANULARITY_NS`.
+    /// Whoever writes an entry from userspace leaves the cache zeroed.
+    pub tx_ifindex: u32,
+    /// CLOCK_MONOTONIC (the data path reads its coarse variant) when the flow was created.
     pub created_ns: u64,
     /// CLOCK_MONOTONIC of the last packet, refreshed at `LAST_SEEN_GRANULARITY_NS`.
     pub last_seen_ns: u64,
+    /// Next-hop cache: destination and source MAC for `tx_ifindex`.
+    pub tx_dmac: [u8; 6],
+    pub tx_smac: [u8; 6],
+    pub _pad: u32,
 }
 
 /// The data path writes `last_seen_ns` only when it is older than this, so the
@@ -394,7 +403,7 @@ mod tests {
         assert_eq!(size_of::<Service>(), 24);
         assert_eq!(size_of::<Backend>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<FlowEntry>(), 56);
+        assert_eq!(size_of::<FlowEntry>(), 72);
         assert_eq!(size_of::<Settings>(), 8);
         assert_eq!(size_of::<ServiceStats>(), 40);
         assert_eq!(size_of::<EligibilityKey>(), 8);

@@ -18,6 +18,8 @@ use model::{Environment, Report, Target};
 
 pub struct BenchOptions {
     pub quick: bool,
+    /// Skip group 2 and the start-up measurements (both need veth traffic).
+    pub kernel_only: bool,
     pub root: PathBuf,
     pub out_dir: PathBuf,
     pub lb_binary: PathBuf,
@@ -115,7 +117,6 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
     report.scale = k.scale;
     report.maglev = k.maglev;
 
-    println!("bench: group 2: end to end over veth");
     let eparams = e2e::E2eParams {
         runs: if opts.quick { 1 } else { 3 },
         seconds: if opts.quick { 2 } else { 5 },
@@ -127,9 +128,18 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
             vec![(100, 1_000), (1_000, 100_000)]
         },
     };
-    let (e2e, startup) = e2e::run(&eparams)?;
-    report.e2e = e2e;
-    report.startup = startup;
+    if !opts.kernel_only {
+        println!("bench: group 2: end to end over veth");
+    }
+    if opts.kernel_only {
+        report
+            .notes
+            .push("--kernel-only: end-to-end group and start-up times not run.".into());
+    } else {
+        let (e2e, startup) = e2e::run(&eparams)?;
+        report.e2e = e2e;
+        report.startup = startup;
+    }
     report.targets = targets(&report);
     report.notes.extend(notes(&report));
     report.env.duration_s = start.elapsed().as_secs_f64();
