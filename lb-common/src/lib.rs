@@ -9,9 +9,15 @@
 pub mod counters;
 pub mod hash;
 
-/// Size of one Maglev lookup ring (a prime, as Maglev requires). Each service owns two
-/// rings (double buffer): the controller fills the idle one, then flips the service entry.
+/// Largest Maglev lookup ring (a prime, as Maglev requires), for services with many
+/// backends; smaller services get a smaller prime (`Service::ring_size`). Each service
+/// owns two rings (double buffer) in the shared MAGLEV_RINGS pool: the controller fills
+/// the idle one, then flips the service entry.
 pub const MAGLEV_RING_SIZE: u32 = 65_537;
+
+/// Default size of the MAGLEV_RINGS pool (slots): two of the largest rings for each of
+/// the default number of services.
+pub const DEFAULT_MAX_RING_SLOTS: u32 = DEFAULT_MAX_SERVICES * 2 * MAGLEV_RING_SIZE;
 
 /// IP protocol numbers used in keys.
 pub const IPPROTO_TCP: u8 = 6;
@@ -101,6 +107,10 @@ pub struct Service {
     pub flags: u8,
     /// Session idle timeout in seconds when `SERVICE_FLAG_AFFINITY` is set.
     pub session_timeout_s: u32,
+    /// Slots of each of the service's two rings (a prime; 0 = no ring).
+    pub ring_size: u32,
+    /// Index of slot 0 of the idle ring: the one the next change is written into.
+    pub ring_idle_offset: u32,
     pub _pad: u32,
 }
 
@@ -400,7 +410,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<Service>(), 24);
+        assert_eq!(size_of::<Service>(), 32);
         assert_eq!(size_of::<Backend>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<FlowEntry>(), 72);

@@ -178,6 +178,7 @@ impl Rig {
                 max_services: config.limits.max_services,
                 max_backends: config.limits.max_backends,
                 max_flows: config.limits.max_flows,
+                max_ring_slots: config.limits.max_ring_slots,
             },
             None,
         )?;
@@ -829,11 +830,12 @@ fn maglev(sizes: &[usize]) -> Result<Vec<MaglevTiming>> {
                     id: i as u32,
                 })
                 .collect();
-            lb_userspace::maglev::build_ring(&input, lb_common::MAGLEV_RING_SIZE)
+            let weights: Vec<u32> = input.iter().map(|b| b.weight).collect();
+            lb_userspace::maglev::build_ring(&input, lb_userspace::maglev::ring_size_for(&weights))
         };
         let build_s = start.elapsed().as_secs_f64();
         ensure!(
-            ring.len() == lb_common::MAGLEV_RING_SIZE as usize,
+            lb_userspace::maglev::RING_SIZES.contains(&(ring.len() as u32)),
             "ring size"
         );
         let mut dp = Dataplane::load(
@@ -841,6 +843,7 @@ fn maglev(sizes: &[usize]) -> Result<Vec<MaglevTiming>> {
                 max_services: 2,
                 max_backends: 2000,
                 max_flows: 1024,
+                max_ring_slots: config.limits.max_ring_slots,
             },
             None,
         )?;
@@ -852,6 +855,7 @@ fn maglev(sizes: &[usize]) -> Result<Vec<MaglevTiming>> {
             backends: n,
             build_s,
             build_and_install_s: apply_s,
+            ring_size: ring.len() as u32,
             slots_written: summary.ring_slots_written as u64,
         });
     }

@@ -125,7 +125,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
         startup: if opts.quick {
             vec![(100, 1_000)]
         } else {
-            vec![(100, 1_000), (1_000, 100_000)]
+            vec![(100, 1_000), (10_000, 100_000)]
         },
     };
     if !opts.kernel_only {

@@ -146,13 +146,14 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "\n| Maglev backends | build ring (ms) | build + install (ms) | slots written |\n|---:|---:|---:|---:|"
+        "\n| Maglev backends | ring size | build ring (ms) | build + install (ms) | slots written (through mmap) |\n|---:|---:|---:|---:|---:|"
     );
     for m in &r.maglev {
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {} |",
             m.backends,
+            m.ring_size,
             m.build_s * 1e3,
             m.build_and_install_s * 1e3,
             m.slots_written
@@ -330,7 +331,8 @@ mod tests {
                 backends: 10,
                 build_s: 0.002,
                 build_and_install_s: 0.1,
-                slots_written: 65537,
+                ring_size: 1021,
+                slots_written: 1021,
             }],
             startup: vec![Startup {
                 services: 10,
