@@ -950,8 +950,10 @@ impl Parser<'_> {
                     ),
                 ));
             }
-            let line = position(self.text, table.start).line;
-            if let Some(first) = names.insert(name, line) {
+            // The byte offset; its line is worked out only for the error (per service it
+            // would rescan the file: minutes for 10,000 services).
+            if let Some(first) = names.insert(name, table.start) {
+                let first = position(self.text, first).line;
                 return Err(self.error(
                     service.name.span(),
                     format!("duplicate service name {name:?} (first defined on line {first})"),
