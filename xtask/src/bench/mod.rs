@@ -209,8 +209,9 @@ fn notes(r: &Report) -> Vec<String> {
         "lb runs its services in full-NAT mode; nftables does DNAT only (no SNAT), so it does less per packet. Connection rate uses the testbed's in-process HTTP servers (one thread per connection): they, not the balancer, may bound that row; the same servers serve every configuration.".to_string(),
     ];
     if r.targets.iter().any(|t| t.met == Some(false)) {
-        n.push("Some targets are missed; see `bpftool prog dump xlated` of lb_xdp and the verifier's instruction counts for where the time goes (no hardware counters on this machine).".into());
+        n.push("Some targets are missed: see \"Where the time goes\" in docs/bench/README.md (verifier instruction counts, xlated dump, before/after experiments; no hardware counters on this machine).".into());
     }
+    n.push("Scale rows go through the wrapper's new-source rewrite (two more bpf_xdp_store_bytes and a map update per repeat, not subtracted), so compare them with each other, not with the established rows above. Their entries carry a cached next hop.".into());
     n
 }
 
