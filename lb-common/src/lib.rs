@@ -9,9 +9,15 @@
 pub mod counters;
 pub mod hash;
 
-/// Size of one Maglev lookup ring (a prime, as Maglev requires). Each service owns two
-/// rings (double buffer): the controller fills the idle one, then flips the service entry.
+/// Largest Maglev lookup ring (a prime, as Maglev requires), for services with many
+/// backends; smaller services get a smaller prime (`Service::ring_size`). Each service
+/// owns two rings (double buffer) in the shared MAGLEV_RINGS pool: the controller fills
+/// the idle one, then flips the service entry.
 pub const MAGLEV_RING_SIZE: u32 = 65_537;
+
+/// Default size of the MAGLEV_RINGS pool (slots): two of the largest rings for each of
+/// the default number of services.
+pub const DEFAULT_MAX_RING_SLOTS: u32 = DEFAULT_MAX_SERVICES * 2 * MAGLEV_RING_SIZE;
 
 /// IP protocol numbers used in keys.
 pub const IPPROTO_TCP: u8 = 6;
@@ -101,6 +107,10 @@ pub struct Service {
     pub flags: u8,
     /// Session idle timeout in seconds when `SERVICE_FLAG_AFFINITY` is set.
     pub session_timeout_s: u32,
+    /// Slots of each of the service's two rings (a prime; 0 = no ring).
+    pub ring_size: u32,
+    /// Index of slot 0 of the idle ring: the one the next change is written into.
+    pub ring_idle_offset: u32,
     pub _pad: u32,
 }
 
@@ -237,11 +247,20 @@ pub struct FlowEntry {
     /// SYN proxy: the balancer's initial sequence number toward the client (its SYN
     /// cookie), kept for `lb flows`; 0 without it.
     pub proxy_isn: u32,
-    pub _pad: u32,
-    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) when the flow was created.
+    /// Next-hop cache (set by the data path, 0 = none): the egress interface of the
+    /// last `bpf_fib_lookup` for this entry's rewritten packets. A hit with a cache
+    /// skips the FIB lookup; it is redone whenever `last_seen_ns` is refreshed, so
+    /// route and neighbour changes are picked up within `LAST_SEEN_GRANULARITY_NS`.
+    /// Whoever writes an entry from userspace leaves the cache zeroed.
+    pub tx_ifindex: u32,
+    /// CLOCK_MONOTONIC (the data path reads its coarse variant) when the flow was created.
     pub created_ns: u64,
     /// CLOCK_MONOTONIC of the last packet, refreshed at `LAST_SEEN_GRANULARITY_NS`.
     pub last_seen_ns: u64,
+    /// Next-hop cache: destination and source MAC for `tx_ifindex`.
+    pub tx_dmac: [u8; 6],
+    pub tx_smac: [u8; 6],
+    pub _pad: u32,
 }
 
 /// The data path writes `last_seen_ns` only when it is older than this, so the
@@ -391,10 +410,10 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<Service>(), 24);
+        assert_eq!(size_of::<Service>(), 32);
         assert_eq!(size_of::<Backend>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<FlowEntry>(), 56);
+        assert_eq!(size_of::<FlowEntry>(), 72);
         assert_eq!(size_of::<Settings>(), 8);
         assert_eq!(size_of::<ServiceStats>(), 40);
         assert_eq!(size_of::<EligibilityKey>(), 8);

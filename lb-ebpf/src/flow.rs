@@ -1,5 +1,6 @@
 //! The flow table: per-direction entries, TCP state for timeouts, coarse last-seen.
 
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_SYN_SEEN,
     FlowEntry, FlowKey, LAST_SEEN_GRANULARITY_NS,
@@ -11,6 +12,7 @@ use crate::{
 };
 
 /// Updates state and last-seen of a hit entry. `tcp_flags` is `None` for UDP.
+/// Returns true when it wrote the entry's last-seen (the cue to refresh its next hop).
 ///
 /// State changes are mirrored into the peer entry (one extra lookup, only on the few
 /// packets that change state) so the garbage collector can judge each entry alone.
@@ -18,7 +20,7 @@ use crate::{
 /// # Safety
 /// `entry` must come from a lookup in `FLOWS` during this program run.
 #[inline(always)]
-pub unsafe fn touch(entry: *mut FlowEntry, tcp_flags: Option<u8>, proto: u8, now: u64) {
+pub unsafe fn touch(entry: *mut FlowEntry, tcp_flags: Option<u8>, proto: u8, now: u64) -> bool {
     // SAFETY: map value pointer valid for this run (caller).
     unsafe {
         if let Some(flags) = tcp_flags {
@@ -41,13 +43,24 @@ pub unsafe fn touch(entry: *mut FlowEntry, tcp_flags: Option<u8>, proto: u8, now
                     (*peer).state = next;
                     (*peer).last_seen_ns = now;
                 }
-                return;
+                return true;
             }
         }
-        if now.wrapping_sub((*entry).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+        if now.saturating_sub((*entry).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
             (*entry).last_seen_ns = now;
+            return true;
         }
+        false
     }
+}
+
+/// Clock of the flow table's timestamps: CLOCK_MONOTONIC at tick resolution, which
+/// the controller's garbage collector (CLOCK_MONOTONIC, seconds-scale timeouts) reads
+/// consistently, and which is far cheaper per packet than `bpf_ktime_get_ns`.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper without side effects.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Removes both entries of a connection (a SYN reusing a closed connection's tuple).

@@ -1,5 +1,6 @@
 //! Egress: FIB lookup for next hop and MACs, then a devmap redirect (also back out of the
-//! ingress interface: see `back_out`).
+//! ingress interface: see `back_out`). Flow-table hits use the next hop cached in their
+//! entry (`forward_hit`): the FIB lookup was the largest single cost of a hit.
 //! When the neighbour is not resolved the rewritten packet goes to the kernel, which
 //! resolves it and forwards: a new backend is never blackholed.
 
@@ -12,7 +13,7 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::counters;
+use lb_common::{FlowEntry, counters};
 
 use crate::{
     maps::TX_PORTS,
@@ -29,6 +30,18 @@ const AF_INET: u8 = 2;
 /// `eth` and `ip` must point at bounds-checked headers of the packet in `ctx`.
 #[inline(always)]
 pub unsafe fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> u32 {
+    // SAFETY: as the caller's.
+    unsafe { forward_with_cache(ctx, eth, ip, None) }
+}
+
+/// `forward`, storing a successful lookup's next hop in `cache`.
+#[inline(always)]
+unsafe fn forward_with_cache(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    cache: Option<*mut FlowEntry>,
+) -> u32 {
     // SAFETY: all-zero is a valid value of this plain C struct.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     let ingress = ctx.ingress_ifindex() as u32;
@@ -64,6 +77,55 @@ pub unsafe fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> u
         }
     }
 
+    if let Some(entry) = cache {
+        // SAFETY: map value valid for this run (caller).
+        unsafe {
+            (*entry).tx_ifindex = params.ifindex;
+            (*entry).tx_dmac = params.dmac;
+            (*entry).tx_smac = params.smac;
+        }
+    }
+    // SAFETY: headers are bounds-checked by the caller.
+    unsafe { send(ctx, eth, ip, params.ifindex, &params.dmac, &params.smac) }
+}
+
+/// Forwards a flow-table hit: through the entry's cached next hop, or, when the cache
+/// is empty or due for a refresh, through a FIB lookup whose result is cached.
+///
+/// # Safety
+/// As `forward`; `entry` must come from a `FLOWS` lookup during this program run.
+#[inline(always)]
+pub unsafe fn forward_hit(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    entry: *mut FlowEntry,
+    refresh: bool,
+) -> u32 {
+    // SAFETY: map value valid for this run; headers bounds-checked (caller).
+    unsafe {
+        let ifindex = (*entry).tx_ifindex;
+        if refresh || ifindex == 0 {
+            return forward_with_cache(ctx, eth, ip, Some(entry));
+        }
+        let (dmac, smac) = ((*entry).tx_dmac, (*entry).tx_smac);
+        send(ctx, eth, ip, ifindex, &dmac, &smac)
+    }
+}
+
+/// TTL, MACs and the redirect to `ifindex`.
+///
+/// # Safety
+/// `eth` and `ip` must point at bounds-checked headers of the packet in `ctx`.
+#[inline(always)]
+unsafe fn send(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    ifindex: u32,
+    dmac: &[u8; 6],
+    smac: &[u8; 6],
+) -> u32 {
     // SAFETY: headers are bounds-checked by the caller.
     unsafe {
         if (*ip).ttl <= 1 {
@@ -71,15 +133,15 @@ pub unsafe fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> u
             return XDP_DROP;
         }
         decrement_ttl(ip);
-        (*eth).dst = params.dmac;
-        (*eth).src = params.smac;
+        (*eth).dst = *dmac;
+        (*eth).src = *smac;
     }
 
-    if params.ifindex == ingress {
+    if ifindex == ctx.ingress_ifindex() as u32 {
         count(counters::TX);
         return back_out(ctx);
     }
-    match TX_PORTS.redirect(params.ifindex, 0) {
+    match TX_PORTS.redirect(ifindex, 0) {
         Ok(action) => {
             count(counters::REDIRECT);
             action

@@ -31,7 +31,6 @@ use aya_ebpf::{
         BPF_ANY, BPF_NOEXIST,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
-    helpers::bpf_ktime_get_ns,
     macros::xdp,
     programs::XdpContext,
 };
@@ -196,13 +195,11 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
                     }
                     synproxy::translate(ctx, tcp, &*entry, flags, doff_bytes);
                 }
-                let now = bpf_ktime_get_ns();
-                flow::touch(entry, tcp_flags, proto, now);
-                let rewrite = *entry;
+                let refresh = flow::touch(entry, tcp_flags, proto, flow::now());
                 count(counters::FLOW_HITS);
-                account(rewrite.service_id, rewrite.backend_id, frame_len);
-                nat::rewrite(ip, l4, &rewrite);
-                return fwd::forward(ctx, eth, ip);
+                account((*entry).service_id, (*entry).backend_id, frame_len);
+                nat::rewrite(ip, l4, &*entry);
+                return fwd::forward_hit(ctx, eth, ip, entry, refresh);
             }
         }
     }
@@ -296,8 +293,7 @@ fn create_flow(service: &Service, key: &FlowKey, init: &FlowInit) -> Option<Flow
         count(counters::DROP_NO_BACKEND);
         return None;
     }
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = flow::now();
     let Some((backend_id, backend)) = session::pick_backend(service, key, now) else {
         count(counters::DROP_NO_BACKEND);
         return None;
@@ -318,9 +314,12 @@ fn create_flow(service: &Service, key: &FlowKey, init: &FlowInit) -> Option<Flow
         synproxy: init.synproxy,
         wscales: init.wscales,
         proxy_isn: init.seq_delta,
-        _pad: 0,
+        tx_ifindex: 0,
         created_ns: now,
         last_seen_ns: now,
+        tx_dmac: [0; 6],
+        tx_smac: [0; 6],
+        _pad: 0,
     };
     let mut reverse_key = FlowKey {
         src_ip: backend.ip,

@@ -2,13 +2,13 @@
 //! capacities (from its config) before loading.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
-    EligibilityKey, FlowEntry, FlowKey, MAGLEV_RING_SIZE, MAX_ELIGIBILITY_PREFIXES, MAX_INTERFACES,
+    DEFAULT_MAX_RING_SLOTS, EligibilityKey, FlowEntry, FlowKey, MAX_ELIGIBILITY_PREFIXES, MAX_INTERFACES,
     MAX_SESSIONS, Service, ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, counters,
 };
 
@@ -21,10 +21,12 @@ pub static SERVICES: HashMap<ServiceKey, Service> =
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
-/// Two Maglev rings per service (double buffer), each `MAGLEV_RING_SIZE` backend ids.
+/// Pool of Maglev rings: two per service (double buffer), each `Service::ring_size`
+/// backend ids. Mappable, so the controller writes rings with plain stores instead of
+/// one syscall per slot.
 #[map]
 pub static MAGLEV_RINGS: Array<u32> =
-    Array::with_max_entries(DEFAULT_MAX_SERVICES * 2 * MAGLEV_RING_SIZE, 0);
+    Array::with_max_entries(DEFAULT_MAX_RING_SLOTS, BPF_F_MMAPABLE);
 
 /// The access-correspondence table: one entry per direction of every connection.
 #[map]

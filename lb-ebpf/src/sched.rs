@@ -3,7 +3,7 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
-    Backend, FlowEntry, FlowKey, MAGLEV_RING_SIZE, SNAT_PORT_PROBES, Service, Settings,
+    Backend, FlowEntry, FlowKey, SNAT_PORT_PROBES, Service, Settings,
     hash::flow_hash,
 };
 
@@ -20,7 +20,12 @@ pub fn pick_backend(service: &Service, key: &FlowKey) -> Option<(u32, Backend)> 
         key.dst_port,
         key.proto,
     );
-    let slot = service.ring_offset + hash % MAGLEV_RING_SIZE;
+    // Read once: the compiler then needs no second check of a divisor it already tested.
+    let ring_size = service.ring_size;
+    if ring_size == 0 {
+        return None;
+    }
+    let slot = service.ring_offset + hash % ring_size;
     let backend_id = *MAGLEV_RINGS.get(slot)?;
     let backend = *BACKENDS.get(backend_id)?;
     if backend.ip == 0 {

@@ -535,7 +535,7 @@ pub unsafe fn on_handshake(
             };
             let client_wscale = current.wscales & 0xf;
             let wscales = client_wscale | (server_wscale << 4);
-            let now = bpf_ktime_get_ns();
+            let now = flow::now();
             for e in [
                 entry,
                 FLOWS

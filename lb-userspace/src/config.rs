@@ -140,6 +140,9 @@ pub struct Limits {
     pub max_services: u32,
     /// Distinct (address, port) backends across all services.
     pub max_backends: u32,
+    /// Slots of the Maglev ring pool: each service takes two rings of its ring size
+    /// (`maglev::ring_size_for`: 1,021 slots for up to 10 equal backends, up to 65,537).
+    pub max_ring_slots: u32,
 }
 
 impl Default for Limits {
@@ -148,6 +151,7 @@ impl Default for Limits {
             max_flows: lb_common::DEFAULT_MAX_FLOWS,
             max_services: lb_common::DEFAULT_MAX_SERVICES,
             max_backends: lb_common::DEFAULT_MAX_BACKENDS,
+            max_ring_slots: lb_common::DEFAULT_MAX_RING_SLOTS,
         }
     }
 }
@@ -496,6 +500,7 @@ struct RawLimits {
     max_flows: Option<Spanned<i64>>,
     max_services: Option<Spanned<i64>>,
     max_backends: Option<Spanned<i64>>,
+    max_ring_slots: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -720,6 +725,13 @@ impl Parser<'_> {
                 COUNTS,
                 defaults.max_backends,
             )?,
+            // At least two of the largest rings, so any one service always fits.
+            max_ring_slots: self.int_or(
+                raw_limits.max_ring_slots.as_ref(),
+                "limits.max_ring_slots",
+                i64::from(2 * lb_common::MAGLEV_RING_SIZE)..=i64::from(u32::MAX / 4),
+                defaults.max_ring_slots,
+            )?,
         };
 
         let (snat_port_min, snat_port_max) = match &raw.snat {
@@ -913,6 +925,7 @@ impl Parser<'_> {
         let mut listeners: HashMap<(Ipv4Addr, u16, Protocol), &str> = HashMap::new();
         let mut distinct_backends: HashSet<(Ipv4Addr, u16)> = HashSet::new();
         let mut services = Vec::with_capacity(raw.len());
+        let mut ring_slots = 0u64;
 
         for (index, spanned) in raw.iter().enumerate() {
             let table = spanned.span();
@@ -937,8 +950,10 @@ impl Parser<'_> {
                     ),
                 ));
             }
-            let line = position(self.text, table.start).line;
-            if let Some(first) = names.insert(name, line) {
+            // The byte offset; its line is worked out only for the error (per service it
+            // would rescan the file: minutes for 10,000 services).
+            if let Some(first) = names.insert(name, table.start) {
+                let first = position(self.text, first).line;
                 return Err(self.error(
                     service.name.span(),
                     format!("duplicate service name {name:?} (first defined on line {first})"),
@@ -1086,6 +1101,24 @@ impl Parser<'_> {
                 None => None,
                 Some(raw) => Some(self.health_check(raw)?),
             };
+            // Announced backends are not known yet: such a service gets the largest ring.
+            let ring_size = if announced_backends {
+                lb_common::MAGLEV_RING_SIZE
+            } else {
+                let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+                crate::maglev::ring_size_for(&weights)
+            };
+            ring_slots += 2 * u64::from(ring_size);
+            if ring_slots > u64::from(limits.max_ring_slots) {
+                return Err(self.error(
+                    table,
+                    format!(
+                        "the Maglev rings of the services up to {name:?} need {ring_slots} \
+                         slots but limits.max_ring_slots is {}",
+                        limits.max_ring_slots
+                    ),
+                ));
+            }
 
             services.push(ServiceConfig {
                 name: name.clone(),
@@ -1332,6 +1365,7 @@ backend = [
                 max_flows: 2000,
                 max_services: 8,
                 max_backends: 16,
+                max_ring_slots: lb_common::DEFAULT_MAX_RING_SLOTS,
             },
             snat_port_min: 20000,
             snat_port_max: 29999,
@@ -1558,7 +1592,8 @@ backend = [
             Limits {
                 max_flows: 1_048_576,
                 max_services: 64,
-                max_backends: 4096
+                max_backends: 4096,
+                max_ring_slots: 64 * 2 * 65_537
             }
         );
         assert_eq!((config.snat_port_min, config.snat_port_max), (1024, 65535));

@@ -17,9 +17,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, MAGLEV_RING_SIZE, Service,
-    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, counters,
-    map_names,
+    Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, Service, ServiceKey, ServiceStats,
+    SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, counters, map_names,
 };
 
 use crate::ebpf;
@@ -30,6 +29,8 @@ pub struct Capacity {
     pub max_services: u32,
     pub max_backends: u32,
     pub max_flows: u32,
+    /// Slots of the Maglev ring pool (MAGLEV_RINGS).
+    pub max_ring_slots: u32,
 }
 
 impl Default for Capacity {
@@ -38,7 +39,73 @@ impl Default for Capacity {
             max_services: lb_common::DEFAULT_MAX_SERVICES,
             max_backends: lb_common::DEFAULT_MAX_BACKENDS,
             max_flows: lb_common::DEFAULT_MAX_FLOWS,
+            max_ring_slots: lb_common::DEFAULT_MAX_RING_SLOTS,
         }
+    }
+}
+
+/// MAGLEV_RINGS mapped into the controller's memory (the map is `BPF_F_MMAPABLE`):
+/// rings are written and read with plain memory accesses, not one syscall per slot.
+/// The data path sees the stores at once; the service-entry update that flips a ring
+/// live is a syscall, which orders it after them. The kernel lays array elements out
+/// 8 bytes apart, so each u32 slot is the low half of a u64 here.
+pub struct RingMemory {
+    base: *mut u64,
+    slots: usize,
+    mapped_bytes: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only reached through `&self`/`&mut self`.
+unsafe impl Send for RingMemory {}
+// SAFETY: shared access only reads.
+unsafe impl Sync for RingMemory {}
+
+impl RingMemory {
+    fn map(map: &MapData, slots: u32) -> Result<RingMemory> {
+        use std::os::fd::{AsFd, AsRawFd};
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let bytes = (slots as usize * 8).div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks size and flags.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            bail!(
+                "mmap of {} failed (it must be a BPF_F_MMAPABLE array): {}",
+                map_names::MAGLEV_RINGS,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(RingMemory {
+            base: base.cast(),
+            slots: slots as usize,
+            mapped_bytes: bytes,
+        })
+    }
+
+    pub fn slots(&self) -> &[u64] {
+        // SAFETY: the mapping holds `slots` 8-byte elements and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.base, self.slots) }
+    }
+
+    pub fn slots_mut(&mut self) -> &mut [u64] {
+        // SAFETY: as `slots`; `&mut self` makes this the only view from this process.
+        unsafe { std::slice::from_raw_parts_mut(self.base, self.slots) }
+    }
+}
+
+impl Drop for RingMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`.
+        unsafe { libc::munmap(self.base.cast(), self.mapped_bytes) };
     }
 }
 
@@ -56,6 +123,7 @@ pub struct Dataplane {
     pub services: HashMap<MapData, ServiceKey, Service>,
     pub backends: Array<MapData, Backend>,
     pub rings: Array<MapData, u32>,
+    pub ring_memory: RingMemory,
     pub flows: HashMap<MapData, FlowKey, FlowEntry>,
     pub local_addrs: HashMap<MapData, u32, u32>,
     pub settings: Array<MapData, Settings>,
@@ -155,10 +223,7 @@ impl Dataplane {
         pinned: PinnedState,
     ) -> Result<Dataplane> {
         let object = ebpf::object()?;
-        let rings = capacity
-            .max_services
-            .checked_mul(2 * MAGLEV_RING_SIZE)
-            .context("max_services too large for the Maglev ring array")?;
+        let rings = capacity.max_ring_slots;
         if let Some(dir) = pin_dir {
             if pinned == PinnedState::Replace {
                 remove_pins(dir);
@@ -193,11 +258,15 @@ impl Dataplane {
                 .load()
                 .map_err(|e| anyhow!("the kernel refused the XDP program: {e:#}"))?;
         }
+        let rings: Array<MapData, u32> = take(&mut ebpf, map_names::MAGLEV_RINGS)?;
+        let ring_memory =
+            RingMemory::map(aya::maps::IterableMap::map(&rings), capacity.max_ring_slots)?;
         let mut dataplane = Dataplane {
             capacity,
             services: take(&mut ebpf, map_names::SERVICES)?,
             backends: take(&mut ebpf, map_names::BACKENDS)?,
-            rings: take(&mut ebpf, map_names::MAGLEV_RINGS)?,
+            rings,
+            ring_memory,
             flows: take(&mut ebpf, map_names::FLOWS)?,
             local_addrs: take(&mut ebpf, map_names::LOCAL_ADDRS)?,
             settings: take(&mut ebpf, map_names::SETTINGS)?,

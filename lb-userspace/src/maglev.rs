@@ -24,6 +24,31 @@ pub struct MaglevBackend<'a> {
     pub id: u32,
 }
 
+/// Ring sizes the controller chooses from (primes). Maglev's paper bounds the share
+/// error of a ring of M slots and N backends by about N/M, so a ring of at least 100
+/// slots per backend keeps every share within 1 %; small services thus need small
+/// rings, which is what lets thousands of services share the MAGLEV_RINGS pool.
+pub const RING_SIZES: [u32; 7] = [1_021, 2_039, 4_093, 8_191, 16_381, 32_749, 65_537];
+
+/// Ring size for a service with backends of these weights (0 = not in the ring): the
+/// smallest of `RING_SIZES` that gives the lightest backend at least 100 slots, the
+/// largest (`lb_common::MAGLEV_RING_SIZE`) where none does.
+pub fn ring_size_for(weights: &[u32]) -> u32 {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let lightest = weights
+        .iter()
+        .copied()
+        .filter(|&w| w > 0)
+        .min()
+        .unwrap_or(1);
+    let wanted = total.saturating_mul(100).div_ceil(u64::from(lightest));
+    RING_SIZES
+        .iter()
+        .copied()
+        .find(|&size| u64::from(size) >= wanted)
+        .unwrap_or(lb_common::MAGLEV_RING_SIZE)
+}
+
 /// Seeds of the two independent hashes of a key (arbitrary, but frozen: changing them
 /// moves every flow of every service).
 const OFFSET_SEED: u64 = 0x6d61_676c_6576_6f66; // "maglevof"
@@ -210,6 +235,40 @@ mod tests {
         bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
         })
+    }
+
+    /// Every pool size is prime, and the size chosen for a service keeps each share
+    /// within 1 % wherever the largest ring is not needed.
+    #[test]
+    fn chosen_ring_sizes_keep_shares_within_one_percent() {
+        assert!(RING_SIZES.iter().all(|&size| is_prime(size)));
+        for weights in [
+            vec![1],
+            vec![2, 1, 1],
+            vec![1; 10],
+            vec![1; 11],
+            vec![1; 100],
+            vec![1; 300],
+            (1..=10).collect::<Vec<_>>(),
+        ] {
+            let size = ring_size_for(&weights);
+            assert!(u64::from(size) >= 100 * weights.len() as u64);
+            let set = Set::new(&weights);
+            let ring = build_ring(&set.backends(), size);
+            let counts = slot_counts(&ring);
+            let total: u32 = weights.iter().sum();
+            for (id, &weight) in weights.iter().enumerate() {
+                let slots = counts.get(&(id as u32)).copied().unwrap_or(0);
+                let expected = f64::from(size) * f64::from(weight) / f64::from(total);
+                let error = (slots as f64 / expected - 1.0).abs();
+                assert!(
+                    error <= 0.01,
+                    "{weights:?} in {size}: backend {id} error {error}"
+                );
+            }
+        }
+        assert_eq!(ring_size_for(&[1; 10]), 1_021);
+        assert_eq!(ring_size_for(&[1; 1000]), lb_common::MAGLEV_RING_SIZE);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use lb_common::{
     ADDR_KIND_SNAT, ADDR_KIND_VIP, BACKEND_STATE_ACTIVE, BACKEND_STATE_DOWN,
-    BACKEND_STATE_DRAINING, Backend, EligibilityKey, MAGLEV_RING_SIZE, MODE_DNAT, MODE_FULL_NAT,
+    BACKEND_STATE_DRAINING, Backend, EligibilityKey, MODE_DNAT, MODE_FULL_NAT,
     SERVICE_FLAG_AFFINITY, SERVICE_FLAG_AUTH_REQUIRED, SERVICE_FLAG_AUTH_RST,
     SERVICE_FLAG_SYN_PROXY, Service, ServiceKey, Settings,
 };
@@ -36,12 +36,65 @@ pub type BackendAddr = (Ipv4Addr, u16);
 pub struct InstalledService {
     pub id: u32,
     pub config: ServiceConfig,
+    /// The service's two rings in the pool.
+    pub rings: RingRegion,
     /// Which ring half (0 or 1) is live.
     pub live_half: u32,
     /// Backend ids in config order.
     pub backend_ids: Vec<u32>,
     /// Weights in the live ring, in config order: 0 for drained and down backends.
     pub effective_weights: Vec<u32>,
+}
+
+/// A service's place in the MAGLEV_RINGS pool: two rings of `size` slots from `base`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingRegion {
+    pub base: u32,
+    pub size: u32,
+}
+
+impl RingRegion {
+    /// First slot of ring half 0 or 1.
+    pub fn offset(&self, half: u32) -> u32 {
+        self.base + half * self.size
+    }
+
+    fn slots(&self, half: u32) -> std::ops::Range<usize> {
+        let start = self.offset(half) as usize;
+        start..start + self.size as usize
+    }
+}
+
+/// Allocation of the ring pool: first fit over the gaps between used regions.
+#[derive(Default)]
+struct RingPool {
+    /// Used regions: base → length in slots.
+    used: BTreeMap<u32, u32>,
+}
+
+impl RingPool {
+    fn allocate(&mut self, len: u32, capacity: u32) -> Result<u32> {
+        let mut start = 0u32;
+        for (&base, &used) in &self.used {
+            if base - start >= len {
+                break;
+            }
+            start = base + used;
+        }
+        if u64::from(start) + u64::from(len) > u64::from(capacity) {
+            bail!(
+                "the Maglev ring pool is full: {len} more slots needed, {} of {capacity} in use \
+                 (raise limits.max_ring_slots; it changes with a clean restart)",
+                self.used.values().map(|&l| u64::from(l)).sum::<u64>()
+            );
+        }
+        self.used.insert(start, len);
+        Ok(start)
+    }
+
+    fn free(&mut self, region: RingRegion) {
+        self.used.remove(&region.base);
+    }
 }
 
 /// Run-time changes on top of the config: operator drains and weights, health results.
@@ -94,8 +147,7 @@ pub struct ApplySummary {
 pub struct ServiceTable {
     services: BTreeMap<ServiceAddr, InstalledService>,
     backends: HashMap<BackendAddr, u32>,
-    /// What each ring half holds in the kernel, per service id (missing = zeros).
-    ring_cache: HashMap<u32, [Vec<u32>; 2]>,
+    ring_pool: RingPool,
     local_addrs: BTreeMap<u32, u32>,
     settings: Option<Settings>,
     /// State written into each backend's BACKENDS entry.
@@ -136,11 +188,35 @@ fn wire_key(addr: ServiceAddr) -> ServiceKey {
     }
 }
 
-fn lowest_free(used: impl Iterator<Item = u32>, limit: u32, what: &str) -> Result<u32> {
-    let used: BTreeSet<u32> = used.collect();
-    (0..limit)
-        .find(|id| !used.contains(id))
-        .with_context(|| format!("no free {what} id (limit {limit})"))
+/// Hands out the lowest free ids, in increasing order, within one `apply` (one scan
+/// for all of them: 100,000 new backends must not cost 100,000 scans).
+struct FreeIds {
+    used: BTreeSet<u32>,
+    next: u32,
+    limit: u32,
+    what: &'static str,
+}
+
+impl FreeIds {
+    fn new(used: impl Iterator<Item = u32>, limit: u32, what: &'static str) -> FreeIds {
+        FreeIds {
+            used: used.collect(),
+            next: 0,
+            limit,
+            what,
+        }
+    }
+
+    fn take(&mut self) -> Result<u32> {
+        while self.used.contains(&self.next) {
+            self.next += 1;
+        }
+        if self.next >= self.limit {
+            bail!("no free {} id (limit {})", self.what, self.limit);
+        }
+        self.used.insert(self.next);
+        Ok(self.next)
+    }
 }
 
 impl ServiceTable {
@@ -213,14 +289,13 @@ impl ServiceTable {
                 u16::from_be(key.port),
                 key.proto,
             );
-            let mut halves = [Vec::new(), Vec::new()];
-            for (half, ring) in halves.iter_mut().enumerate() {
-                let base = (entry.id * 2 + half as u32) * MAGLEV_RING_SIZE;
-                *ring = (0..MAGLEV_RING_SIZE)
-                    .map(|slot| dp.rings.get(&(base + slot), 0))
-                    .collect::<Result<_, _>>()?;
-            }
-            table.ring_cache.insert(entry.id, halves);
+            // The live and idle rings are the region's two halves, in either order.
+            let rings = RingRegion {
+                base: entry.ring_offset.min(entry.ring_idle_offset),
+                size: entry.ring_size,
+            };
+            let live_half = u32::from(entry.ring_offset > entry.ring_idle_offset);
+            table.ring_pool.used.insert(rings.base, 2 * rings.size);
             // The config the service was installed with is unknown; the first apply
             // compares rings and entries, so it rewrites only what differs.
             if let Some(service) = config.services.iter().find(|s| service_addr(s) == addr) {
@@ -229,7 +304,8 @@ impl ServiceTable {
                     InstalledService {
                         id: entry.id,
                         config: service.clone(),
-                        live_half: (entry.ring_offset / MAGLEV_RING_SIZE) % 2,
+                        rings,
+                        live_half,
                         backend_ids: Vec::new(),
                         effective_weights: Vec::new(),
                     },
@@ -241,7 +317,8 @@ impl ServiceTable {
                     InstalledService {
                         id: entry.id,
                         config: placeholder_config(addr),
-                        live_half: (entry.ring_offset / MAGLEV_RING_SIZE) % 2,
+                        rings,
+                        live_half,
                         backend_ids: Vec::new(),
                         effective_weights: Vec::new(),
                     },
@@ -290,15 +367,16 @@ impl ServiceTable {
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| (b.address, b.port)))
             .collect();
+        let mut free_backend_ids = FreeIds::new(
+            self.backends.values().copied(),
+            capacity.max_backends,
+            "backend",
+        );
         for &addr in &wanted_backends {
             if self.backends.contains_key(&addr) {
                 continue;
             }
-            let id = lowest_free(
-                self.backends.values().copied(),
-                capacity.max_backends,
-                "backend",
-            )?;
+            let id = free_backend_ids.take()?;
             let state = overrides.state(addr);
             dp.backends.set(id, backend_entry(addr, state), 0)?;
             self.backends.insert(addr, id);
@@ -329,10 +407,17 @@ impl ServiceTable {
             .collect();
         for addr in gone {
             dp.services.remove(&wire_key(addr))?;
-            self.services.remove(&addr);
+            if let Some(old) = self.services.remove(&addr) {
+                self.ring_pool.free(old.rings);
+            }
             summary.services_removed += 1;
         }
 
+        let mut free_service_ids = FreeIds::new(
+            self.services.values().map(|s| s.id),
+            capacity.max_services,
+            "service",
+        );
         for (&addr, &service) in &wanted {
             let backend_ids: Vec<u32> = service
                 .backends
@@ -354,11 +439,7 @@ impl ServiceTable {
             }
             let id = match existing {
                 Some(existing) => existing.id,
-                None => lowest_free(
-                    self.services.values().map(|s| s.id),
-                    capacity.max_services,
-                    "service",
-                )?,
+                None => free_service_ids.take()?,
             };
             let keys: Vec<String> = service
                 .backends
@@ -373,36 +454,51 @@ impl ServiceTable {
                 .zip(&effective_weights)
                 .map(|(((_, key), &id), &weight)| MaglevBackend { key, weight, id })
                 .collect();
-            let ring = maglev::build_ring(&ring_input, MAGLEV_RING_SIZE);
+            let ring_size = maglev::ring_size_for(&effective_weights);
+            let ring = maglev::build_ring(&ring_input, ring_size);
             let live_backends = effective_weights.iter().filter(|&&w| w > 0).count();
 
-            let cache = self
-                .ring_cache
-                .entry(id)
-                .or_insert_with(|| [Vec::new(), Vec::new()]);
-            let live_half = existing.map(|e| e.live_half);
-            let unchanged_ring = live_half.is_some_and(|h| cache[h as usize] == ring);
-            let half = match live_half {
-                Some(h) if unchanged_ring => h,
-                Some(h) => 1 - h,
-                None => 0,
+            // Same ring size: the idle half of the service's region takes the new ring.
+            // Another size: a new region (its half 0), and the old one is freed after
+            // the flip.
+            let (rings, half, replaced) = match existing {
+                Some(e) if e.rings.size == ring_size => {
+                    let live = &dp.ring_memory.slots()[e.rings.slots(e.live_half)];
+                    let same = live.len() == ring.len()
+                        && live.iter().zip(&ring).all(|(&a, &b)| a == u64::from(b));
+                    if ring.is_empty() || same {
+                        (e.rings, e.live_half, None)
+                    } else {
+                        (e.rings, 1 - e.live_half, None)
+                    }
+                }
+                _ => {
+                    let base = self
+                        .ring_pool
+                        .allocate(2 * ring_size, capacity.max_ring_slots)?;
+                    let rings = RingRegion {
+                        base,
+                        size: ring_size,
+                    };
+                    (rings, 0, existing.map(|e| e.rings))
+                }
             };
+            let unchanged_ring = existing.is_some_and(|e| e.rings == rings && e.live_half == half);
             if !unchanged_ring && !ring.is_empty() {
-                let base = (id * 2 + half) * MAGLEV_RING_SIZE;
-                let old = &cache[half as usize];
-                for (slot, &backend_id) in ring.iter().enumerate() {
-                    let before = old.get(slot).copied().unwrap_or(0);
-                    if before != backend_id {
-                        dp.rings.set(base + slot as u32, backend_id, 0)?;
+                let target = &mut dp.ring_memory.slots_mut()[rings.slots(half)];
+                for (slot, &backend_id) in target.iter_mut().zip(&ring) {
+                    if *slot != u64::from(backend_id) {
+                        *slot = u64::from(backend_id);
                         summary.ring_slots_written += 1;
                     }
                 }
-                cache[half as usize] = ring;
                 summary.rings_swapped += 1;
             }
             let entry = Service {
                 id,
-                ring_offset: (id * 2 + half) * MAGLEV_RING_SIZE,
+                ring_offset: rings.offset(half),
+                ring_size,
+                ring_idle_offset: rings.offset(1 - half),
                 snat_ip: service.snat_ip.map_or(0, |ip| u32::from(ip).to_be()),
                 backend_count: live_backends.min(u16::MAX as usize) as u16,
                 mode: match service.mode {
@@ -425,6 +521,9 @@ impl ServiceTable {
             }
             // The flip: one map update makes the new ring live.
             dp.services.insert(wire_key(addr), entry, 0)?;
+            if let Some(old) = replaced {
+                self.ring_pool.free(old);
+            }
             if existing.is_some() {
                 summary.services_changed += 1;
             } else {
@@ -435,6 +534,7 @@ impl ServiceTable {
                 InstalledService {
                     id,
                     config: service.clone(),
+                    rings,
                     live_half: half,
                     backend_ids,
                     effective_weights,

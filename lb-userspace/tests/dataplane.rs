@@ -206,6 +206,7 @@ impl Harness {
                 max_services: config.limits.max_services,
                 max_backends: config.limits.max_backends,
                 max_flows: config.limits.max_flows,
+                max_ring_slots: config.limits.max_ring_slots,
             },
             None,
         )

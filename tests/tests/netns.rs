@@ -10,9 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{IPPROTO_TCP, MAGLEV_RING_SIZE, hash::flow_hash};
+use lb_common::{IPPROTO_TCP, hash::flow_hash};
 use lb_integration::{Balancer, KeepAlive, SERVER_IPS, config_toml, server_of};
-use lb_userspace::maglev::{MaglevBackend, build_ring};
+use lb_userspace::maglev::{MaglevBackend, build_ring, ring_size_for};
 use xtask::testbed::{self, Role, payload_sha256, run_in_netns, udp_request, unique_prefix};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,7 +97,9 @@ fn http_requests_spread_by_weight() {
             id: *id,
         });
     }
-    let ring = build_ring(&backends, MAGLEV_RING_SIZE);
+    let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+    let ring_size = ring_size_for(&weights);
+    let ring = build_ring(&backends, ring_size);
     let flows = balancer.json("flows").unwrap();
     let flows = flows.as_array().unwrap();
     assert_eq!(flows.len(), 300);
@@ -111,7 +113,7 @@ fn http_requests_spread_by_weight() {
             vip.port().to_be(),
             IPPROTO_TCP,
         );
-        let id = ring[(hash % MAGLEV_RING_SIZE) as usize];
+        let id = ring[(hash % ring_size) as usize];
         let index = ids.iter().position(|&i| i == id).unwrap();
         assert_eq!(flow["server"], keys[index], "{flow}");
     }

@@ -49,6 +49,10 @@ enum Cmd {
         /// Smoke run: fewer runs, shorter windows, smaller scale points (< 3 minutes).
         #[arg(long)]
         quick: bool,
+        /// Only the test_run groups (per-packet cost, scale, Maglev install): no veth
+        /// traffic, for iterating on the data path.
+        #[arg(long)]
+        kernel_only: bool,
     },
 }
 
@@ -83,7 +87,7 @@ fn main() -> ExitCode {
         Cmd::Testbed { action } => testbed_cmd(action).map(|()| ExitCode::SUCCESS),
         Cmd::Demo { requests, no_build } => demo(requests, no_build),
         Cmd::Test => test().map(|()| ExitCode::SUCCESS),
-        Cmd::Bench { quick } => bench(quick).map(|()| ExitCode::SUCCESS),
+        Cmd::Bench { quick, kernel_only } => bench(quick, kernel_only).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -505,7 +509,7 @@ fn show_log(log: &Path) {
 
 /// Runs the benchmarks from a release build: `cargo xtask` is a debug build, so it
 /// builds the release binaries and re-executes the release xtask, which does the work.
-fn bench(quick: bool) -> Result<()> {
+fn bench(quick: bool, kernel_only: bool) -> Result<()> {
     let root = workspace_root();
     let target = target_dir(&root);
     if cfg!(debug_assertions) {
@@ -527,6 +531,9 @@ fn bench(quick: bool) -> Result<()> {
         if quick {
             cmd.arg("--quick");
         }
+        if kernel_only {
+            cmd.arg("--kernel-only");
+        }
         let status = cmd.status().context("running the release xtask")?;
         if !status.success() {
             bail!("bench failed: {status}");
@@ -539,6 +546,7 @@ fn bench(quick: bool) -> Result<()> {
     }
     xtask::bench::run(&xtask::bench::BenchOptions {
         quick,
+        kernel_only,
         root: root.clone(),
         out_dir: target.join("bench"),
         lb_binary: target.join("release/lb"),

@@ -86,6 +86,7 @@ fn capacity(config: &Config) -> Capacity {
         max_services: config.limits.max_services,
         max_backends: config.limits.max_backends,
         max_flows: config.limits.max_flows,
+        max_ring_slots: config.limits.max_ring_slots,
     }
 }
 

@@ -423,9 +423,14 @@ fn measure_startup(
     } else {
         0
     };
+    // Each filler service gets a ring sized for its backends; the testbed's own
+    // services get room for the largest rings.
+    let ring_slots =
+        fillers * 2 * lb_userspace::maglev::ring_size_for(&vec![1; per_service]) as usize
+            + 4 * 2 * lb_common::MAGLEV_RING_SIZE as usize;
     let mut extra = format!(
-        "[limits]\nmax_services = {}\nmax_backends = {}\n",
-        services.max(4),
+        "[limits]\nmax_services = {}\nmax_backends = {}\nmax_ring_slots = {ring_slots}\n",
+        services + 4,
         fillers * per_service + 16
     );
     let mut next = 0usize;
@@ -437,13 +442,14 @@ fn measure_startup(
             testbed::SNAT_IP
         ));
         for _ in 0..per_service {
-            // Distinct backends 198.19.16.0 upwards (never contacted).
-            let a = 16 * 256 * 256 + next;
+            // Distinct (address, port) backends: 40,000 addresses from 198.19.16.0,
+            // then the next port (never contacted).
+            let a = 16 * 256 + next % 40_000;
             extra.push_str(&format!(
-                "[[service.backend]]\naddress = \"198.{}.{}.{}\"\n",
-                19 + a / 65536 / 256,
-                (a / 256) % 256,
-                a % 256
+                "[[service.backend]]\naddress = \"198.19.{}.{}\"\nport = {}\n",
+                a / 256,
+                a % 256,
+                8000 + next / 40_000
             ));
             next += 1;
         }
@@ -489,8 +495,8 @@ fn measure_startup(
     let _ = topo.stop_child(pid);
     let note = match seconds {
         Some(_) => format!(
-            "{} slot writes for the rings",
-            services * lb_common::MAGLEV_RING_SIZE as usize
+            "rings of {} slots each, written through mmap; max_ring_slots = {ring_slots}",
+            lb_userspace::maglev::ring_size_for(&vec![1; per_service])
         ),
         None => format!(
             "no answer; log: {}",

@@ -62,6 +62,8 @@ pub struct MaglevTiming {
     pub backends: usize,
     pub build_s: f64,
     pub build_and_install_s: f64,
+    /// Slots of the ring chosen for that many backends.
+    pub ring_size: u32,
     pub slots_written: u64,
 }
 
@@ -168,7 +170,7 @@ impl Report {
                 })).collect::<Vec<_>>(),
                 "maglev": self.maglev.iter().map(|m| json!({
                     "backends": m.backends, "build_s": m.build_s,
-                    "build_and_install_s": m.build_and_install_s, "slots_written": m.slots_written,
+                    "build_and_install_s": m.build_and_install_s, "slots_written": m.slots_written, "ring_size": m.ring_size,
                 })).collect::<Vec<_>>(),
                 "startup": self.startup.iter().map(|s| json!({
                     "services": s.services, "backends": s.backends, "seconds": s.seconds,

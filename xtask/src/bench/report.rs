@@ -146,13 +146,14 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "\n| Maglev backends | build ring (ms) | build + install (ms) | slots written |\n|---:|---:|---:|---:|"
+        "\n| Maglev backends | ring size | build ring (ms) | build + install (ms) | slots written (through mmap) |\n|---:|---:|---:|---:|---:|"
     );
     for m in &r.maglev {
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {} |",
             m.backends,
+            m.ring_size,
             m.build_s * 1e3,
             m.build_and_install_s * 1e3,
             m.slots_written
@@ -330,7 +331,8 @@ mod tests {
                 backends: 10,
                 build_s: 0.002,
                 build_and_install_s: 0.1,
-                slots_written: 65537,
+                ring_size: 1021,
+                slots_written: 1021,
             }],
             startup: vec![Startup {
                 services: 10,
@@ -375,7 +377,7 @@ mod tests {
             "| established TCP forward | 30.0 | 33.3 | 1.50× | 40.0 | 39, 40, 41 | flow_hits +3000 = repeats |",
             "| UDP 64 B (packets/s) | 550.0 k (vs nft 1.38×, vs routing 1.00×) | 400.0 k (vs nft 1.00×, vs routing 0.73×) | failed |",
             "| 1000 | 4096 | 50.0 | 1.00× | 100 | 200 | 0.0 |",
-            "| 10 | 2.0 | 100.0 | 65537 |",
+            "| 10 | 1021 | 2.0 | 100.0 | 1021 |",
             "| 10 | 100 | 1.50 | ok |",
             "| forward | ≤ 1.5× floor | 1.50× | yes |",
             "- a note",
