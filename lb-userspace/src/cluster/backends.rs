@@ -48,6 +48,16 @@ pub fn merge(
         .iter()
         .flat_map(|s| s.backends.iter().map(|b| (b.address, b.port)))
         .collect();
+    // Per configured service: its backends and their total weight, looked up once.
+    let configured: std::collections::BTreeMap<&str, (BTreeSet<BackendAddr>, u64)> = config
+        .services
+        .iter()
+        .map(|s| {
+            let addrs = s.backends.iter().map(|b| (b.address, b.port)).collect();
+            let weight = s.backends.iter().map(|b| u64::from(b.weight)).sum();
+            (s.name.as_str(), (addrs, weight))
+        })
+        .collect();
     for endpoint in announced {
         let Some(service) = merged
             .services
@@ -58,12 +68,10 @@ pub fn merge(
         };
         let addr = (endpoint.node, endpoint.port);
         let key = (service.name.clone(), addr);
-        let configured = config
-            .services
-            .iter()
-            .find(|s| s.name == service.name)
-            .is_some_and(|s| s.backends.iter().any(|b| (b.address, b.port) == addr));
-        if configured {
+        let (configured_addrs, configured_weight) = configured
+            .get(service.name.as_str())
+            .map_or((None, 0), |(addrs, weight)| (Some(addrs), *weight));
+        if configured_addrs.is_some_and(|addrs| addrs.contains(&addr)) {
             skipped.configured.push(key);
             continue;
         }
@@ -74,11 +82,6 @@ pub fn merge(
             }
             distinct.insert(addr);
         }
-        let configured_weight: u64 = config
-            .services
-            .iter()
-            .find(|s| s.name == service.name)
-            .map_or(0, |s| s.backends.iter().map(|b| u64::from(b.weight)).sum());
         let weight = match endpoint.state {
             NodeState::Active if endpoint.tokens > 0 => scaled(endpoint.tokens, configured_weight),
             _ => 0,
