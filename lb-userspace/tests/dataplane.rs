@@ -1520,6 +1520,37 @@ fn a_flow_marked_for_reset_answers_the_client_with_a_rst() {
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
+fn a_client_rst_on_a_flow_marked_for_reset_is_dropped_and_removes_the_pair() {
+    with_harness(|h| {
+        let port = open_full_nat(h);
+        let client_key = key(CLIENT, 40000, VIP, 80, IPPROTO_TCP);
+        let server_key = key(SERVER1, 8080, SNAT, port, IPPROTO_TCP);
+        for k in [client_key, server_key] {
+            let mut entry = h.flow(&k).unwrap();
+            entry.state = lb_common::FLOW_STATE_RESET;
+            h.dp.flows.insert(k, entry, 0).unwrap();
+        }
+        let rst = Tcp {
+            syn: false,
+            rst: true,
+            ack: Some(0x1234_5678),
+            seq: 1001,
+            ..Tcp::syn(CLIENT, 40000, VIP, 80)
+        };
+        let packet = rst.build(&[]);
+        let (verdict, out) = h.run(&packet);
+        assert_eq!(verdict, XDP_DROP, "a RST is never answered with a RST");
+        assert_eq!(out, packet, "the dropped frame is left untouched");
+        assert_eq!(h.counter(counters::TX_RST_BACKEND_DOWN), 0);
+        assert_eq!(h.counter(counters::DROP_BACKEND_DOWN), 1);
+        assert!(h.flow(&client_key).is_none(), "client entry removed");
+        assert!(h.flow(&server_key).is_none(), "server entry removed");
+        assert!(h.flows().is_empty());
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn syn_proxy_ack_without_a_valid_cookie_is_dropped_and_leaves_no_entry() {
     with_harness(|h| {
         // No SYN was ever answered for this tuple: any ACK number is a wrong cookie.
