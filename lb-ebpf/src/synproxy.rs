@@ -580,7 +580,7 @@ pub unsafe fn on_handshake(
             count(counters::SYNPROXY_CLIENT_EARLY);
             return XDP_DROP;
         }
-        if bpf_ktime_get_ns().wrapping_sub(current.created_ns) <= SERVER_TIMEOUT_NS {
+        if flow::now().wrapping_sub(current.created_ns) <= SERVER_TIMEOUT_NS {
             count(counters::SYNPROXY_CLIENT_EARLY);
             return XDP_DROP;
         }
