@@ -341,6 +341,25 @@ impl Dataplane {
     /// falls back to generic with a warning.
     pub fn attach(&mut self, ifname: &str, mode: Option<AttachedMode>) -> Result<AttachedMode> {
         let ifindex = crate::sys::ifindex(ifname)?;
+        // Registered first: the program may redirect to this interface from its very
+        // first packet. Undone if the attach fails, unless an earlier attach owns it.
+        let already_attached = self.attached.contains_key(ifname);
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("register {ifname} for redirects"))?;
+        let result = self.attach_and_pin(ifname, ifindex, mode);
+        if result.is_err() && !already_attached {
+            let _ = self.tx_ports.remove(ifindex);
+        }
+        result
+    }
+
+    fn attach_and_pin(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        mode: Option<AttachedMode>,
+    ) -> Result<AttachedMode> {
         let program = self.program()?;
         let attempts: &[AttachedMode] = match mode {
             Some(AttachedMode::Native) => &[AttachedMode::Native],
@@ -389,9 +408,6 @@ impl Dataplane {
         };
         self.attached
             .insert(ifname.to_string(), (ifindex, attached_mode, link));
-        self.tx_ports
-            .insert(ifindex, ifindex, None, 0)
-            .with_context(|| format!("register {ifname} for redirects"))?;
         Ok(attached_mode)
     }
 

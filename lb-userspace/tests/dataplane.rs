@@ -1064,6 +1064,32 @@ fn one_arm_sends_back_out_of_the_same_interface() {
     });
 }
 
+/// An interface is a redirect target from the moment the program runs on it, and a
+/// failed attach leaves no redirect target behind.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn attach_registers_the_redirect_target_and_a_failed_attach_leaves_none() {
+    use lb_userspace::dataplane::AttachedMode;
+    with_harness(|h| {
+        let lo = sys::ifindex("lo").unwrap();
+        // Loopback has no driver XDP hook: the forced native attach fails.
+        assert!(h.dp.attach("lo", Some(AttachedMode::Native)).is_err());
+        assert!(
+            h.dp.tx_ports.get(lo, 0).is_err(),
+            "no entry after a failure"
+        );
+        assert!(h.dp.attached().is_empty());
+
+        assert_eq!(
+            h.dp.attach("lo", Some(AttachedMode::Generic)).unwrap(),
+            AttachedMode::Generic
+        );
+        assert_eq!(h.dp.tx_ports.get(lo, 0).unwrap().if_index, lo);
+        h.dp.detach_all();
+        assert!(h.dp.tx_ports.get(lo, 0).is_err(), "removed on detach");
+    });
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn syn_from_outside_the_allow_list_is_answered_with_a_rst() {
