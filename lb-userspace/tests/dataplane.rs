@@ -1785,3 +1785,62 @@ fn syn_proxy_refuses_clients_outside_the_allow_list_before_spending_a_cookie() {
         assert!(h.flows().is_empty());
     });
 }
+
+/// Removes a bpffs pin directory when the test ends, passed or not.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `--replace`: the new program goes onto the pinned link itself (same link, same pin
+/// file), so the interface never loses its XDP program during the swap.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn replace_updates_the_pinned_link_in_place() {
+    use aya::programs::links::{FdLink, PinnedLink};
+    use lb_userspace::dataplane::{AttachedMode, PinnedState};
+    let netns = Netns::new();
+    netns.enter(|| {
+        let pins = PinDir(format!("/sys/fs/bpf/lbdp-replace-{}", std::process::id()).into());
+        let config = Config::parse(CONFIG, Path::new("dataplane-test.toml")).expect("config");
+        let capacity = Capacity {
+            max_services: config.limits.max_services,
+            max_backends: config.limits.max_backends,
+            max_flows: config.limits.max_flows,
+            max_ring_slots: config.limits.max_ring_slots,
+        };
+        let link_info = |path: &Path| {
+            FdLink::from(PinnedLink::from_pin(path).expect("open the link pin"))
+                .info()
+                .expect("link info")
+        };
+
+        let mut old = Dataplane::load(capacity, Some(&pins.0)).expect("load");
+        old.attach("ext0", Some(AttachedMode::Generic))
+            .expect("attach");
+        old.release();
+        drop(old);
+        let path = pins.0.join("link_generic_ext0");
+        let before = link_info(&path);
+
+        let mut new =
+            Dataplane::load_with(capacity, Some(&pins.0), PinnedState::Adopt).expect("adopt");
+        let adopted = new.adopt_links(true).expect("replace the program");
+        assert_eq!(adopted, vec![("ext0".to_string(), AttachedMode::Generic)]);
+        let new_program = new.program().unwrap().info().unwrap().id();
+        assert_ne!(new_program, before.program_id());
+        let after = link_info(&path);
+        assert_eq!(after.id(), before.id(), "the same link, still pinned");
+        assert_eq!(
+            after.program_id(),
+            new_program,
+            "now running the new program"
+        );
+
+        new.detach_all();
+        assert!(!path.exists(), "detach removes the link pin");
+    });
+}
