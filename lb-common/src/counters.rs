@@ -71,7 +71,8 @@ counters! {
     SESSION_REPINNED = 27, "session_repinned";
     /// Client packet of a flow whose backend failed (`on_backend_down = "reset"`): answered with a RST.
     TX_RST_BACKEND_DOWN = 28, "tx_rst_backend_down";
-    /// Server packet (or UDP) of a flow whose backend failed and is being reset: dropped.
+    /// Server packet, client RST (the pair is then removed) or UDP datagram of a flow
+    /// whose backend failed and is being reset: dropped.
     DROP_BACKEND_DOWN = 29, "drop_backend_down";
     /// SYN proxy: SYN-ACKs with a cookie sent back to clients.
     SYNPROXY_SYNACK_SENT = 30, "synproxy_synack_sent";

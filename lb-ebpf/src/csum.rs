@@ -30,9 +30,43 @@ impl CsumDelta {
     /// Folds the sum into the final checksum field value.
     #[inline(always)]
     pub fn finish(self) -> u16 {
-        let mut sum = self.0;
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        !(sum as u16)
+        fold(self.0)
     }
+}
+
+/// Folds a 32-bit one's complement sum into a checksum field value (complemented).
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// One's complement sum of `N` 16-bit words at `ptr`, taken as they sit in memory.
+/// `N` is a constant so the verifier sees a bounded, unrolled loop.
+///
+/// # Safety
+/// `ptr` must point to at least `2 * N` readable bytes (any alignment).
+#[inline(always)]
+pub unsafe fn sum_words<const N: usize>(ptr: *const u16) -> u32 {
+    let mut sum = 0u32;
+    for i in 0..N {
+        // SAFETY: `i < N`, and the caller guarantees N words at ptr.
+        sum += u32::from(unsafe { ptr.add(i).read_unaligned() });
+    }
+    sum
+}
+
+/// Sum of the IPv4 pseudo-header (RFC 793/768): addresses as they sit in the packet,
+/// zero + protocol, and the length of the transport segment.
+#[inline(always)]
+pub fn pseudo_header(saddr: u32, daddr: u32, proto: u8, l4_len: u16) -> u32 {
+    // A 32-bit field's two memory words sum the same as its two halves, whatever
+    // the byte order.
+    (saddr & 0xffff)
+        + (saddr >> 16)
+        + (daddr & 0xffff)
+        + (daddr >> 16)
+        + u32::from(u16::from(proto).to_be())
+        + u32::from(l4_len.to_be())
 }

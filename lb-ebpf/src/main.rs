@@ -178,7 +178,16 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
             } else if state == FLOW_STATE_RESET {
                 // The backend failed: tell the client at once instead of letting it
                 // retransmit into a dead server.
-                if tcp_flags.is_some() && (*entry).direction == FLOW_DIR_CLIENT_TO_SERVER {
+                if let Some(flags) = tcp_flags
+                    && (*entry).direction == FLOW_DIR_CLIENT_TO_SERVER
+                {
+                    // A RST is never answered with a RST (RFC 793): the client gave
+                    // up on its own, so the pair is simply forgotten.
+                    if flags & TCP_RST != 0 {
+                        flow::remove_pair(&key, &*entry);
+                        count(counters::DROP_BACKEND_DOWN);
+                        return XDP_DROP;
+                    }
                     count(counters::TX_RST_BACKEND_DOWN);
                     return reset::reply(ctx);
                 }

@@ -8,30 +8,12 @@ use aya_ebpf::{
 };
 
 use crate::{
+    csum::{fold, pseudo_header, sum_words},
     parse::{
         ETH_HDR_LEN, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN, TCP_HDR_LEN,
         TCP_RST, TCP_SYN, TcpHdr, ptr_at,
     },
 };
-
-/// Folds a 32-bit one's-complement sum to 16 bits.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
-/// Sum of `N` 16-bit words as they sit in memory (checksums need no byte swapping).
-#[inline(always)]
-unsafe fn sum_words<const N: usize>(ptr: *const u16) -> u32 {
-    let mut sum = 0u32;
-    for i in 0..N {
-        // SAFETY: the caller bounds-checked N words at ptr.
-        sum += u32::from(unsafe { core::ptr::read_unaligned(ptr.add(i)) });
-    }
-    sum
-}
 
 /// Turns a TCP segment into the RST that answers it (RFC 793: if the segment has an
 /// ACK, the RST takes its sequence number from it; otherwise it has sequence 0 and
@@ -104,10 +86,12 @@ pub fn reply(ctx: &XdpContext) -> u32 {
         (*tcp).window = 0;
         (*tcp).urg_ptr = 0;
         (*tcp).check = 0;
-        // Pseudo-header: addresses, zero + protocol, TCP length.
-        let pseudo = sum_words::<4>(&raw const (*ip).saddr as *const u16)
-            + u32::from(u16::from_be_bytes([0, lb_common::IPPROTO_TCP]).to_be())
-            + u32::from((TCP_HDR_LEN as u16).to_be());
+        let pseudo = pseudo_header(
+            (*ip).saddr,
+            (*ip).daddr,
+            lb_common::IPPROTO_TCP,
+            TCP_HDR_LEN as u16,
+        );
         (*tcp).check = fold(pseudo + sum_words::<10>(tcp as *const u16));
     }
     crate::fwd::back_out(ctx)

@@ -28,7 +28,7 @@ use lb_common::{
 };
 
 use crate::{
-    csum::CsumDelta,
+    csum::{CsumDelta, fold, pseudo_header, sum_words},
     flow, fwd,
     maps::FLOWS,
     parse::{
@@ -134,25 +134,6 @@ impl Segment {
     }
 }
 
-/// One's complement sum of `len` bytes at `ptr` taken as 16-bit words in memory order.
-#[inline(always)]
-fn sum16<T>(value: &T, len: usize) -> u32 {
-    let words = (value as *const T).cast::<u16>();
-    let mut sum = 0u32;
-    for i in 0..len / 2 {
-        // SAFETY: `i < len / 2` and `len <= size_of::<T>()` (all callers).
-        sum += u32::from(unsafe { words.add(i).read_unaligned() });
-    }
-    sum
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
 /// Replaces the packet with an IPv4/TCP segment `saddr → daddr` carrying `seg` and no
 /// payload; checksums computed from scratch. Returns the new header pointers.
 ///
@@ -180,11 +161,11 @@ unsafe fn emit(
 
     seg.doff_res = ((tcp_len / 4) as u8) << 4;
     seg.check = 0;
-    let pseudo = sum16(&saddr, 4)
-        + sum16(&daddr, 4)
-        + u32::from(6u16.to_be())
-        + u32::from((tcp_len as u16).to_be());
-    seg.check = fold(pseudo + sum16(seg, TCP_HDR_LEN + 20));
+    let pseudo = pseudo_header(saddr, daddr, lb_common::IPPROTO_TCP, tcp_len as u16);
+    // SAFETY: the header and all five option words are the first 40 bytes of the
+    // `#[repr(C)]` Segment; unused option words are zero and do not change the sum.
+    let words = unsafe { sum_words::<{ (TCP_HDR_LEN + 20) / 2 }>((&raw const *seg).cast()) };
+    seg.check = fold(pseudo + words);
 
     let header = Ipv4Hdr {
         version_ihl: 0x45,
@@ -198,7 +179,8 @@ unsafe fn emit(
         saddr,
         daddr,
     };
-    let ip_check = fold(sum16(&header, IPV4_HDR_LEN));
+    // SAFETY: Ipv4Hdr is exactly IPV4_HDR_LEN bytes.
+    let ip_check = fold(unsafe { sum_words::<{ IPV4_HDR_LEN / 2 }>((&raw const header).cast()) });
     // SAFETY: all three pointers are bounds-checked above.
     unsafe {
         *ip = Ipv4Hdr {
@@ -580,7 +562,7 @@ pub unsafe fn on_handshake(
             count(counters::SYNPROXY_CLIENT_EARLY);
             return XDP_DROP;
         }
-        if bpf_ktime_get_ns().wrapping_sub(current.created_ns) <= SERVER_TIMEOUT_NS {
+        if flow::now().wrapping_sub(current.created_ns) <= SERVER_TIMEOUT_NS {
             count(counters::SYNPROXY_CLIENT_EARLY);
             return XDP_DROP;
         }

@@ -299,24 +299,23 @@ impl Dataplane {
             let ifindex = crate::sys::ifindex(&ifname)?;
             let pinned = PinnedLink::from_pin(&path)
                 .with_context(|| format!("open pinned link {}", path.display()))?;
-            let link = if replace_program {
-                let fd_link: FdLink = pinned
-                    .unpin()
-                    .with_context(|| format!("unpin {}", path.display()))?;
-                let xdp_link = XdpLink::try_from(fd_link)?;
+            if replace_program {
+                // The update goes through a second fd of the same link while the pin
+                // stays in place: if it fails, closing that fd leaves the link (and the
+                // old program) attached. `bpf_link_update` keeps the link itself, so
+                // the pin needs no change and `pinned` then names the new program.
+                let update_fd: FdLink = PinnedLink::from_pin(&path)
+                    .with_context(|| format!("open pinned link {}", path.display()))?
+                    .into();
+                let xdp_link = XdpLink::try_from(update_fd)?;
                 let program = self.program()?;
                 let id = program
                     .attach_to_link(xdp_link)
                     .with_context(|| format!("swap the program on {ifname}"))?;
-                let fd_link: FdLink = program.take_link(id)?.try_into()?;
-                AttachedLink::Pinned(
-                    fd_link
-                        .pin(&path)
-                        .with_context(|| format!("pin {}", path.display()))?,
-                )
-            } else {
-                AttachedLink::Pinned(pinned)
-            };
+                // Only our extra fd: the pin keeps the link.
+                drop(program.take_link(id)?);
+            }
+            let link = AttachedLink::Pinned(pinned);
             self.attached.insert(ifname.clone(), (ifindex, mode, link));
             adopted.push((ifname, mode));
         }
@@ -341,6 +340,25 @@ impl Dataplane {
     /// falls back to generic with a warning.
     pub fn attach(&mut self, ifname: &str, mode: Option<AttachedMode>) -> Result<AttachedMode> {
         let ifindex = crate::sys::ifindex(ifname)?;
+        // Registered first: the program may redirect to this interface from its very
+        // first packet. Undone if the attach fails, unless an earlier attach owns it.
+        let already_attached = self.attached.contains_key(ifname);
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("register {ifname} for redirects"))?;
+        let result = self.attach_and_pin(ifname, ifindex, mode);
+        if result.is_err() && !already_attached {
+            let _ = self.tx_ports.remove(ifindex);
+        }
+        result
+    }
+
+    fn attach_and_pin(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        mode: Option<AttachedMode>,
+    ) -> Result<AttachedMode> {
         let program = self.program()?;
         let attempts: &[AttachedMode] = match mode {
             Some(AttachedMode::Native) => &[AttachedMode::Native],
@@ -389,9 +407,6 @@ impl Dataplane {
         };
         self.attached
             .insert(ifname.to_string(), (ifindex, attached_mode, link));
-        self.tx_ports
-            .insert(ifindex, ifindex, None, 0)
-            .with_context(|| format!("register {ifname} for redirects"))?;
         Ok(attached_mode)
     }
 

@@ -1064,6 +1064,32 @@ fn one_arm_sends_back_out_of_the_same_interface() {
     });
 }
 
+/// An interface is a redirect target from the moment the program runs on it, and a
+/// failed attach leaves no redirect target behind.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn attach_registers_the_redirect_target_and_a_failed_attach_leaves_none() {
+    use lb_userspace::dataplane::AttachedMode;
+    with_harness(|h| {
+        let lo = sys::ifindex("lo").unwrap();
+        // Loopback has no driver XDP hook: the forced native attach fails.
+        assert!(h.dp.attach("lo", Some(AttachedMode::Native)).is_err());
+        assert!(
+            h.dp.tx_ports.get(lo, 0).is_err(),
+            "no entry after a failure"
+        );
+        assert!(h.dp.attached().is_empty());
+
+        assert_eq!(
+            h.dp.attach("lo", Some(AttachedMode::Generic)).unwrap(),
+            AttachedMode::Generic
+        );
+        assert_eq!(h.dp.tx_ports.get(lo, 0).unwrap().if_index, lo);
+        h.dp.detach_all();
+        assert!(h.dp.tx_ports.get(lo, 0).is_err(), "removed on detach");
+    });
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn syn_from_outside_the_allow_list_is_answered_with_a_rst() {
@@ -1520,6 +1546,37 @@ fn a_flow_marked_for_reset_answers_the_client_with_a_rst() {
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
+fn a_client_rst_on_a_flow_marked_for_reset_is_dropped_and_removes_the_pair() {
+    with_harness(|h| {
+        let port = open_full_nat(h);
+        let client_key = key(CLIENT, 40000, VIP, 80, IPPROTO_TCP);
+        let server_key = key(SERVER1, 8080, SNAT, port, IPPROTO_TCP);
+        for k in [client_key, server_key] {
+            let mut entry = h.flow(&k).unwrap();
+            entry.state = lb_common::FLOW_STATE_RESET;
+            h.dp.flows.insert(k, entry, 0).unwrap();
+        }
+        let rst = Tcp {
+            syn: false,
+            rst: true,
+            ack: Some(0x1234_5678),
+            seq: 1001,
+            ..Tcp::syn(CLIENT, 40000, VIP, 80)
+        };
+        let packet = rst.build(&[]);
+        let (verdict, out) = h.run(&packet);
+        assert_eq!(verdict, XDP_DROP, "a RST is never answered with a RST");
+        assert_eq!(out, packet, "the dropped frame is left untouched");
+        assert_eq!(h.counter(counters::TX_RST_BACKEND_DOWN), 0);
+        assert_eq!(h.counter(counters::DROP_BACKEND_DOWN), 1);
+        assert!(h.flow(&client_key).is_none(), "client entry removed");
+        assert!(h.flow(&server_key).is_none(), "server entry removed");
+        assert!(h.flows().is_empty());
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn syn_proxy_ack_without_a_valid_cookie_is_dropped_and_leaves_no_entry() {
     with_harness(|h| {
         // No SYN was ever answered for this tuple: any ACK number is a wrong cookie.
@@ -1726,5 +1783,64 @@ fn syn_proxy_refuses_clients_outside_the_allow_list_before_spending_a_cookie() {
         assert_eq!(h.counter(counters::SYNPROXY_COOKIE_INVALID), 0);
         assert_eq!(h.counter(counters::SYNPROXY_COOKIE_VALID), 0);
         assert!(h.flows().is_empty());
+    });
+}
+
+/// Removes a bpffs pin directory when the test ends, passed or not.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `--replace`: the new program goes onto the pinned link itself (same link, same pin
+/// file), so the interface never loses its XDP program during the swap.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn replace_updates_the_pinned_link_in_place() {
+    use aya::programs::links::{FdLink, PinnedLink};
+    use lb_userspace::dataplane::{AttachedMode, PinnedState};
+    let netns = Netns::new();
+    netns.enter(|| {
+        let pins = PinDir(format!("/sys/fs/bpf/lbdp-replace-{}", std::process::id()).into());
+        let config = Config::parse(CONFIG, Path::new("dataplane-test.toml")).expect("config");
+        let capacity = Capacity {
+            max_services: config.limits.max_services,
+            max_backends: config.limits.max_backends,
+            max_flows: config.limits.max_flows,
+            max_ring_slots: config.limits.max_ring_slots,
+        };
+        let link_info = |path: &Path| {
+            FdLink::from(PinnedLink::from_pin(path).expect("open the link pin"))
+                .info()
+                .expect("link info")
+        };
+
+        let mut old = Dataplane::load(capacity, Some(&pins.0)).expect("load");
+        old.attach("ext0", Some(AttachedMode::Generic))
+            .expect("attach");
+        old.release();
+        drop(old);
+        let path = pins.0.join("link_generic_ext0");
+        let before = link_info(&path);
+
+        let mut new =
+            Dataplane::load_with(capacity, Some(&pins.0), PinnedState::Adopt).expect("adopt");
+        let adopted = new.adopt_links(true).expect("replace the program");
+        assert_eq!(adopted, vec![("ext0".to_string(), AttachedMode::Generic)]);
+        let new_program = new.program().unwrap().info().unwrap().id();
+        assert_ne!(new_program, before.program_id());
+        let after = link_info(&path);
+        assert_eq!(after.id(), before.id(), "the same link, still pinned");
+        assert_eq!(
+            after.program_id(),
+            new_program,
+            "now running the new program"
+        );
+
+        new.detach_all();
+        assert!(!path.exists(), "detach removes the link pin");
     });
 }
