@@ -454,7 +454,16 @@ impl ServiceTable {
                 .zip(&effective_weights)
                 .map(|(((_, key), &id), &weight)| MaglevBackend { key, weight, id })
                 .collect();
-            let ring_size = maglev::ring_size_for(&effective_weights);
+            // Sized from the configured weights (what the config check budgets), never
+            // from drains, health or overrides: a new size would remap every flow of the
+            // service and need a region nobody budgeted. With a cluster, announced
+            // backends come and go, so such a service always gets the largest ring.
+            let ring_size = if config.cluster.is_some() {
+                lb_common::MAGLEV_RING_SIZE
+            } else {
+                let configured: Vec<u32> = service.backends.iter().map(|b| b.weight).collect();
+                maglev::ring_size_for(&configured)
+            };
             let ring = maglev::build_ring(&ring_input, ring_size);
             let live_backends = effective_weights.iter().filter(|&&w| w > 0).count();
 

@@ -1728,3 +1728,81 @@ fn syn_proxy_refuses_clients_outside_the_allow_list_before_spending_a_cookie() {
         assert!(h.flows().is_empty());
     });
 }
+
+/// A drain, a health-down or a weight override changes a service's ring contents but
+/// never its size or place in the pool: a new size would remap every flow of the
+/// service and need a region the config check never budgeted.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn run_time_weight_changes_keep_the_ring_size_and_region() {
+    use lb_userspace::services::Overrides;
+    let netns = Netns::new();
+    netns.enter(|| {
+        // Weights 100 and 1 need 10,100 slots (16,381); without the light backend the
+        // service would fit in 1,021, with the light one raised to 100 in 1,021 too.
+        let config = Config::parse(
+            r#"
+name = "dptest"
+[interfaces]
+attach = ["ext0"]
+[[service]]
+name = "web"
+vip = "198.18.1.10"
+port = 80
+snat_ip = "198.19.1.1"
+[[service.backend]]
+address = "198.19.0.11"
+weight = 100
+[[service.backend]]
+address = "198.19.0.12"
+weight = 1
+"#,
+            Path::new("ring-size-test.toml"),
+        )
+        .expect("config");
+        let mut dp = Dataplane::load(
+            Capacity {
+                max_services: config.limits.max_services,
+                max_backends: config.limits.max_backends,
+                max_flows: config.limits.max_flows,
+                max_ring_slots: config.limits.max_ring_slots,
+            },
+            None,
+        )
+        .expect("load XDP program");
+        let mut table = ServiceTable::default();
+        table.apply(&mut dp, &config).expect("apply");
+        let region = |table: &ServiceTable| {
+            let s = table.services().next().unwrap();
+            (s.rings, s.effective_weights.clone())
+        };
+        let (rings, _) = region(&table);
+        assert_eq!(rings.size, 16_381);
+        let light = (SERVER2, 80);
+
+        let mut down = Overrides::default();
+        down.down.insert(("web".to_string(), light));
+        table.apply_with(&mut dp, &config, &down).expect("down");
+        assert_eq!(region(&table), (rings, vec![100, 0]));
+
+        let mut drained = Overrides::default();
+        drained.drained.insert(light);
+        table.apply_with(&mut dp, &config, &drained).expect("drain");
+        assert_eq!(region(&table), (rings, vec![100, 0]));
+
+        let mut heavier = Overrides::default();
+        heavier.weights.insert(("web".to_string(), light), 100);
+        table
+            .apply_with(&mut dp, &config, &heavier)
+            .expect("weight");
+        assert_eq!(region(&table), (rings, vec![100, 100]));
+
+        // The live ring really changed: half of it now holds the raised backend.
+        let service = dp.services.iter().next().unwrap().unwrap().1;
+        let live = &dp.ring_memory.slots()
+            [service.ring_offset as usize..(service.ring_offset + service.ring_size) as usize];
+        let light_id = u64::from(table.backend_id(light).unwrap());
+        let light_slots = live.iter().filter(|&&id| id == light_id).count();
+        assert!((8_000..8_400).contains(&light_slots), "{light_slots}");
+    });
+}
