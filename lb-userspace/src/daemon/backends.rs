@@ -283,33 +283,15 @@ impl Controller {
         Ok(json!(rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>()))
     }
 
-    /// Deletes sessions idle beyond their service's timeout (or of removed services).
+    /// Deletes sessions idle beyond their service's timeout, of removed services, or
+    /// pinned to a backend no longer in their service's ring.
     pub fn expire_sessions(&mut self) -> usize {
         let now = sys::monotonic_ns();
-        let timeouts: HashMap<u32, u64> = self
-            .table
-            .services()
-            .filter_map(|s| {
-                s.config
-                    .affinity_timeout
-                    .map(|t| (s.id, t.as_nanos() as u64))
-            })
-            .collect();
-        let stale: Vec<lb_common::SessionKey> = self
-            .dataplane
-            .sessions
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, entry)| {
-                timeouts
-                    .get(&key.service_id)
-                    .is_none_or(|&t| now.saturating_sub(entry.last_seen_ns) > t)
-            })
-            .map(|(key, _)| key)
-            .collect();
-        stale
-            .iter()
-            .filter(|key| self.dataplane.sessions.remove(key).is_ok())
-            .count()
+        let policies = self.table.session_policies();
+        self.dataplane.remove_sessions(|key, entry| {
+            policies
+                .get(&key.service_id)
+                .is_none_or(|p| !p.keeps(entry.backend_id, entry.last_seen_ns, now))
+        })
     }
 }
