@@ -405,12 +405,13 @@ impl Controller {
     pub fn expire_flows(&mut self) -> usize {
         let entries = self.dataplane.flow_entries();
         let expired = flows::expired(&entries, sys::monotonic_ns(), &self.config.timeouts);
-        let mut removed = 0;
-        for key in &expired {
-            if self.dataplane.flows.remove(key).is_ok() {
-                removed += 1;
-            }
-        }
+        // The snapshot may be stale by now: each candidate is judged again as it goes.
+        let removed = flows::remove_idle(
+            &mut self.dataplane.flows,
+            &expired,
+            sys::monotonic_ns(),
+            &self.config.timeouts,
+        );
         self.flows_expired += removed as u64;
         removed
     }
