@@ -145,9 +145,7 @@ impl Controller {
                 addr.1
             );
         }
-        let summary = self.apply_config(&config)?;
-        self.config = config;
-        self.prune_overrides();
+        let summary = self.apply_new_config(config)?;
         log::info!(
             "{service}: removed backend {}:{}: {summary:?}",
             addr.0,
@@ -156,10 +154,27 @@ impl Controller {
         Ok(json!(summary))
     }
 
-    /// Forgets overrides and health of backends the config no longer has.
-    pub(super) fn prune_overrides(&mut self) {
-        let present: std::collections::BTreeSet<(String, BackendAddr)> = self
-            .config
+    /// Makes `config` the daemon's config: the overrides and health of backends it no
+    /// longer has are forgotten first, so one apply settles everything. A failed apply
+    /// changes nothing.
+    pub(super) fn apply_new_config(&mut self, config: Config) -> Result<ApplySummary> {
+        let kept = (self.overrides.clone(), self.health.clone());
+        self.prune_overrides(&config);
+        match self.apply_config(&config) {
+            Ok(summary) => {
+                self.config = config;
+                Ok(summary)
+            }
+            Err(e) => {
+                (self.overrides, self.health) = kept;
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets overrides and health of backends `config` does not have.
+    pub(super) fn prune_overrides(&mut self, config: &Config) {
+        let present: std::collections::BTreeSet<(String, BackendAddr)> = config
             .services
             .iter()
             .flat_map(|s| {
@@ -173,11 +188,11 @@ impl Controller {
         self.overrides.drained.retain(|a| addrs.contains(a));
         self.overrides.weights.retain(|k, _| present.contains(k));
         self.overrides.down.retain(|k| present.contains(k));
-        let checked: std::collections::BTreeSet<(String, BackendAddr)> = self
-            .health_targets()
-            .into_iter()
-            .map(|(s, a, _)| (s, a))
-            .collect();
+        let checked: std::collections::BTreeSet<(String, BackendAddr)> =
+            health_results::health_targets_of(config)
+                .into_iter()
+                .map(|(s, a, _)| (s, a))
+                .collect();
         self.health.retain(|k, _| checked.contains(k));
         self.overrides.down.retain(|k| checked.contains(k));
     }

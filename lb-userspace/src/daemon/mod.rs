@@ -384,8 +384,7 @@ impl Controller {
                 self.config_path.display()
             );
         }
-        let summary = self.apply_config(&config)?;
-        self.config = config;
+        let summary = self.apply_new_config(config)?;
         if let Some(cluster) = &self.cluster {
             cluster
                 .engine
@@ -393,9 +392,6 @@ impl Controller {
                 .unwrap_or_else(|p| p.into_inner())
                 .set_services(known_services(&self.config), Instant::now());
         }
-        self.prune_overrides();
-        // Overrides of backends that went away may have changed rings: settle them.
-        self.reapply()?;
         self.generation += 1;
         log::info!("reloaded (generation {}): {summary:?}", self.generation);
         Ok(summary)
