@@ -926,6 +926,7 @@ impl Parser<'_> {
         let mut distinct_backends: HashSet<(Ipv4Addr, u16)> = HashSet::new();
         let mut services = Vec::with_capacity(raw.len());
         let mut ring_slots = 0u64;
+        let mut allow_prefixes = 0usize;
 
         for (index, spanned) in raw.iter().enumerate() {
             let table = spanned.span();
@@ -1076,6 +1077,20 @@ impl Parser<'_> {
                     }
                     prefixes.sort();
                     prefixes.dedup();
+                    // All services share one ELIGIBILITY map: refused here, a full one
+                    // would stop an apply half-way.
+                    allow_prefixes += prefixes.len();
+                    let capacity = lb_common::MAX_ELIGIBILITY_PREFIXES as usize;
+                    if allow_prefixes > capacity {
+                        let at = entries.first().map_or(table.clone(), |e| e.span());
+                        return Err(self.error(
+                            at,
+                            format!(
+                                "the allow lists of the services up to {name:?} hold {allow_prefixes} \
+                                 prefixes but the data path holds at most {capacity}"
+                            ),
+                        ));
+                    }
                     Some(prefixes)
                 }
             };
@@ -2074,6 +2089,34 @@ address = "198.19.0.12"
         );
         let config = parse(&with_service("[snat]\nport_min = 7\nport_max = 7\n")).unwrap();
         assert_eq!((config.snat_port_min, config.snat_port_max), (7, 7));
+    }
+
+    #[test]
+    fn too_many_allow_prefixes_over_all_services_are_refused() {
+        let list = |from: u32, count: u32| {
+            (from..from + count)
+                .map(|i| format!("\"{}\"", Ipv4Addr::from(0x0a00_0000 + i)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let half = lb_common::MAX_ELIGIBILITY_PREFIXES / 2;
+        let text = with_service(&format!(
+            "\n[[service]]\nname = \"b\"\nvip = \"198.18.1.11\"\nport = 80\nmode = \"dnat\"\n\
+             allow = [{}]\nbackend = [{{ address = \"198.19.0.11\" }}]\n",
+            list(0, half + 1)
+        ))
+        .replace(
+            "port = 80\nsnat_ip",
+            &format!("port = 80\nallow = [{}]\nsnat_ip", list(half + 1, half)),
+        );
+        assert_refused(
+            &text,
+            19,
+            "hold 16385 prefixes but the data path holds at most 16384",
+        );
+        // Exactly the capacity (a prefix listed twice counts once) is fine.
+        let fits = text.replace("[\"10.0.0.0\", ", "[\"10.0.0.1\", ");
+        assert!(parse(&fits).is_ok());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues, lpm_trie::LpmTrie},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -492,6 +492,35 @@ impl Dataplane {
             }))
     }
 
+    /// Zeroes a freed service id's SERVICE_STATS slot on every CPU, so a service that
+    /// later gets the id starts from 0.
+    pub fn clear_service_stats(&mut self, id: u32) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); possible_cpus()?])?;
+        self.service_stats.set(id, zeros, 0)?;
+        Ok(())
+    }
+
+    /// Zeroes a freed backend id's BACKEND_STATS slot on every CPU.
+    pub fn clear_backend_stats(&mut self, id: u32) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![BackendStats::default(); possible_cpus()?])?;
+        self.backend_stats.set(id, zeros, 0)?;
+        Ok(())
+    }
+
+    /// Deletes the SESSIONS entries `stale` picks; returns how many went.
+    pub fn remove_sessions(&mut self, stale: impl Fn(&SessionKey, &SessionEntry) -> bool) -> usize {
+        let keys: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| stale(key, entry))
+            .map(|(key, _)| key)
+            .collect();
+        keys.iter()
+            .filter(|key| self.sessions.remove(key).is_ok())
+            .count()
+    }
+
     /// Snapshot of the flow table.
     pub fn flow_entries(&self) -> Vec<(FlowKey, FlowEntry)> {
         // Entries can vanish between key iteration and lookup (LRU, GC): skip those.
@@ -547,4 +576,9 @@ fn explain_load_error(error: aya::EbpfError) -> anyhow::Error {
     } else {
         anyhow!("loading the XDP program failed: {text}")
     }
+}
+
+/// Number of possible CPUs (the length of a per-CPU map value).
+fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))
 }

@@ -33,29 +33,80 @@ fn timeout_for(state: u8, timeouts: &Timeouts) -> Duration {
     }
 }
 
-/// Keys of the entries whose connection has been idle longer than its state allows.
-///
-/// A connection is judged as a whole: its idle time is that of the more recently used
-/// of its two entries, and its state the further advanced one (a FIN seen in either
-/// direction means closing), so a one-way stream does not lose its quiet direction.
+/// Whether a connection is idle longer than its state allows: its idle time is that
+/// of the more recently used of its two entries, and its state the further advanced
+/// one (a FIN seen in either direction means closing), so a one-way stream does not
+/// lose its quiet direction.
+fn idle(entry: &FlowEntry, peer: Option<&FlowEntry>, now_ns: u64, timeouts: &Timeouts) -> bool {
+    let (last_seen, state) = match peer {
+        Some(peer) => (
+            entry.last_seen_ns.max(peer.last_seen_ns),
+            entry.state.max(peer.state),
+        ),
+        None => (entry.last_seen_ns, entry.state),
+    };
+    let idle = Duration::from_nanos(now_ns.saturating_sub(last_seen));
+    idle > timeout_for(state, timeouts)
+}
+
+/// Keys of the entries whose connection has been idle longer than its state allows
+/// (judged on a snapshot: candidates for `remove_idle`).
 pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, timeouts: &Timeouts) -> Vec<FlowKey> {
     let by_key: HashMap<FlowKey, &FlowEntry> = entries.iter().map(|(k, v)| (*k, v)).collect();
     entries
         .iter()
         .filter(|(key, entry)| {
-            let peer = by_key.get(&entry.peer_key(key.proto));
-            let (last_seen, state) = match peer {
-                Some(peer) => (
-                    entry.last_seen_ns.max(peer.last_seen_ns),
-                    entry.state.max(peer.state),
-                ),
-                None => (entry.last_seen_ns, entry.state),
-            };
-            let idle = Duration::from_nanos(now_ns.saturating_sub(last_seen));
-            idle > timeout_for(state, timeouts)
+            let peer = by_key.get(&entry.peer_key(key.proto)).copied();
+            idle(entry, peer, now_ns, timeouts)
         })
         .map(|(key, _)| *key)
         .collect()
+}
+
+/// The live flow table as the garbage collector needs it.
+pub trait FlowTable {
+    fn get(&self, key: &FlowKey) -> Option<FlowEntry>;
+    /// Whether the entry was there to remove.
+    fn remove(&mut self, key: &FlowKey) -> bool;
+}
+
+impl<T: std::borrow::BorrowMut<aya::maps::MapData>> FlowTable
+    for aya::maps::HashMap<T, FlowKey, FlowEntry>
+{
+    fn get(&self, key: &FlowKey) -> Option<FlowEntry> {
+        aya::maps::HashMap::get(self, key, 0).ok()
+    }
+    fn remove(&mut self, key: &FlowKey) -> bool {
+        aya::maps::HashMap::remove(self, key).is_ok()
+    }
+}
+
+/// Removes the connections of `candidates` (from `expired`) that are still idle: each
+/// entry and its peer are read again right before they go, so a packet that refreshed
+/// either since the snapshot keeps the connection. Returns the number of entries
+/// removed.
+pub fn remove_idle(
+    table: &mut impl FlowTable,
+    candidates: &[FlowKey],
+    now_ns: u64,
+    timeouts: &Timeouts,
+) -> usize {
+    let mut removed = 0;
+    for key in candidates {
+        let Some(entry) = table.get(key) else {
+            continue; // gone already (its peer's turn, LRU, the data path)
+        };
+        let peer_key = entry.peer_key(key.proto);
+        let peer = table.get(&peer_key);
+        if !idle(&entry, peer.as_ref(), now_ns, timeouts) {
+            continue;
+        }
+        removed += usize::from(table.remove(key));
+        if peer.is_some() {
+            removed += usize::from(table.remove(&peer_key));
+        }
+    }
+    removed
 }
 
 /// One connection, as `lb flows` shows it.
@@ -222,6 +273,50 @@ mod tests {
         let entries = pair(FLOW_STATE_UDP, 0, 0);
         assert!(expired(&entries, 9 * SEC, &timeouts()).is_empty());
         assert_eq!(expired(&entries, 11 * SEC, &timeouts()).len(), 2);
+    }
+
+    impl FlowTable for HashMap<FlowKey, FlowEntry> {
+        fn get(&self, key: &FlowKey) -> Option<FlowEntry> {
+            HashMap::get(self, key).copied()
+        }
+        fn remove(&mut self, key: &FlowKey) -> bool {
+            HashMap::remove(self, key).is_some()
+        }
+    }
+
+    #[test]
+    fn a_connection_refreshed_after_the_snapshot_is_kept() {
+        let entries = pair(FLOW_STATE_ESTABLISHED, 10 * SEC, 10 * SEC);
+        let candidates = expired(&entries, 111 * SEC, &timeouts());
+        assert_eq!(candidates.len(), 2);
+        let mut table: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
+        // A packet in the reverse direction arrives before the collector deletes.
+        table.get_mut(&entries[1].0).unwrap().last_seen_ns = 111 * SEC;
+        assert_eq!(
+            remove_idle(&mut table, &candidates, 112 * SEC, &timeouts()),
+            0
+        );
+        assert_eq!(table.len(), 2);
+        // Still quiet after its timeout: both entries go together.
+        assert_eq!(
+            remove_idle(&mut table, &candidates, 212 * SEC, &timeouts()),
+            2
+        );
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_connection_that_changed_state_is_judged_by_its_new_state() {
+        // A SYN-seen pair past tcp_syn is a candidate; established by now, it stays.
+        let entries = pair(FLOW_STATE_SYN_SEEN, 0, 0);
+        let candidates = expired(&entries, 6 * SEC, &timeouts());
+        assert_eq!(candidates.len(), 2);
+        let mut table: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
+        table.get_mut(&entries[0].0).unwrap().state = FLOW_STATE_ESTABLISHED;
+        assert_eq!(
+            remove_idle(&mut table, &candidates, 6 * SEC, &timeouts()),
+            0
+        );
     }
 
     #[test]

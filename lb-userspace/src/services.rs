@@ -195,6 +195,8 @@ struct FreeIds {
     next: u32,
     limit: u32,
     what: &'static str,
+    /// Ids freed in this apply: handed out only when no other id is left.
+    last_resort: Vec<u32>,
 }
 
 impl FreeIds {
@@ -204,6 +206,7 @@ impl FreeIds {
             next: 0,
             limit,
             what,
+            last_resort: Vec::new(),
         }
     }
 
@@ -212,6 +215,9 @@ impl FreeIds {
             self.next += 1;
         }
         if self.next >= self.limit {
+            if !self.last_resort.is_empty() {
+                return Ok(self.last_resort.remove(0));
+            }
             bail!("no free {} id (limit {})", self.what, self.limit);
         }
         self.used.insert(self.next);
@@ -219,9 +225,52 @@ impl FreeIds {
     }
 }
 
+/// What keeps an affinity session of one service alive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionPolicy {
+    pub timeout_ns: u64,
+    /// Backend ids in the service's ring (effective weight > 0).
+    pub live_backends: BTreeSet<u32>,
+}
+
+impl SessionPolicy {
+    /// Whether a session last used at `last_seen_ns` and pinned to `backend_id` stays.
+    pub fn keeps(&self, backend_id: u32, last_seen_ns: u64, now_ns: u64) -> bool {
+        now_ns.saturating_sub(last_seen_ns) <= self.timeout_ns
+            && self.live_backends.contains(&backend_id)
+    }
+}
+
 impl ServiceTable {
     pub fn services(&self) -> impl Iterator<Item = &InstalledService> {
         self.services.values()
+    }
+
+    /// Session policy of every installed service with affinity, by service id. A
+    /// session of any other service id, or pinned to a backend the service no longer
+    /// has in its ring (removed, weight 0, drained, down), is stale: each new
+    /// connection would otherwise refresh it and keep it alive.
+    pub fn session_policies(&self) -> HashMap<u32, SessionPolicy> {
+        self.services
+            .values()
+            .filter_map(|s| {
+                let timeout = s.config.affinity_timeout?;
+                let live_backends = s
+                    .backend_ids
+                    .iter()
+                    .zip(&s.effective_weights)
+                    .filter(|&(_, &weight)| weight > 0)
+                    .map(|(&id, _)| id)
+                    .collect();
+                Some((
+                    s.id,
+                    SessionPolicy {
+                        timeout_ns: timeout.as_nanos().min(u128::from(u64::MAX)) as u64,
+                        live_backends,
+                    },
+                ))
+            })
+            .collect()
     }
 
     pub fn backend_id(&self, addr: BackendAddr) -> Option<u32> {
@@ -405,19 +454,29 @@ impl ServiceTable {
             .filter(|k| !wanted.contains_key(k))
             .copied()
             .collect();
-        for addr in gone {
-            dp.services.remove(&wire_key(addr))?;
-            if let Some(old) = self.services.remove(&addr) {
-                self.ring_pool.free(old.rings);
-            }
-            summary.services_removed += 1;
-        }
-
+        // Ids freed here go to a new service of this apply only when no other id is
+        // free: a packet that looked the old service up may still be on its way.
         let mut free_service_ids = FreeIds::new(
             self.services.values().map(|s| s.id),
             capacity.max_services,
             "service",
         );
+        let mut freed_service_ids = BTreeSet::new();
+        for addr in gone {
+            dp.services.remove(&wire_key(addr))?;
+            if let Some(old) = self.services.remove(&addr) {
+                self.ring_pool.free(old.rings);
+                // The id may serve another service later: it must not inherit this
+                // one's sessions or counters.
+                dp.clear_service_stats(old.id)?;
+                freed_service_ids.insert(old.id);
+                free_service_ids.last_resort.push(old.id);
+            }
+            summary.services_removed += 1;
+        }
+        if !freed_service_ids.is_empty() {
+            dp.remove_sessions(|key, _| freed_service_ids.contains(&key.service_id));
+        }
         for (&addr, &service) in &wanted {
             let backend_ids: Vec<u32> = service
                 .backends
@@ -454,7 +513,16 @@ impl ServiceTable {
                 .zip(&effective_weights)
                 .map(|(((_, key), &id), &weight)| MaglevBackend { key, weight, id })
                 .collect();
-            let ring_size = maglev::ring_size_for(&effective_weights);
+            // Sized from the configured weights (what the config check budgets), never
+            // from drains, health or overrides: a new size would remap every flow of the
+            // service and need a region nobody budgeted. With a cluster, announced
+            // backends come and go, so such a service always gets the largest ring.
+            let ring_size = if config.cluster.is_some() {
+                lb_common::MAGLEV_RING_SIZE
+            } else {
+                let configured: Vec<u32> = service.backends.iter().map(|b| b.weight).collect();
+                maglev::ring_size_for(&configured)
+            };
             let ring = maglev::build_ring(&ring_input, ring_size);
             let live_backends = effective_weights.iter().filter(|&&w| w > 0).count();
 
@@ -587,12 +655,19 @@ impl ServiceTable {
             .filter(|a| !wanted_backends.contains(a))
             .copied()
             .collect();
+        let mut freed_backend_ids = BTreeSet::new();
         for addr in unused {
             if let Some(id) = self.backends.remove(&addr) {
                 dp.backends.set(id, Backend::default(), 0)?;
                 self.backend_states.remove(&id);
+                // A backend that later gets the id starts without sessions or counters.
+                dp.clear_backend_stats(id)?;
+                freed_backend_ids.insert(id);
                 summary.backends_removed += 1;
             }
+        }
+        if !freed_backend_ids.is_empty() {
+            dp.remove_sessions(|_, entry| freed_backend_ids.contains(&entry.backend_id));
         }
         Ok(summary)
     }
@@ -653,5 +728,30 @@ impl Mode {
             Mode::FullNat => "full-nat",
             Mode::Dnat => "dnat",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_stays_only_while_fresh_and_its_backend_is_in_the_ring() {
+        let policy = SessionPolicy {
+            timeout_ns: 10,
+            live_backends: [1, 3].into(),
+        };
+        assert!(policy.keeps(1, 100, 110));
+        assert!(!policy.keeps(1, 100, 111), "idle beyond the timeout");
+        assert!(!policy.keeps(2, 100, 105), "backend left the ring");
+    }
+
+    #[test]
+    fn ids_freed_in_this_apply_are_handed_out_last() {
+        let mut ids = FreeIds::new([0, 1].into_iter(), 3, "service");
+        ids.last_resort.push(1);
+        assert_eq!(ids.take().unwrap(), 2);
+        assert_eq!(ids.take().unwrap(), 1, "only when nothing else is free");
+        assert!(ids.take().is_err());
     }
 }

@@ -1844,3 +1844,187 @@ fn replace_updates_the_pinned_link_in_place() {
         assert!(!path.exists(), "detach removes the link pin");
     });
 }
+
+/// A drain, a health-down or a weight override changes a service's ring contents but
+/// never its size or place in the pool: a new size would remap every flow of the
+/// service and need a region the config check never budgeted.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn run_time_weight_changes_keep_the_ring_size_and_region() {
+    use lb_userspace::services::Overrides;
+    let netns = Netns::new();
+    netns.enter(|| {
+        // Weights 100 and 1 need 10,100 slots (16,381); without the light backend the
+        // service would fit in 1,021, with the light one raised to 100 in 1,021 too.
+        let config = Config::parse(
+            r#"
+name = "dptest"
+[interfaces]
+attach = ["ext0"]
+[[service]]
+name = "web"
+vip = "198.18.1.10"
+port = 80
+snat_ip = "198.19.1.1"
+[[service.backend]]
+address = "198.19.0.11"
+weight = 100
+[[service.backend]]
+address = "198.19.0.12"
+weight = 1
+"#,
+            Path::new("ring-size-test.toml"),
+        )
+        .expect("config");
+        let mut dp = Dataplane::load(
+            Capacity {
+                max_services: config.limits.max_services,
+                max_backends: config.limits.max_backends,
+                max_flows: config.limits.max_flows,
+                max_ring_slots: config.limits.max_ring_slots,
+            },
+            None,
+        )
+        .expect("load XDP program");
+        let mut table = ServiceTable::default();
+        table.apply(&mut dp, &config).expect("apply");
+        let region = |table: &ServiceTable| {
+            let s = table.services().next().unwrap();
+            (s.rings, s.effective_weights.clone())
+        };
+        let (rings, _) = region(&table);
+        assert_eq!(rings.size, 16_381);
+        let light = (SERVER2, 80);
+
+        let mut down = Overrides::default();
+        down.down.insert(("web".to_string(), light));
+        table.apply_with(&mut dp, &config, &down).expect("down");
+        assert_eq!(region(&table), (rings, vec![100, 0]));
+
+        let mut drained = Overrides::default();
+        drained.drained.insert(light);
+        table.apply_with(&mut dp, &config, &drained).expect("drain");
+        assert_eq!(region(&table), (rings, vec![100, 0]));
+
+        let mut heavier = Overrides::default();
+        heavier.weights.insert(("web".to_string(), light), 100);
+        table
+            .apply_with(&mut dp, &config, &heavier)
+            .expect("weight");
+        assert_eq!(region(&table), (rings, vec![100, 100]));
+
+        // The live ring really changed: half of it now holds the raised backend.
+        let service = dp.services.iter().next().unwrap().unwrap().1;
+        let live = &dp.ring_memory.slots()
+            [service.ring_offset as usize..(service.ring_offset + service.ring_size) as usize];
+        let light_id = u64::from(table.backend_id(light).unwrap());
+        let light_slots = live.iter().filter(|&&id| id == light_id).count();
+        assert!((8_000..8_400).contains(&light_slots), "{light_slots}");
+    });
+}
+
+/// Freed service and backend ids take nothing along: their sessions go and their
+/// per-CPU counters are zeroed, and a service added in the same apply does not get a
+/// removed service's id.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn freed_ids_lose_their_sessions_and_counters() {
+    use aya::maps::PerCpuValues;
+    use lb_common::{BackendStats, ServiceStats, SessionEntry, SessionKey};
+    let netns = Netns::new();
+    netns.enter(|| {
+        let service = |name: &str, port: u16, backends: &[Ipv4Addr]| {
+            let mut text = format!(
+                "[[service]]\nname = \"{name}\"\nvip = \"198.18.1.10\"\nport = {port}\n\
+                 snat_ip = \"198.19.1.1\"\naffinity_timeout = 600\n"
+            );
+            for b in backends {
+                text += &format!("[[service.backend]]\naddress = \"{b}\"\n");
+            }
+            text
+        };
+        let parse = |services: &str| {
+            Config::parse(
+                &format!("name = \"dptest\"\n[interfaces]\nattach = [\"ext0\"]\n{services}"),
+                Path::new("freed-ids-test.toml"),
+            )
+            .expect("config")
+        };
+        let before = parse(&service("a", 80, &[SERVER1, SERVER2]));
+        let mut dp = Dataplane::load(
+            Capacity {
+                max_services: before.limits.max_services,
+                max_backends: before.limits.max_backends,
+                max_flows: before.limits.max_flows,
+                max_ring_slots: before.limits.max_ring_slots,
+            },
+            None,
+        )
+        .expect("load XDP program");
+        let mut table = ServiceTable::default();
+        table.apply(&mut dp, &before).expect("apply");
+        let a_id = table.services().next().unwrap().id;
+        let b1 = table.backend_id((SERVER1, 80)).unwrap();
+        let b2 = table.backend_id((SERVER2, 80)).unwrap();
+        let cpus = aya::util::nr_cpus().unwrap();
+        let session = |client: u8, service_id: u32, backend_id: u32| {
+            let key = SessionKey {
+                service_id,
+                client_ip: u32::from(Ipv4Addr::new(198, 18, 0, client)).to_be(),
+            };
+            let entry = SessionEntry {
+                backend_id,
+                _pad: 0,
+                created_ns: 1,
+                last_seen_ns: 1,
+            };
+            (key, entry)
+        };
+        for (key, entry) in [session(2, a_id, b1), session(3, a_id, b2)] {
+            dp.sessions.insert(key, entry, 0).unwrap();
+        }
+        let counted = BackendStats {
+            packets: 5,
+            bytes: 500,
+            new_flows: 1,
+            _reserved: 0,
+        };
+        dp.backend_stats
+            .set(b2, PerCpuValues::try_from(vec![counted; cpus]).unwrap(), 0)
+            .unwrap();
+        let service_counted = ServiceStats {
+            packets: 7,
+            ..ServiceStats::default()
+        };
+        dp.service_stats
+            .set(
+                a_id,
+                PerCpuValues::try_from(vec![service_counted; cpus]).unwrap(),
+                0,
+            )
+            .unwrap();
+
+        // SERVER2 leaves the service: its session and counters go, SERVER1's stay.
+        table
+            .apply(&mut dp, &parse(&service("a", 80, &[SERVER1])))
+            .expect("apply");
+        let sessions: Vec<u32> = dp
+            .sessions
+            .iter()
+            .map(|r| r.unwrap().1.backend_id)
+            .collect();
+        assert_eq!(sessions, vec![b1]);
+        assert_eq!(dp.backend_stats(b2).unwrap(), BackendStats::default());
+        assert_eq!(dp.service_stats(a_id).unwrap().packets, 7 * cpus as u64);
+
+        // Service a goes and b comes in one apply: b gets another id, a's sessions and
+        // counters are gone.
+        table
+            .apply(&mut dp, &parse(&service("b", 81, &[SERVER1])))
+            .expect("apply");
+        let b_id = table.services().next().unwrap().id;
+        assert_ne!(b_id, a_id);
+        assert_eq!(dp.sessions.iter().count(), 0);
+        assert_eq!(dp.service_stats(a_id).unwrap(), ServiceStats::default());
+    });
+}

@@ -26,7 +26,7 @@ pub async fn serve(
 ) -> Result<()> {
     let interval = engine
         .lock()
-        .expect("router engine lock")
+        .unwrap_or_else(|p| p.into_inner())
         .settings()
         .heartbeat_interval;
     let mut ticker = tokio::time::interval(interval / 2);
@@ -37,11 +37,11 @@ pub async fn serve(
     loop {
         let out: Vec<Outgoing> = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            _ = ticker.tick() => engine.lock().expect("router engine lock").tick(Clock::system()),
+            _ = ticker.tick() => engine.lock().unwrap_or_else(|p| p.into_inner()).tick(Clock::system()),
             received = socket.recv_from(&mut buf) => match received {
                 Ok((len, SocketAddr::V4(from))) => engine
                     .lock()
-                    .expect("router engine lock")
+                    .unwrap_or_else(|p| p.into_inner())
                     .handle_datagram(&buf[..len], from, Clock::system()),
                 Ok(_) => continue,
                 Err(e) => {

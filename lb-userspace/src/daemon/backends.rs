@@ -145,9 +145,7 @@ impl Controller {
                 addr.1
             );
         }
-        let summary = self.apply_config(&config)?;
-        self.config = config;
-        self.prune_overrides();
+        let summary = self.apply_new_config(config)?;
         log::info!(
             "{service}: removed backend {}:{}: {summary:?}",
             addr.0,
@@ -156,10 +154,27 @@ impl Controller {
         Ok(json!(summary))
     }
 
-    /// Forgets overrides and health of backends the config no longer has.
-    pub(super) fn prune_overrides(&mut self) {
-        let present: std::collections::BTreeSet<(String, BackendAddr)> = self
-            .config
+    /// Makes `config` the daemon's config: the overrides and health of backends it no
+    /// longer has are forgotten first, so one apply settles everything. A failed apply
+    /// changes nothing.
+    pub(super) fn apply_new_config(&mut self, config: Config) -> Result<ApplySummary> {
+        let kept = (self.overrides.clone(), self.health.clone());
+        self.prune_overrides(&config);
+        match self.apply_config(&config) {
+            Ok(summary) => {
+                self.config = config;
+                Ok(summary)
+            }
+            Err(e) => {
+                (self.overrides, self.health) = kept;
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets overrides and health of backends `config` does not have.
+    pub(super) fn prune_overrides(&mut self, config: &Config) {
+        let present: std::collections::BTreeSet<(String, BackendAddr)> = config
             .services
             .iter()
             .flat_map(|s| {
@@ -173,11 +188,11 @@ impl Controller {
         self.overrides.drained.retain(|a| addrs.contains(a));
         self.overrides.weights.retain(|k, _| present.contains(k));
         self.overrides.down.retain(|k| present.contains(k));
-        let checked: std::collections::BTreeSet<(String, BackendAddr)> = self
-            .health_targets()
-            .into_iter()
-            .map(|(s, a, _)| (s, a))
-            .collect();
+        let checked: std::collections::BTreeSet<(String, BackendAddr)> =
+            health_results::health_targets_of(config)
+                .into_iter()
+                .map(|(s, a, _)| (s, a))
+                .collect();
         self.health.retain(|k, _| checked.contains(k));
         self.overrides.down.retain(|k| checked.contains(k));
     }
@@ -283,33 +298,15 @@ impl Controller {
         Ok(json!(rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>()))
     }
 
-    /// Deletes sessions idle beyond their service's timeout (or of removed services).
+    /// Deletes sessions idle beyond their service's timeout, of removed services, or
+    /// pinned to a backend no longer in their service's ring.
     pub fn expire_sessions(&mut self) -> usize {
         let now = sys::monotonic_ns();
-        let timeouts: HashMap<u32, u64> = self
-            .table
-            .services()
-            .filter_map(|s| {
-                s.config
-                    .affinity_timeout
-                    .map(|t| (s.id, t.as_nanos() as u64))
-            })
-            .collect();
-        let stale: Vec<lb_common::SessionKey> = self
-            .dataplane
-            .sessions
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, entry)| {
-                timeouts
-                    .get(&key.service_id)
-                    .is_none_or(|&t| now.saturating_sub(entry.last_seen_ns) > t)
-            })
-            .map(|(key, _)| key)
-            .collect();
-        stale
-            .iter()
-            .filter(|key| self.dataplane.sessions.remove(key).is_ok())
-            .count()
+        let policies = self.table.session_policies();
+        self.dataplane.remove_sessions(|key, entry| {
+            policies
+                .get(&key.service_id)
+                .is_none_or(|p| !p.keeps(entry.backend_id, entry.last_seen_ns, now))
+        })
     }
 }

@@ -6,16 +6,7 @@ use super::*;
 impl Controller {
     /// Every (service, backend) health check the config asks for.
     pub fn health_targets(&self) -> Vec<HealthTarget> {
-        self.config
-            .services
-            .iter()
-            .filter_map(|s| s.health_check.as_ref().map(|check| (s, check)))
-            .flat_map(|(s, check)| {
-                s.backends
-                    .iter()
-                    .map(move |b| (s.name.clone(), (b.address, b.port), check.clone()))
-            })
-            .collect()
+        health_targets_of(&self.config)
     }
 
     /// Takes one probe result; a backend that falls or rises changes the rings.
@@ -88,4 +79,18 @@ impl Controller {
         }
         marked
     }
+}
+
+/// Every (service, backend, check) `config` has health checks for.
+pub(super) fn health_targets_of(config: &Config) -> Vec<HealthTarget> {
+    config
+        .services
+        .iter()
+        .filter_map(|s| s.health_check.as_ref().map(|check| (s, check)))
+        .flat_map(|(s, check)| {
+            s.backends
+                .iter()
+                .map(move |b| (s.name.clone(), (b.address, b.port), check.clone()))
+        })
+        .collect()
 }

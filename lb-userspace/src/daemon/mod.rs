@@ -384,8 +384,7 @@ impl Controller {
                 self.config_path.display()
             );
         }
-        let summary = self.apply_config(&config)?;
-        self.config = config;
+        let summary = self.apply_new_config(config)?;
         if let Some(cluster) = &self.cluster {
             cluster
                 .engine
@@ -393,9 +392,6 @@ impl Controller {
                 .unwrap_or_else(|p| p.into_inner())
                 .set_services(known_services(&self.config), Instant::now());
         }
-        self.prune_overrides();
-        // Overrides of backends that went away may have changed rings: settle them.
-        self.reapply()?;
         self.generation += 1;
         log::info!("reloaded (generation {}): {summary:?}", self.generation);
         Ok(summary)
@@ -405,12 +401,13 @@ impl Controller {
     pub fn expire_flows(&mut self) -> usize {
         let entries = self.dataplane.flow_entries();
         let expired = flows::expired(&entries, sys::monotonic_ns(), &self.config.timeouts);
-        let mut removed = 0;
-        for key in &expired {
-            if self.dataplane.flows.remove(key).is_ok() {
-                removed += 1;
-            }
-        }
+        // The snapshot may be stale by now: each candidate is judged again as it goes.
+        let removed = flows::remove_idle(
+            &mut self.dataplane.flows,
+            &expired,
+            sys::monotonic_ns(),
+            &self.config.timeouts,
+        );
         self.flows_expired += removed as u64;
         removed
     }
