@@ -1492,18 +1492,26 @@ fn syn_proxy_handshake_and_translated_data_both_ways() {
     });
 }
 
+/// Opens a full-NAT connection and marks both its entries for reset, as the controller
+/// does when the backend fails under `on_backend_down = "reset"`. Returns the client's
+/// and the server's entry keys.
+fn open_flow_marked_for_reset(h: &mut Harness) -> (FlowKey, FlowKey) {
+    let port = open_full_nat(h);
+    let client_key = key(CLIENT, 40000, VIP, 80, IPPROTO_TCP);
+    let server_key = key(SERVER1, 8080, SNAT, port, IPPROTO_TCP);
+    for k in [client_key, server_key] {
+        let mut entry = h.flow(&k).unwrap();
+        entry.state = lb_common::FLOW_STATE_RESET;
+        h.dp.flows.insert(k, entry, 0).unwrap();
+    }
+    (client_key, server_key)
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_flow_marked_for_reset_answers_the_client_with_a_rst() {
     with_harness(|h| {
-        let port = open_full_nat(h);
-        let client_key = key(CLIENT, 40000, VIP, 80, IPPROTO_TCP);
-        let server_key = key(SERVER1, 8080, SNAT, port, IPPROTO_TCP);
-        for k in [client_key, server_key] {
-            let mut entry = h.flow(&k).unwrap();
-            entry.state = lb_common::FLOW_STATE_RESET;
-            h.dp.flows.insert(k, entry, 0).unwrap();
-        }
+        let (_, server_key) = open_flow_marked_for_reset(h);
         let data = Tcp {
             syn: false,
             ack: Some(0x1234_5678),
@@ -1534,7 +1542,7 @@ fn a_flow_marked_for_reset_answers_the_client_with_a_rst() {
             dst_mac: LB_INT_MAC,
             syn: false,
             ack: Some(1001),
-            ..Tcp::syn(SERVER1, 8080, SNAT, port)
+            ..Tcp::syn(SERVER1, 8080, SNAT, u16::from_be(server_key.dst_port))
         };
         assert_eq!(h.run(&reply.build(&[])).0, XDP_DROP);
         assert_eq!(h.counter(counters::DROP_BACKEND_DOWN), 1);
@@ -1548,14 +1556,7 @@ fn a_flow_marked_for_reset_answers_the_client_with_a_rst() {
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_client_rst_on_a_flow_marked_for_reset_is_dropped_and_removes_the_pair() {
     with_harness(|h| {
-        let port = open_full_nat(h);
-        let client_key = key(CLIENT, 40000, VIP, 80, IPPROTO_TCP);
-        let server_key = key(SERVER1, 8080, SNAT, port, IPPROTO_TCP);
-        for k in [client_key, server_key] {
-            let mut entry = h.flow(&k).unwrap();
-            entry.state = lb_common::FLOW_STATE_RESET;
-            h.dp.flows.insert(k, entry, 0).unwrap();
-        }
+        let (client_key, server_key) = open_flow_marked_for_reset(h);
         let rst = Tcp {
             syn: false,
             rst: true,
