@@ -5,6 +5,12 @@
 //! (`cargo xtask setup` installs them). Without them the controller still compiles,
 //! with an empty object, so plain `cargo build`/`cargo test` work on any machine; the
 //! `lb run` then refuses to start and says how to fix it.
+//!
+//! This is a plain `cargo build` inside lb-ebpf/ rather than `aya-build`: aya-build builds a
+//! member of the host workspace, and lb-ebpf stays out of it so that its profile (LTO,
+//! panic = abort) and target never apply to the host crates; it also has no way to fall back
+//! to an empty object when bpf-linker is missing. How the object is compiled (target,
+//! build-std, rustflags) is set once, in lb-ebpf/.cargo/config.toml.
 
 use std::{
     env,
@@ -24,6 +30,7 @@ fn main() {
     for path in [
         "lb-ebpf/src",
         "lb-ebpf/Cargo.toml",
+        "lb-ebpf/.cargo/config.toml",
         "lb-common/src",
         "lb-common/Cargo.toml",
     ] {
@@ -55,25 +62,19 @@ fn main() {
     }
 
     let target_dir = out_dir.join("ebpf-target");
-    let rustflags = [
-        "--cfg=bpf_target_arch=\"x86_64\"",
-        "-Cdebuginfo=2",
-        "-Clink-arg=--btf",
-    ]
-    .join("\x1f");
     let mut cmd = Command::new("rustup");
     cmd.current_dir(&ebpf_dir)
         .args(["run", "nightly", "cargo", "build", "--release"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
-        .arg(&target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
-    // The outer cargo's settings describe the host build, not this one.
+        .arg(&target_dir);
+    // The outer cargo's settings describe the host build, not this one; its encoded
+    // rustflags would also override lb-ebpf/.cargo/config.toml's.
     for key in [
         "RUSTC",
         "RUSTC_WRAPPER",
         "RUSTC_WORKSPACE_WRAPPER",
         "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
         "CARGO_BUILD_TARGET",
         "CARGO_TARGET_DIR",
         "RUSTUP_TOOLCHAIN",

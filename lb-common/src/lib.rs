@@ -218,8 +218,8 @@ pub const SYNPROXY_MSS: u16 = 1460;
 pub const FLOW_DIR_CLIENT_TO_SERVER: u8 = 0;
 pub const FLOW_DIR_SERVER_TO_CLIENT: u8 = 1;
 
-/// Flow table value: the rewrite for packets matching the key (seed 001's access
-/// correspondence table). The peer entry's key is this entry's rewritten tuple
+/// Flow table value: the rewrite for packets matching the key (the access-correspondence
+/// table, docs/architecture.md). The peer entry's key is this entry's rewritten tuple
 /// reversed, so it needs no storage of its own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

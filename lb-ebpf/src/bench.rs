@@ -57,9 +57,7 @@ unsafe fn wrap(ctx: &XdpContext) -> u32 {
         return XDP_ABORTED;
     }
     // SAFETY: `len` is within the map value's byte array; the helper checks the packet.
-    let stored = unsafe {
-        bpf_xdp_store_bytes(ctx.ctx, 0, packet.bytes.as_mut_ptr().cast(), len)
-    };
+    let stored = unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, packet.bytes.as_mut_ptr().cast(), len) };
     if stored != 0 {
         return XDP_ABORTED;
     }
@@ -76,7 +74,10 @@ unsafe fn wrap(ctx: &XdpContext) -> u32 {
             *sequence = (*sequence).wrapping_add(1);
             j
         };
-        let mut saddr = packet.src_base.wrapping_add(j / BENCH_PORTS_PER_ADDR).to_be();
+        let mut saddr = packet
+            .src_base
+            .wrapping_add(j / BENCH_PORTS_PER_ADDR)
+            .to_be();
         let mut sport = ((BENCH_PORT_BASE + j % BENCH_PORTS_PER_ADDR) as u16).to_be();
         // SAFETY: stack buffers of the given sizes.
         let written = unsafe {

@@ -1,4 +1,4 @@
-//! Authorization of new flows (seed 000 fig. 5): a service that requires it admits only
+//! Authorization of new flows (the eligibility table, docs/architecture.md): a service that requires it admits only
 //! clients inside its allow-list; others are dropped or, for TCP, answered with a RST.
 
 use aya_ebpf::maps::lpm_trie::Key;

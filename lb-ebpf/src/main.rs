@@ -1,6 +1,6 @@
 //! XDP program of the load balancer.
 //!
-//! Path of a packet (see DESIGN.md §4):
+//! Path of a packet (docs/architecture.md, "Packet paths"):
 //! 1. parse with strict bounds checks; not IPv4 → pass untouched;
 //! 2. flow-table hit → rewrite addresses/ports, incremental checksums, forward;
 //! 3. miss on a SYN or a UDP datagram to a service → Maglev pick, both flow entries,

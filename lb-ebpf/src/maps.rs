@@ -7,9 +7,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
-    DEFAULT_MAX_RING_SLOTS, EligibilityKey, FlowEntry, FlowKey, MAX_ELIGIBILITY_PREFIXES, MAX_INTERFACES,
-    MAX_SESSIONS, Service, ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, counters,
+    Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RING_SLOTS,
+    DEFAULT_MAX_SERVICES, EligibilityKey, FlowEntry, FlowKey, MAX_ELIGIBILITY_PREFIXES,
+    MAX_INTERFACES, MAX_SESSIONS, Service, ServiceKey, ServiceStats, SessionEntry, SessionKey,
+    Settings, counters,
 };
 
 /// (VIP, port, protocol) → policy for new flows.

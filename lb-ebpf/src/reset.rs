@@ -2,9 +2,7 @@
 //! connections whose backend failed (`on_backend_down = "reset"`).
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_DROP,
-    helpers::bpf_xdp_adjust_tail,
-    programs::XdpContext,
+    bindings::xdp_action::XDP_DROP, helpers::bpf_xdp_adjust_tail, programs::XdpContext,
 };
 
 use crate::{

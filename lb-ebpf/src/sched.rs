@@ -3,8 +3,7 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
-    Backend, FlowEntry, FlowKey, SNAT_PORT_PROBES, Service, Settings,
-    hash::flow_hash,
+    Backend, FlowEntry, FlowKey, SNAT_PORT_PROBES, Service, Settings, hash::flow_hash,
 };
 
 use crate::maps::{BACKENDS, FLOWS, MAGLEV_RINGS, SETTINGS};

@@ -1,4 +1,4 @@
-//! Client-IP session affinity (seed 000 fig. 6 session table): while a client's session
+//! Client-IP session affinity (the session table, docs/architecture.md): while a client's session
 //! lives and its backend is active, every new connection of that client goes there;
 //! otherwise the Maglev pick is taken and becomes (or re-pins) the session.
 

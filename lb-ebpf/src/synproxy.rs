@@ -1,4 +1,4 @@
-//! SYN proxy (DESIGN.md §4 item 5): the balancer answers a client's SYN itself with a
+//! SYN proxy (docs/architecture.md, "Packet paths"): the balancer answers a client's SYN itself with a
 //! SYN cookie, opens the server side only for a client that returns a valid cookie, and
 //! from then on shifts sequence numbers, SACK blocks and timestamps between the two
 //! sequence spaces. A spoofed SYN costs one SYN-ACK and no table entry.
@@ -174,7 +174,7 @@ unsafe fn emit(
         id: 0,
         frag_off: 0x4000u16.to_be(),
         ttl: TTL,
-        protocol: 6,
+        protocol: lb_common::IPPROTO_TCP,
         check: 0,
         saddr,
         daddr,

@@ -1,10 +1,7 @@
-//! Health checks (seed 004 health and load handler): TCP connect and HTTP GET probes,
+//! Health checks (the health half of the health-and-load handler): TCP connect and HTTP GET probes,
 //! and the rise/fall counting that turns probe results into a backend's health.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::net::SocketAddr;
 
 use serde::Serialize;
 use tokio::{
@@ -81,8 +78,6 @@ pub struct Health {
     #[serde(skip)]
     streak: u32,
     pub last_error: Option<String>,
-    #[serde(skip)]
-    pub changed: Option<Instant>,
 }
 
 impl Default for Health {
@@ -92,7 +87,6 @@ impl Default for Health {
             up: true,
             streak: 0,
             last_error: None,
-            changed: None,
         }
     }
 }
@@ -113,7 +107,6 @@ impl Health {
         if self.streak >= needed {
             self.up = ok;
             self.streak = 0;
-            self.changed = Some(Instant::now());
             if ok {
                 self.last_error = None;
             }
@@ -122,9 +115,6 @@ impl Health {
         false
     }
 }
-
-/// Longest a probe loop sleeps between checks of whether it is still wanted.
-pub const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

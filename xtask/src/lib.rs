@@ -2,5 +2,6 @@
 //! shared with the integration tests (`lb-integration`) and benchmarks.
 
 pub mod bench;
+pub mod lint;
 pub mod setup;
 pub mod testbed;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use xtask::setup;
 use xtask::testbed::{self, Role, TeardownHandle, Topology};
+use xtask::{lint, setup};
 
 #[derive(Parser)]
 #[command(
@@ -41,8 +41,10 @@ enum Cmd {
         #[arg(long)]
         no_build: bool,
     },
-    /// Setup, build, then unit tests and the root-only (ignored) tests.
+    /// Setup, lint, build, then unit tests and the root-only (ignored) tests.
     Test,
+    /// rustfmt --check and clippy -D warnings on every crate (lb-ebpf for its own target).
+    Lint,
     /// Benchmarks: per-packet cost (test_run), end to end beside kernel routing and
     /// nftables, scale. Writes target/bench/report.{md,json} and e2e.svg.
     Bench {
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Cmd::Testbed { action } => testbed_cmd(action).map(|()| ExitCode::SUCCESS),
         Cmd::Demo { requests, no_build } => demo(requests, no_build),
         Cmd::Test => test().map(|()| ExitCode::SUCCESS),
+        Cmd::Lint => lint::run(&workspace_root()).map(|()| ExitCode::SUCCESS),
         Cmd::Bench { quick, kernel_only } => bench(quick, kernel_only).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -204,6 +207,7 @@ fn test() -> Result<()> {
     setup::require_root("cargo xtask test")?;
     setup::run()?;
     let root = workspace_root();
+    lint::run(&root)?;
     cargo(&root, &["build", "--workspace"])?;
     let mut tally = Tally::default();
     // --no-fail-fast: report every failing test binary, not just the first.

@@ -44,7 +44,7 @@ pub fn run() -> Result<()> {
 
     let mut changed = false;
     changed |= ensure_debian_packages()?;
-    changed |= ensure_nightly_rust_src()?;
+    changed |= ensure_nightly_toolchain()?;
     changed |= ensure_bpf_linker()?;
     changed |= ensure_bpffs()?;
 
@@ -117,46 +117,59 @@ fn dpkg_installed(pkg: &str) -> Result<bool> {
         && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
 }
 
-fn ensure_nightly_rust_src() -> Result<bool> {
+/// Components of the nightly toolchain: rust-src for `-Z build-std` of the XDP program,
+/// clippy and rustfmt for `cargo xtask lint` of lb-ebpf.
+const NIGHTLY_COMPONENTS: [&str; 3] = ["rust-src", "clippy", "rustfmt"];
+
+fn ensure_nightly_toolchain() -> Result<bool> {
     let rustup = tool_path("rustup");
     let list = capture(Command::new(&rustup).args(["toolchain", "list"]))
         .context("listing rustup toolchains (is rustup installed?)")?;
     if !has_plain_nightly(&list) {
-        println!("setup: installing the nightly toolchain with rust-src (builds the XDP program)");
-        run_cmd(Command::new(&rustup).args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-            "--component",
-            "clippy",
-            "--component",
-            "rustfmt",
-        ]))?;
+        println!("setup: installing the nightly toolchain with {NIGHTLY_COMPONENTS:?}");
+        let mut cmd = Command::new(&rustup);
+        cmd.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        for component in NIGHTLY_COMPONENTS {
+            cmd.args(["--component", component]);
+        }
+        run_cmd(&mut cmd)?;
         return Ok(true);
     }
-    let components = capture(Command::new(&rustup).args([
+    let installed = capture(Command::new(&rustup).args([
         "component",
         "list",
         "--toolchain",
         "nightly",
         "--installed",
     ]))?;
-    if !components.lines().any(|l| l.trim() == "rust-src") {
-        println!("setup: adding rust-src to the nightly toolchain");
-        run_cmd(Command::new(&rustup).args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
-        return Ok(true);
+    let missing = missing_components(&installed);
+    if missing.is_empty() {
+        return Ok(false);
     }
-    Ok(false)
+    println!("setup: adding {missing:?} to the nightly toolchain");
+    run_cmd(
+        Command::new(&rustup)
+            .args(["component", "add", "--toolchain", "nightly"])
+            .args(&missing),
+    )?;
+    Ok(true)
+}
+
+/// Which of `NIGHTLY_COMPONENTS` a `rustup component list --installed` output lacks
+/// (it names them with the host triple, except rust-src).
+fn missing_components(installed: &str) -> Vec<&'static str> {
+    NIGHTLY_COMPONENTS
+        .into_iter()
+        .filter(|component| {
+            !installed.lines().any(|line| {
+                let line = line.trim();
+                line == *component
+                    || line
+                        .strip_prefix(component)
+                        .is_some_and(|rest| rest.starts_with('-'))
+            })
+        })
+        .collect()
 }
 
 /// `cargo +nightly` resolves to the undated `nightly-<host>` toolchain; a
@@ -233,7 +246,7 @@ fn cargo_home_bin(name: &str) -> Option<PathBuf> {
 
 /// A rustup-managed tool: from PATH if it is there, else from ~/.cargo/bin
 /// (CI shells do not always source ~/.cargo/env).
-fn tool_path(name: &str) -> PathBuf {
+pub fn tool_path(name: &str) -> PathBuf {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()));
     if on_path {
@@ -268,6 +281,21 @@ fn capture(cmd: &mut Command) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nightly_components_detection() {
+        let all = "clippy-x86_64-unknown-linux-gnu\nrust-src\nrustfmt-x86_64-unknown-linux-gnu\n";
+        assert!(missing_components(all).is_empty());
+        assert_eq!(
+            missing_components("rust-src\nrustc-x86_64-unknown-linux-gnu\n"),
+            ["clippy", "rustfmt"]
+        );
+        // rust-std is not rust-src.
+        assert_eq!(
+            missing_components("rust-std-x86_64-unknown-linux-gnu\n"),
+            NIGHTLY_COMPONENTS
+        );
+    }
 
     #[test]
     fn nightly_detection() {

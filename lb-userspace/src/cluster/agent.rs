@@ -379,7 +379,7 @@ fn node_message(
             cluster_id: settings.cluster_id,
             packet_type,
             function: Function::ClusterNode,
-            // N/A in a join (fig 7); a joined node names the router it reports to.
+            // N/A in a join; a joined node names the router it reports to.
             router: joined.map_or(Ipv4Addr::UNSPECIFIED, |j| j.router_ip),
             management: joined.map_or(Ipv4Addr::UNSPECIFIED, |j| j.management),
             source_port: 0,

@@ -1,4 +1,4 @@
-//! Token allotment (seed 004 fig 18): the health-and-load handler turns each endpoint's
+//! Token allotment (docs/architecture.md, "Where the cluster protocol fits"): the health-and-load handler turns each endpoint's
 //! capacity, load and health into a share of a service's new flows ("40 tokens to IP1,
 //! 35 to IP2, 25 to IP3") that holds for a duration. The shares become the endpoints'
 //! Maglev weights.
@@ -176,7 +176,7 @@ mod tests {
             (3, report(3, 500)),
         ]);
         assert_eq!(shares(&target(&r, &policy)), [400, 300, 300]);
-        // The seed's 40/35/25 from spare capacity.
+        // The design document's 40/35/25 from spare capacity.
         let r = reports(&[
             (1, report(8, 500)),
             (2, report(7, 500)),

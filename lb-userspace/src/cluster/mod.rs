@@ -1,6 +1,6 @@
-//! Cluster protocol (seed 000 figs 7-9, seed 004 figs 13 and 18): nodes announce
+//! Cluster protocol: nodes announce
 //! themselves and report health and load; the router answers and balances over them.
-//! See `docs/cluster-protocol.md`.
+//! See `docs/cluster-protocol.md`, and `docs/architecture.md` for where it fits.
 
 pub mod agent;
 pub mod allotment;

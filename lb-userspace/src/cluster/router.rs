@@ -148,7 +148,7 @@ pub enum NodeState {
     Down,
 }
 
-/// One row of the health-and-load table (seed 004 fig 13): application id (VIP, port,
+/// One row of the health-and-load table (docs/architecture.md): application id (VIP, port,
 /// protocol; node address and port), health, load, capacity, target and current state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AnnouncedEndpoint {
@@ -387,22 +387,22 @@ impl RouterEngine {
         out
     }
 
-    fn drop_counter(&mut self, drop: Drop) -> &mut u64 {
+    fn drop_counter(&mut self, drop: DropReason) -> &mut u64 {
         let c = &mut self.counters;
         match drop {
-            Drop::Decode(DecodeError::Truncated(_)) => &mut c.drop_truncated,
-            Drop::Decode(DecodeError::Oversized(_)) => &mut c.drop_oversized,
-            Drop::Decode(DecodeError::WrongCluster(_)) => &mut c.drop_wrong_cluster,
-            Drop::Decode(DecodeError::BadTag) => &mut c.drop_bad_tag,
-            Drop::Decode(DecodeError::Malformed(_)) => &mut c.drop_malformed,
-            Drop::AddressMismatch => &mut c.drop_address_mismatch,
-            Drop::UnexpectedType => &mut c.drop_unexpected_type,
-            Drop::Replay => &mut c.drop_replay,
-            Drop::Stale => &mut c.drop_stale,
-            Drop::DuplicateAddress => &mut c.drop_duplicate_address,
-            Drop::JoinRateLimited => &mut c.drop_join_rate_limited,
-            Drop::TableFull => &mut c.drop_table_full,
-            Drop::UnknownNode => &mut c.drop_unknown_node,
+            DropReason::Decode(DecodeError::Truncated(_)) => &mut c.drop_truncated,
+            DropReason::Decode(DecodeError::Oversized(_)) => &mut c.drop_oversized,
+            DropReason::Decode(DecodeError::WrongCluster(_)) => &mut c.drop_wrong_cluster,
+            DropReason::Decode(DecodeError::BadTag) => &mut c.drop_bad_tag,
+            DropReason::Decode(DecodeError::Malformed(_)) => &mut c.drop_malformed,
+            DropReason::AddressMismatch => &mut c.drop_address_mismatch,
+            DropReason::UnexpectedType => &mut c.drop_unexpected_type,
+            DropReason::Replay => &mut c.drop_replay,
+            DropReason::Stale => &mut c.drop_stale,
+            DropReason::DuplicateAddress => &mut c.drop_duplicate_address,
+            DropReason::JoinRateLimited => &mut c.drop_join_rate_limited,
+            DropReason::TableFull => &mut c.drop_table_full,
+            DropReason::UnknownNode => &mut c.drop_unknown_node,
         }
     }
 
@@ -412,17 +412,17 @@ impl RouterEngine {
         from: SocketAddrV4,
         clock: Clock,
         out: &mut Vec<Outgoing>,
-    ) -> Result<(), Drop> {
+    ) -> Result<(), DropReason> {
         // Cheap checks first; the join budget is spent before the HMAC is computed.
         if datagram.len() < wire::MIN_DATAGRAM {
-            return Err(Drop::Decode(DecodeError::Truncated(datagram.len())));
+            return Err(DropReason::Decode(DecodeError::Truncated(datagram.len())));
         }
         if datagram.len() > wire::MAX_DATAGRAM {
-            return Err(Drop::Decode(DecodeError::Oversized(datagram.len())));
+            return Err(DropReason::Decode(DecodeError::Oversized(datagram.len())));
         }
         let cluster = wire::peek_cluster_id(datagram).unwrap_or_default();
         if cluster != self.settings.cluster_id {
-            return Err(Drop::Decode(DecodeError::WrongCluster(cluster)));
+            return Err(DropReason::Decode(DecodeError::WrongCluster(cluster)));
         }
         let announces = matches!(
             wire::peek_packet_type(datagram),
@@ -431,23 +431,23 @@ impl RouterEngine {
         if announces && !self.is_live(*from.ip(), clock.now) {
             self.spend_join_budget(clock.now)?;
         }
-        let message =
-            wire::decode(datagram, &self.key, self.settings.cluster_id).map_err(Drop::Decode)?;
+        let message = wire::decode(datagram, &self.key, self.settings.cluster_id)
+            .map_err(DropReason::Decode)?;
         let header = &message.header;
         if header.source != *from.ip() {
-            return Err(Drop::AddressMismatch);
+            return Err(DropReason::AddressMismatch);
         }
         if !header.packet_type.from_node() {
-            return Err(Drop::UnexpectedType);
+            return Err(DropReason::UnexpectedType);
         }
         let skew = clock.wall_ms.abs_diff(message.fields.timestamp_ms);
         if u128::from(skew) > self.settings.max_clock_skew.as_millis() {
-            return Err(Drop::Stale);
+            return Err(DropReason::Stale);
         }
         match header.packet_type {
             PacketType::Join | PacketType::Heartbeat => self.on_report(&message, from, clock, out),
             PacketType::Leave => self.on_leave(&message),
-            PacketType::RouterReply | PacketType::RouterToNodes => Err(Drop::UnexpectedType),
+            PacketType::RouterReply | PacketType::RouterToNodes => Err(DropReason::UnexpectedType),
         }
     }
 
@@ -458,13 +458,13 @@ impl RouterEngine {
         })
     }
 
-    fn spend_join_budget(&mut self, now: Instant) -> Result<(), Drop> {
+    fn spend_join_budget(&mut self, now: Instant) -> Result<(), DropReason> {
         let rate = f64::from(self.settings.joins_per_second);
         let elapsed = now.duration_since(self.budget_refilled).as_secs_f64();
         self.budget_refilled = now;
         self.join_budget = (self.join_budget + elapsed * rate).min(rate);
         if self.join_budget < 1.0 {
-            return Err(Drop::JoinRateLimited);
+            return Err(DropReason::JoinRateLimited);
         }
         self.join_budget -= 1.0;
         Ok(())
@@ -472,14 +472,19 @@ impl RouterEngine {
 
     /// Replay and duplicate-address checks for a known address; `Ok(true)` if the message
     /// comes from a new process taking the address over.
-    fn check_sender(&mut self, ip: Ipv4Addr, fields: &Fields, now: Instant) -> Result<bool, Drop> {
+    fn check_sender(
+        &mut self,
+        ip: Ipv4Addr,
+        fields: &Fields,
+        now: Instant,
+    ) -> Result<bool, DropReason> {
         let live = self.is_live(ip, now);
         let Some(node) = self.nodes.get(&ip) else {
             return Ok(true);
         };
         if node.instance == fields.instance {
             if fields.sequence <= node.last_sequence {
-                return Err(Drop::Replay);
+                return Err(DropReason::Replay);
             }
             return Ok(false);
         }
@@ -492,7 +497,7 @@ impl RouterEngine {
                     fields.instance, node.instance
                 );
             }
-            return Err(Drop::DuplicateAddress);
+            return Err(DropReason::DuplicateAddress);
         }
         Ok(true)
     }
@@ -503,12 +508,12 @@ impl RouterEngine {
         from: SocketAddrV4,
         clock: Clock,
         out: &mut Vec<Outgoing>,
-    ) -> Result<(), Drop> {
+    ) -> Result<(), DropReason> {
         let ip = message.header.source;
         let f = &message.fields;
         let new_process = self.check_sender(ip, f, clock.now)?;
         if !self.nodes.contains_key(&ip) && self.nodes.len() >= self.settings.max_nodes {
-            return Err(Drop::TableFull);
+            return Err(DropReason::TableFull);
         }
         let services = self.known_offers(ip, &f.services);
         let load = f64::from(f.load_permille.unwrap_or(0));
@@ -570,17 +575,17 @@ impl RouterEngine {
         Ok(())
     }
 
-    fn on_leave(&mut self, message: &Message) -> Result<(), Drop> {
+    fn on_leave(&mut self, message: &Message) -> Result<(), DropReason> {
         let ip = message.header.source;
         let f = &message.fields;
         let Some(node) = self.nodes.get(&ip) else {
-            return Err(Drop::UnknownNode);
+            return Err(DropReason::UnknownNode);
         };
         if node.instance != f.instance {
-            return Err(Drop::UnknownNode);
+            return Err(DropReason::UnknownNode);
         }
         if f.sequence <= node.last_sequence {
-            return Err(Drop::Replay);
+            return Err(DropReason::Replay);
         }
         let node = self.nodes.get_mut(&ip).expect("checked above");
         node.last_sequence = f.sequence;
@@ -781,8 +786,9 @@ fn serialize_display<S: serde::Serializer>(
     serializer.collect_str(value)
 }
 
+/// Why a received message was discarded; each reason has its own counter.
 #[derive(Clone, Debug)]
-enum Drop {
+enum DropReason {
     Decode(DecodeError),
     AddressMismatch,
     UnexpectedType,

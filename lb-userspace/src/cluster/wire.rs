@@ -1,4 +1,4 @@
-//! Wire format of the cluster protocol (seed 000 figs 7-9), shared by the router side in
+//! Wire format of the cluster protocol, shared by the router side in
 //! the daemon and the node agent (`lb node`). The tables in `docs/cluster-protocol.md`
 //! describe the same layout for people.
 //!
@@ -21,7 +21,7 @@
 //! +-----------------------------------+
 //! ```
 //!
-//! All integers are big-endian. Header words marked N/A in the seed are zero.
+//! All integers are big-endian. Header words the protocol marks N/A are zero.
 
 use std::{fmt, net::Ipv4Addr, path::Path};
 

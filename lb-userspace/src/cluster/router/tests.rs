@@ -189,7 +189,7 @@ fn join_is_answered_with_router_and_management() {
     assert_eq!(
         reply.header.management,
         Ipv4Addr::UNSPECIFIED,
-        "N/A in fig 8"
+        "N/A in a join reply"
     );
     assert_eq!(reply.fields.ack_instance, Some(a.instance));
     assert_eq!(reply.fields.heartbeat_ms, Some(1000));

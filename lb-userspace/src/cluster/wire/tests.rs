@@ -1,4 +1,4 @@
-//! Golden bytes (laid out word by word as seed 000 figs 7-9 draw the header; tags
+//! Golden bytes (laid out word by word as docs/cluster-protocol.md draws the header; tags
 //! computed independently with Python's `hmac`), round trips and a never-panic decoder
 //! run over random, truncated and mutated input.
 
