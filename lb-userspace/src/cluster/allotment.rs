@@ -84,7 +84,9 @@ pub fn target<K: Ord + Clone>(
     // Largest remainders first; equal remainders in key order (sort is stable).
     remainders.sort_by_key(|r| std::cmp::Reverse(r.0));
     for (_, key) in remainders.into_iter().take((TOKENS - handed_out) as usize) {
-        *shares.get_mut(&key).expect("key from reports") += 1;
+        if let Some(share) = shares.get_mut(&key) {
+            *share += 1;
+        }
     }
     shares
 }

@@ -578,7 +578,7 @@ impl RouterEngine {
     fn on_leave(&mut self, message: &Message) -> Result<(), DropReason> {
         let ip = message.header.source;
         let f = &message.fields;
-        let Some(node) = self.nodes.get(&ip) else {
+        let Some(node) = self.nodes.get_mut(&ip) else {
             return Err(DropReason::UnknownNode);
         };
         if node.instance != f.instance {
@@ -587,7 +587,6 @@ impl RouterEngine {
         if f.sequence <= node.last_sequence {
             return Err(DropReason::Replay);
         }
-        let node = self.nodes.get_mut(&ip).expect("checked above");
         node.last_sequence = f.sequence;
         if node.state != NodeState::Draining {
             node.state = NodeState::Draining;
@@ -711,10 +710,13 @@ impl RouterEngine {
         self.encode(to, &message)
     }
 
+    #[expect(
+        clippy::expect_used,
+        reason = "router messages carry no services: they are far below every size limit"
+    )]
     fn encode(&self, to: SocketAddrV4, message: &Message) -> Outgoing {
         Outgoing {
             to,
-            // Router messages carry no services: they are far below every limit.
             datagram: wire::encode(message, &self.key).expect("router message within limits"),
         }
     }
@@ -743,10 +745,13 @@ impl RouterEngine {
                 );
                 offers.push((*ip, node, offer));
             }
+            // `new` and `set_services` keep one allotment per service; `entry` keeps that
+            // true without trusting it.
+            let policy = self.settings.allotment;
             let allotment = self
                 .allotments
-                .get_mut(&service.name)
-                .expect("one allotment per service");
+                .entry(service.name.clone())
+                .or_insert_with(|| Allotment::new(policy));
             allotment.update(&reports, now);
             for (ip, node, offer) in offers {
                 rows.push(AnnouncedEndpoint {

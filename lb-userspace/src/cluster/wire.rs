@@ -274,8 +274,11 @@ impl ClusterKey {
         Self::new(&bytes[..end]).map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))
     }
 
+    #[expect(
+        clippy::expect_used,
+        reason = "HMAC accepts keys of any length; new_from_slice cannot fail for it"
+    )]
     fn mac(&self) -> Hmac<Sha256> {
-        // HMAC accepts keys of any length; new_from_slice cannot fail for it.
         Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length")
     }
 }
