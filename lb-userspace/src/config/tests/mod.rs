@@ -24,18 +24,18 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 /// 1-based line of the first occurrence of `marker` in `text`.
 #[track_caller]
 fn first_line_of(text: &str, marker: &str) -> usize {
-    let offset = text
-        .find(marker)
-        .unwrap_or_else(|| panic!("{marker:?} is not in the test's text"));
-    position(text, offset).line
+    line_of_match(text, text.find(marker), marker)
 }
 
 /// 1-based line of the last occurrence of `marker` in `text`.
 #[track_caller]
 fn last_line_of(text: &str, marker: &str) -> usize {
-    let offset = text
-        .rfind(marker)
-        .unwrap_or_else(|| panic!("{marker:?} is not in the test's text"));
+    line_of_match(text, text.rfind(marker), marker)
+}
+
+#[track_caller]
+fn line_of_match(text: &str, offset: Option<usize>, marker: &str) -> usize {
+    let offset = offset.unwrap_or_else(|| panic!("{marker:?} is not in the test's text"));
     position(text, offset).line
 }
 
