@@ -29,6 +29,12 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 pub const MAX_INTERFACES: u32 = 64;
 
+/// Default full-NAT source port range (`Settings`, the config's `[snat]`): the
+/// unprivileged ports, so translated flows never look like they come from a system
+/// service.
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 1024;
+pub const DEFAULT_SNAT_PORT_MAX: u16 = 65535;
+
 /// Names of the maps in the object file, used for pinning and lookups by the controller.
 pub mod map_names {
     pub const SERVICES: &str = "SERVICES";
@@ -299,8 +305,8 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            snat_port_min: 1024,
-            snat_port_max: 65535,
+            snat_port_min: DEFAULT_SNAT_PORT_MIN,
+            snat_port_max: DEFAULT_SNAT_PORT_MAX,
             _pad: 0,
         }
     }

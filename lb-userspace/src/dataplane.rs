@@ -21,28 +21,10 @@ use lb_common::{
     SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, counters, map_names,
 };
 
-use crate::ebpf;
-
-/// Capacities of the maps, fixed when the program is loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capacity {
-    pub max_services: u32,
-    pub max_backends: u32,
-    pub max_flows: u32,
-    /// Slots of the Maglev ring pool (MAGLEV_RINGS).
-    pub max_ring_slots: u32,
-}
-
-impl Default for Capacity {
-    fn default() -> Self {
-        Capacity {
-            max_services: lb_common::DEFAULT_MAX_SERVICES,
-            max_backends: lb_common::DEFAULT_MAX_BACKENDS,
-            max_flows: lb_common::DEFAULT_MAX_FLOWS,
-            max_ring_slots: lb_common::DEFAULT_MAX_RING_SLOTS,
-        }
-    }
-}
+use crate::{
+    domain::{AttachedMode, Limits},
+    ebpf,
+};
 
 /// MAGLEV_RINGS mapped into the controller's memory (the map is `BPF_F_MMAPABLE`):
 /// rings are written and read with plain memory accesses, not one syscall per slot.
@@ -109,17 +91,9 @@ impl Drop for RingMemory {
     }
 }
 
-/// How the program is attached to an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachedMode {
-    Native,
-    Generic,
-}
-
 pub struct Dataplane {
     ebpf: Ebpf,
-    pub capacity: Capacity,
+    pub capacity: Limits,
     pub services: HashMap<MapData, ServiceKey, Service>,
     pub backends: Array<MapData, Backend>,
     pub rings: Array<MapData, u32>,
@@ -213,12 +187,12 @@ impl Dataplane {
     /// Loads the XDP program (verifier included) with maps of the given capacity. With a
     /// `pin_dir`, every map is pinned there: `PinnedState::Replace` removes stale pins
     /// first, `PinnedState::Adopt` reuses the pinned maps and takes over pinned links.
-    pub fn load(capacity: Capacity, pin_dir: Option<&Path>) -> Result<Dataplane> {
+    pub fn load(capacity: Limits, pin_dir: Option<&Path>) -> Result<Dataplane> {
         Self::load_with(capacity, pin_dir, PinnedState::Replace)
     }
 
     pub fn load_with(
-        capacity: Capacity,
+        capacity: Limits,
         pin_dir: Option<&Path>,
         pinned: PinnedState,
     ) -> Result<Dataplane> {
@@ -546,7 +520,7 @@ fn remove_pins(dir: &Path) {
 }
 
 /// Pinned maps can only be adopted if they have the capacities the config asks for.
-fn check_pinned_capacity(dir: &Path, capacity: Capacity, rings: u32) -> Result<()> {
+fn check_pinned_capacity(dir: &Path, capacity: Limits, rings: u32) -> Result<()> {
     for (name, wanted) in [
         (map_names::SERVICES, capacity.max_services),
         (map_names::BACKENDS, capacity.max_backends),

@@ -10,7 +10,7 @@ use lb_common::{
 };
 use serde::Serialize;
 
-use crate::config::Timeouts;
+use crate::domain::Timeouts;
 
 pub fn state_name(state: u8) -> &'static str {
     match state {

@@ -9,7 +9,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::config::{HealthCheck, HealthProbe};
+use crate::domain::{HealthCheck, HealthProbe};
 
 /// Runs one probe of `check` against `target`; `Err` says why it failed.
 pub async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<(), String> {

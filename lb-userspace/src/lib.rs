@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod domain;
 pub mod ebpf;
 pub mod flows;
 pub mod health;

@@ -3,12 +3,12 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use lb_userspace::{
     api::{self, Request},
-    cluster,
-    config::XdpMode,
-    daemon, output,
+    cluster, daemon,
+    domain::{self, XdpMode},
+    output,
 };
 
 #[derive(Parser)]
@@ -30,13 +30,6 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ModeArg {
-    Native,
-    Generic,
-    Auto,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Load the XDP program, attach it and run the controller until SIGTERM.
@@ -46,7 +39,7 @@ enum Command {
         config: PathBuf,
         /// Override the config's `interfaces.xdp_mode`.
         #[arg(long, value_enum)]
-        xdp_mode: Option<ModeArg>,
+        xdp_mode: Option<XdpMode>,
         /// Take over from the running (or killed) daemon: load this binary's program,
         /// swap it into the pinned links atomically, keep every map (flows included).
         #[arg(long)]
@@ -137,7 +130,7 @@ struct NodeArgs {
     #[arg(long)]
     key_file: PathBuf,
     /// Heartbeat interval, e.g. `1s`, `500ms`.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = DEFAULT_INTERVAL_ARG, value_parser = parse_duration)]
     interval: std::time::Duration,
     /// Relative capacity; the router shares new flows by it.
     #[arg(long, default_value_t = 1)]
@@ -156,12 +149,15 @@ struct NodeArgs {
     #[arg(long)]
     router: Option<std::net::Ipv4Addr>,
     /// UDP port of the protocol.
-    #[arg(long, default_value_t = cluster::agent::DEFAULT_PORT)]
+    #[arg(long, default_value_t = domain::DEFAULT_CLUSTER_PORT)]
     port: u16,
     /// Router silent for this many intervals: look for a router again.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = domain::DEFAULT_DEAD_AFTER)]
     dead_after: u32,
 }
+
+/// `domain::DEFAULT_HEARTBEAT_INTERVAL` as `--interval` takes it (a test keeps them equal).
+const DEFAULT_INTERVAL_ARG: &str = "1s";
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = text
@@ -243,16 +239,11 @@ fn run(cli: Cli) -> Result<()> {
             xdp_mode,
             replace,
         } => {
-            let mode = xdp_mode.map(|m| match m {
-                ModeArg::Native => XdpMode::Native,
-                ModeArg::Generic => XdpMode::Generic,
-                ModeArg::Auto => XdpMode::Auto,
-            });
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            return runtime.block_on(daemon::run(&config, mode, replace));
+            return runtime.block_on(daemon::run(&config, xdp_mode, replace));
         }
         Command::Status { json } => (Request::Status, json),
         Command::Stats { json } => (Request::Stats, json),
@@ -298,4 +289,17 @@ fn run(cli: Cli) -> Result<()> {
         print!("{}", output::render(&request, &result));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_interval_default_is_the_heartbeat_default() {
+        assert_eq!(
+            parse_duration(DEFAULT_INTERVAL_ARG),
+            Ok(domain::DEFAULT_HEARTBEAT_INTERVAL)
+        );
+    }
 }

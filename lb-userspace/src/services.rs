@@ -20,16 +20,13 @@ use lb_common::{
 };
 use serde::Serialize;
 
+pub use crate::domain::{BackendAddr, ServiceAddr};
 use crate::{
-    config::{Config, DenyAction, Mode, Prefix, Protocol, ServiceConfig},
+    config::{Config, ServiceConfig},
     dataplane::Dataplane,
+    domain::{DenyAction, Mode, Prefix, Protocol},
     maglev::{self, MaglevBackend},
 };
-
-/// Identity of a service: what a client addresses.
-pub type ServiceAddr = (Ipv4Addr, u16, u8);
-/// Identity of a backend: where packets go.
-pub type BackendAddr = (Ipv4Addr, u16);
 
 /// One installed service.
 #[derive(Clone, Debug)]
@@ -692,7 +689,7 @@ fn placeholder_config(addr: ServiceAddr) -> ServiceConfig {
         deny: DenyAction::Drop,
         affinity_timeout: None,
         health_check: None,
-        on_backend_down: crate::config::BackendDown::Keep,
+        on_backend_down: crate::domain::BackendDown::Keep,
     }
 }
 
@@ -711,24 +708,6 @@ fn service_flags(service: &ServiceConfig) -> u8 {
         flags |= SERVICE_FLAG_SYN_PROXY;
     }
     flags
-}
-
-impl Protocol {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
-
-impl Mode {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Mode::FullNat => "full-nat",
-            Mode::Dnat => "dnat",
-        }
-    }
 }
 
 #[cfg(test)]

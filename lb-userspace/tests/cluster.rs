@@ -15,7 +15,7 @@ use lb_userspace::{
         router::{Clock, KnownService, NodeState, RouterEngine, RouterSettings},
         wire::{ClusterKey, Health},
     },
-    config::Protocol,
+    domain::Protocol,
 };
 use tokio::{net::UdpSocket, sync::oneshot, task::JoinHandle};
 

@@ -22,12 +22,7 @@ use lb_common::{
     FLOW_STATE_ESTABLISHED, FLOW_STATE_SYN_SEEN, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP,
     IPPROTO_UDP, counters,
 };
-use lb_userspace::{
-    config::Config,
-    dataplane::{Capacity, Dataplane},
-    services::ServiceTable,
-    sys,
-};
+use lb_userspace::{config::Config, dataplane::Dataplane, services::ServiceTable, sys};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -201,16 +196,7 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let config = Config::parse(CONFIG, Path::new("dataplane-test.toml")).expect("config");
-        let mut dp = Dataplane::load(
-            Capacity {
-                max_services: config.limits.max_services,
-                max_backends: config.limits.max_backends,
-                max_flows: config.limits.max_flows,
-                max_ring_slots: config.limits.max_ring_slots,
-            },
-            None,
-        )
-        .expect("load XDP program");
+        let mut dp = Dataplane::load(config.limits, None).expect("load XDP program");
         let mut table = ServiceTable::default();
         table.apply(&mut dp, &config).expect("program tables");
         let ext_ifindex = sys::ifindex("ext0").unwrap();
@@ -998,7 +984,7 @@ fn snat_ports_never_collide() {
 #[ignore = "needs root: run with cargo xtask test"]
 fn one_arm_sends_back_out_of_the_same_interface() {
     with_harness(|h| {
-        h.dp.attach("int0", Some(lb_userspace::dataplane::AttachedMode::Native))
+        h.dp.attach("int0", Some(lb_userspace::domain::AttachedMode::Native))
             .expect("attach to int0");
         let local_client = Ipv4Addr::new(198, 19, 0, 50);
         let local_client_mac = [0x02, 0, 0, 0, 0, 0x50];
@@ -1069,7 +1055,7 @@ fn one_arm_sends_back_out_of_the_same_interface() {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn attach_registers_the_redirect_target_and_a_failed_attach_leaves_none() {
-    use lb_userspace::dataplane::AttachedMode;
+    use lb_userspace::domain::AttachedMode;
     with_harness(|h| {
         let lo = sys::ifindex("lo").unwrap();
         // Loopback has no driver XDP hook: the forced native attach fails.
@@ -1802,17 +1788,12 @@ impl Drop for PinDir {
 #[ignore = "needs root: run with cargo xtask test"]
 fn replace_updates_the_pinned_link_in_place() {
     use aya::programs::links::{FdLink, PinnedLink};
-    use lb_userspace::dataplane::{AttachedMode, PinnedState};
+    use lb_userspace::{dataplane::PinnedState, domain::AttachedMode};
     let netns = Netns::new();
     netns.enter(|| {
         let pins = PinDir(format!("/sys/fs/bpf/lbdp-replace-{}", std::process::id()).into());
         let config = Config::parse(CONFIG, Path::new("dataplane-test.toml")).expect("config");
-        let capacity = Capacity {
-            max_services: config.limits.max_services,
-            max_backends: config.limits.max_backends,
-            max_flows: config.limits.max_flows,
-            max_ring_slots: config.limits.max_ring_slots,
-        };
+        let capacity = config.limits;
         let link_info = |path: &Path| {
             FdLink::from(PinnedLink::from_pin(path).expect("open the link pin"))
                 .info()
@@ -1877,16 +1858,7 @@ weight = 1
             Path::new("ring-size-test.toml"),
         )
         .expect("config");
-        let mut dp = Dataplane::load(
-            Capacity {
-                max_services: config.limits.max_services,
-                max_backends: config.limits.max_backends,
-                max_flows: config.limits.max_flows,
-                max_ring_slots: config.limits.max_ring_slots,
-            },
-            None,
-        )
-        .expect("load XDP program");
+        let mut dp = Dataplane::load(config.limits, None).expect("load XDP program");
         let mut table = ServiceTable::default();
         table.apply(&mut dp, &config).expect("apply");
         let region = |table: &ServiceTable| {
@@ -1952,16 +1924,7 @@ fn freed_ids_lose_their_sessions_and_counters() {
             .expect("config")
         };
         let before = parse(&service("a", 80, &[SERVER1, SERVER2]));
-        let mut dp = Dataplane::load(
-            Capacity {
-                max_services: before.limits.max_services,
-                max_backends: before.limits.max_backends,
-                max_flows: before.limits.max_flows,
-                max_ring_slots: before.limits.max_ring_slots,
-            },
-            None,
-        )
-        .expect("load XDP program");
+        let mut dp = Dataplane::load(before.limits, None).expect("load XDP program");
         let mut table = ServiceTable::default();
         table.apply(&mut dp, &before).expect("apply");
         let a_id = table.services().next().unwrap().id;

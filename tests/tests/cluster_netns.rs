@@ -17,7 +17,7 @@ use lb_userspace::{
     cluster::wire::{
         self, ClusterKey, Fields, Function, Header, Health, Message, PacketType, ServiceOffer,
     },
-    config::Protocol,
+    domain::Protocol,
 };
 use serde_json::Value;
 use xtask::testbed::{self, Role, SERVER_IPS, run_in_netns, unique_prefix};
@@ -26,7 +26,7 @@ const CLUSTER_ID: u16 = 7;
 const HEARTBEAT: Duration = Duration::from_millis(250);
 const DEAD_AFTER: u32 = 3;
 const KEY: &str = "netns-cluster-key-0123456789abcdef";
-const ROUTER_PORT: u16 = 7394;
+const ROUTER_PORT: u16 = lb_userspace::domain::DEFAULT_CLUSTER_PORT;
 const METRICS_PORT: u16 = 9466;
 
 /// The testbed and daemon, plus the agents it runs (ended by PID; the testbed also

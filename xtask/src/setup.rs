@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use lb_userspace::sys::{self, BPFFS};
 
 /// Debian packages: LLVM 22 (+ Polly, zstd, zlib, which its static libraries
 /// link against) for building bpf-linker, and the tools the testbed, the
@@ -34,8 +35,6 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 /// Where Debian's LLVM 22 lives; bpf-linker's build script finds it through
 /// `LLVM_PREFIX`.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-
-const BPFFS: &str = "/sys/fs/bpf";
 
 /// Run the whole setup. Idempotent.
 pub fn run() -> Result<()> {
@@ -213,21 +212,13 @@ fn ensure_bpf_linker() -> Result<bool> {
 
 fn ensure_bpffs() -> Result<bool> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if bpffs_mounted(&mounts) {
+    if sys::bpffs_listed(&mounts) {
         return Ok(false);
     }
     println!("setup: mounting bpffs on {BPFFS}");
     std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
     run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
     Ok(true)
-}
-
-fn bpffs_mounted(proc_mounts: &str) -> bool {
-    proc_mounts.lines().any(|line| {
-        let mut fields = line.split_whitespace();
-        let _device = fields.next();
-        fields.next() == Some(BPFFS) && fields.next() == Some("bpf")
-    })
 }
 
 /// The cargo that runs us (so nested builds use the same toolchain), else
@@ -307,14 +298,5 @@ mod tests {
                      nightly-2025-01-01-x86_64-unknown-linux-gnu\n";
         assert!(!has_plain_nightly(dated));
         assert!(!has_plain_nightly("1.95.0-x86_64-unknown-linux-gnu\n"));
-    }
-
-    #[test]
-    fn bpffs_detection() {
-        let yes = "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,nosuid 0 0\n";
-        let no = "sysfs /sys sysfs rw 0 0\ntmpfs /sys/fs/bpf tmpfs rw 0 0\n";
-        assert!(bpffs_mounted(yes));
-        assert!(!bpffs_mounted(no));
-        assert!(!bpffs_mounted(""));
     }
 }

@@ -25,10 +25,7 @@ use super::{
     router::wall_ms,
     wire::{self, ClusterKey, Fields, Function, Header, Health, Message, PacketType, ServiceOffer},
 };
-use crate::config::Protocol;
-
-/// Default UDP port of the cluster protocol, on router and nodes.
-pub const DEFAULT_PORT: u16 = 7394;
+use crate::domain::Protocol;
 
 /// `name:protocol:port`, e.g. `http:tcp:80`.
 #[derive(Clone, Debug, PartialEq, Eq)]

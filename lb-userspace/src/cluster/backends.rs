@@ -22,7 +22,8 @@ use super::{
 };
 use crate::{
     config::{BackendConfig, Config},
-    services::{BackendAddr, Overrides},
+    domain::BackendAddr,
+    services::Overrides,
 };
 
 /// What [`merge`] left out, for the log.
@@ -124,7 +125,7 @@ mod tests {
     use std::{net::Ipv4Addr, path::Path};
 
     use super::*;
-    use crate::{cluster::wire::Health, config::Protocol};
+    use crate::{cluster::wire::Health, domain::Protocol};
 
     const CONFIG: &str = r#"[interfaces]
 attach = ["lb-int"]

@@ -37,7 +37,7 @@ use super::{
         ServiceOffer,
     },
 };
-use crate::config::Protocol;
+use crate::domain::{DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT_INTERVAL, Protocol};
 
 /// A service of the balancer that nodes may offer (matched by name and protocol).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,8 +75,8 @@ impl RouterSettings {
             cluster_id,
             router_ip,
             controller: None,
-            heartbeat_interval: Duration::from_secs(1),
-            dead_after: 3,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            dead_after: DEFAULT_DEAD_AFTER,
             forget_after: Duration::from_secs(300),
             max_clock_skew: Duration::from_secs(30),
             joins_per_second: 50,

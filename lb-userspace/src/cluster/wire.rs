@@ -28,7 +28,7 @@ use std::{fmt, net::Ipv4Addr, path::Path};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Protocol;
+use crate::domain::Protocol;
 
 /// Seven 32-bit words.
 pub const HEADER_LEN: usize = 28;

@@ -69,9 +69,7 @@ impl Controller {
     }
 
     pub(super) fn set_weight(&mut self, service: &str, text: &str, weight: u32) -> Result<Value> {
-        if weight > u32::from(u16::MAX) {
-            bail!("weight must be between 0 and 65535, got {weight}");
-        }
+        crate::domain::weight(weight.into()).map_err(anyhow::Error::msg)?;
         let addr = self.resolve(Some(service), text)?[0];
         self.overrides
             .weights
@@ -86,11 +84,9 @@ impl Controller {
     }
 
     pub(super) fn add_backend(&mut self, service: &str, text: &str, weight: u32) -> Result<Value> {
-        if weight > u32::from(u16::MAX) {
-            bail!("weight must be between 0 and 65535, got {weight}");
-        }
+        crate::domain::weight(weight.into()).map_err(anyhow::Error::msg)?;
         let (ip, port) = parse_backend(text)?;
-        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+        if !crate::domain::is_unicast(ip) {
             bail!("backend address must be unicast, got {ip}");
         }
         let mut config = self.config.clone();

@@ -27,12 +27,13 @@ use crate::{
         self,
         router::{AnnouncedEndpoint, KnownService, RouterEngine, RouterSettings},
     },
-    config::{BackendConfig, BackendDown, ClusterConfig, Config, HealthCheck, XdpMode},
-    dataplane::{self, AttachedMode, Capacity, Dataplane, PinnedState},
+    config::{BackendConfig, ClusterConfig, Config},
+    dataplane::{self, Dataplane, PinnedState},
+    domain::{AttachedMode, BackendAddr, BackendDown, HealthCheck, XdpMode},
     flows,
     health::{self, Health},
     metrics::{BackendLabels, EventLabels, ReasonLabels, Scrape, ServiceLabels, StateLabels},
-    services::{ApplySummary, BackendAddr, Overrides, ServiceTable},
+    services::{ApplySummary, Overrides, ServiceTable},
     sys,
 };
 
@@ -78,26 +79,18 @@ struct InterfaceStatus {
 }
 
 pub fn pin_dir(name: &str) -> PathBuf {
-    Path::new("/sys/fs/bpf").join(name)
-}
-
-fn capacity(config: &Config) -> Capacity {
-    Capacity {
-        max_services: config.limits.max_services,
-        max_backends: config.limits.max_backends,
-        max_flows: config.limits.max_flows,
-        max_ring_slots: config.limits.max_ring_slots,
-    }
+    Path::new(sys::BPFFS).join(name)
 }
 
 impl Controller {
-    /// Validates, loads, programs and attaches. Nothing stays attached on error.
+    /// Loads, programs and attaches `config`, read from `config_path` (which reloads
+    /// read again). Nothing stays attached on error.
     pub fn start(
         config_path: &Path,
+        config: Config,
         mode_override: Option<XdpMode>,
         replace: bool,
     ) -> Result<Controller> {
-        let config = Config::load(config_path)?;
         config.check_interfaces(sys::interface_exists)?;
         if !sys::is_root() {
             bail!("lb run needs root (CAP_BPF, CAP_NET_ADMIN) to load and attach XDP programs");
@@ -108,7 +101,7 @@ impl Controller {
                  handed to the kernel, which must forward them"
             );
         }
-        if !bpffs_mounted() {
+        if !sys::bpffs_mounted() {
             bail!(
                 "no bpffs at /sys/fs/bpf in this mount namespace (run `cargo xtask setup`; \
                  note that `ip netns exec` hides it: enter the namespace with \
@@ -130,7 +123,7 @@ impl Controller {
         } else {
             PinnedState::Replace
         };
-        let mut dataplane = Dataplane::load_with(capacity(&config), Some(&dir), pinned)?;
+        let mut dataplane = Dataplane::load_with(config.limits, Some(&dir), pinned)?;
         match Self::program_and_attach(&mut dataplane, &config, mode_override, adopt, replace) {
             Ok((table, overrides)) => Ok(Controller {
                 config_path: config_path.to_path_buf(),
@@ -186,11 +179,7 @@ impl Controller {
                 if replace { ", program replaced" } else { "" }
             );
         }
-        let mode = match mode_override.unwrap_or(config.xdp_mode) {
-            XdpMode::Native => Some(AttachedMode::Native),
-            XdpMode::Generic => Some(AttachedMode::Generic),
-            XdpMode::Auto => None,
-        };
+        let mode = mode_override.unwrap_or(config.xdp_mode).required();
         for ifname in &config.attach {
             if adopted.iter().any(|(name, _)| name == ifname) {
                 continue;
@@ -329,8 +318,8 @@ impl Controller {
             services.push(json!({
                 "name": service.config.name,
                 "vip": format!("{}:{}", service.config.vip, service.config.port),
-                "protocol": service.config.protocol.name(),
-                "mode": service.config.mode.name(),
+                "protocol": service.config.protocol.to_string(),
+                "mode": service.config.mode.to_string(),
                 "id": service.id,
                 "packets": stats.packets,
                 "bytes": stats.bytes,
@@ -370,7 +359,7 @@ impl Controller {
             || config.xdp_mode != self.config.xdp_mode
             || config.socket != self.config.socket
             || config.metrics != self.config.metrics
-            || capacity(&config) != self.dataplane.capacity
+            || config.limits != self.dataplane.capacity
         {
             bail!(
                 "{}: name, interfaces, xdp_mode, socket, metrics and limits can only change \
@@ -421,16 +410,6 @@ impl Controller {
             self.dataplane.unpin_maps();
         }
     }
-}
-
-fn bpffs_mounted() -> bool {
-    fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
-        mounts.lines().any(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, target, fstype) = (fields.next(), fields.next(), fields.next());
-            target == Some("/sys/fs/bpf") && fstype == Some("bpf")
-        })
-    })
 }
 
 /// Refuses to start over a live daemon's socket; removes a stale one.

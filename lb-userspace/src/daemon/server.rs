@@ -48,7 +48,8 @@ pub(super) fn take_over(socket: &Path) -> Result<()> {
 
 /// Runs the daemon until SIGTERM or SIGINT (or a handover to a new daemon).
 pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bool) -> Result<()> {
-    // Validate the config before touching anything else.
+    // Read and validate the config once, before touching anything else: the sockets
+    // below and the controller all start from this copy.
     let config = Config::load(config_path)?;
     // Bind the metrics port early: a port in use refuses the start, nothing changed.
     let metrics = match config.metrics {
@@ -77,7 +78,7 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
             return Err(e);
         }
     };
-    let mut controller = match Controller::start(config_path, mode_override, replace) {
+    let mut controller = match Controller::start(config_path, config, mode_override, replace) {
         Ok(controller) => controller,
         Err(e) => {
             let _ = fs::remove_file(&socket);

@@ -21,8 +21,8 @@ use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{BENCH_PACKET_MAX, BenchPacket, FlowEntry, FlowKey, bench_names, counters};
 use lb_userspace::config::Config;
-use lb_userspace::dataplane::{Capacity, Dataplane};
 use lb_userspace::services::ServiceTable;
+use lb_userspace::{dataplane::Dataplane, domain::Limits};
 use lb_userspace::{ebpf, sys};
 
 use super::model::{KernelPath, MaglevTiming, ScalePoint, median};
@@ -173,15 +173,7 @@ impl Rig {
     fn new(max_flows: u32) -> Result<Rig> {
         let config = Config::parse(&config_text(max_flows, BACKENDS), Path::new("bench.toml"))
             .map_err(|e| anyhow!("{e}"))?;
-        let mut dp = Dataplane::load(
-            Capacity {
-                max_services: config.limits.max_services,
-                max_backends: config.limits.max_backends,
-                max_flows: config.limits.max_flows,
-                max_ring_slots: config.limits.max_ring_slots,
-            },
-            None,
-        )?;
+        let mut dp = Dataplane::load(config.limits, None)?;
         let mut table = ServiceTable::default();
         table.apply(&mut dp, &config)?;
         for name in ["ext0", "int0"] {
@@ -816,11 +808,11 @@ fn maglev(sizes: &[usize]) -> Result<Vec<MaglevTiming>> {
             "ring size"
         );
         let mut dp = Dataplane::load(
-            Capacity {
+            Limits {
                 max_services: 2,
                 max_backends: 2000,
                 max_flows: 1024,
-                max_ring_slots: config.limits.max_ring_slots,
+                ..config.limits
             },
             None,
         )?;

@@ -7,7 +7,7 @@ const CLUSTER: u16 = 7;
 const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
 const WALL: u64 = 1_700_000_000_000;
-const PORT: u16 = 7394;
+const PORT: u16 = crate::domain::DEFAULT_CLUSTER_PORT;
 
 fn key() -> ClusterKey {
     ClusterKey::new(KEY).unwrap()

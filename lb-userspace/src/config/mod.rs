@@ -1,0 +1,208 @@
+//! The balancer's TOML configuration: parsing and validation.
+//!
+//! Parsing is strict (unknown keys, wrong types and inconsistent values are refused) and
+//! every error names the file, line and column of the offending value, so an operator
+//! can fix a config before it touches the data path. The validated result is plain data
+//! with std and [`crate::domain`] types; source positions are kept privately for later
+//! checks against the running system ([`Config::check_interfaces`]).
+//!
+//! [`raw`] is the file as written (serde structs with spans), [`validate`] turns it into
+//! a [`Config`].
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::domain::{
+    BackendDown, DenyAction, HealthCheck, Limits, Mode, Prefix, Protocol, Timeouts, XdpMode,
+};
+
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+/// Instance name used when the file sets none.
+pub const DEFAULT_NAME: &str = "lb";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// 0..=65535; 0 keeps the backend configured but gives it no new flows.
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    /// Set exactly when `mode` is [`Mode::FullNat`].
+    pub snat_ip: Option<Ipv4Addr>,
+    /// The balancer answers SYNs with SYN cookies and opens the server side itself
+    /// (TCP only).
+    pub syn_proxy: bool,
+    /// Never empty, and at least one has a weight above 0.
+    pub backends: Vec<BackendConfig>,
+    /// Some: authorization required, only these client prefixes may open flows.
+    pub allow: Option<Vec<Prefix>>,
+    pub deny: DenyAction,
+    /// Some: client-IP session affinity with this idle timeout.
+    pub affinity_timeout: Option<Duration>,
+    pub health_check: Option<HealthCheck>,
+    pub on_backend_down: BackendDown,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Maps are pinned under `/sys/fs/bpf/<name>/`.
+    pub name: String,
+    /// Interfaces the XDP program attaches to; never empty, no duplicates.
+    pub attach: Vec<String>,
+    pub xdp_mode: XdpMode,
+    /// Unix socket of the operator API.
+    pub socket: PathBuf,
+    /// Address of the Prometheus text endpoint, if any.
+    pub metrics: Option<std::net::SocketAddr>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// Full-NAT source port range, `snat_port_min <= snat_port_max`.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// In file order.
+    pub services: Vec<ServiceConfig>,
+    /// Cluster nodes announce themselves (`[cluster]`); `None`: only configured backends.
+    pub cluster: Option<ClusterConfig>,
+    origin: Origin,
+}
+
+/// The router side of the cluster protocol (docs/cluster-protocol.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub cluster_id: u16,
+    /// File holding the cluster's HMAC key; read when `lb run` starts.
+    pub key_file: PathBuf,
+    /// UDP port the router listens on (every address, so broadcast joins arrive).
+    pub port: u16,
+    /// The nodes' segment: the socket is bound to it and, without `router_ip`, its
+    /// address is the router's.
+    pub interface: Option<String>,
+    /// The router address told to the nodes (header word 4).
+    pub router_ip: Option<Ipv4Addr>,
+    /// A configured management node; `None` elects the highest-priority live node.
+    pub controller: Option<Ipv4Addr>,
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats before a node takes no new flows.
+    pub dead_after: u32,
+}
+
+/// An invalid or unreadable configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based; 0 when the error has no position (the file could not be read).
+    pub line: usize,
+    /// 1-based, in characters; 0 when `line` is 0.
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            path: path.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the configuration: {error}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        validate::parse(text, path)
+    }
+
+    /// Checks every interface in `attach` with `exists`; the error points at the line
+    /// of the first missing one in the file the configuration was parsed from.
+    pub fn check_interfaces(&self, exists: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
+        match self
+            .attach
+            .iter()
+            .enumerate()
+            .find(|(_, name)| !exists(name))
+        {
+            None => Ok(()),
+            Some((index, name)) => {
+                // A caller may have edited `attach`; without a position, say so with 0:0.
+                let at = self.origin.attach.get(index).copied().unwrap_or_default();
+                Err(ConfigError {
+                    path: self.origin.path.clone(),
+                    line: at.line,
+                    column: at.column,
+                    message: format!("interface {name:?} does not exist"),
+                })
+            }
+        }
+    }
+}
+
+/// Where the configuration came from, for errors found after parsing.
+#[derive(Clone, Debug, Default)]
+struct Origin {
+    path: PathBuf,
+    /// Position of each `attach` entry.
+    attach: Vec<Position>,
+}
+
+/// Layout is not meaning: configurations that differ only in where their values sit in
+/// the file compare equal, so a reload can tell whether anything really changed.
+impl PartialEq for Origin {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Origin {}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Position {
+    line: usize,
+    column: usize,
+}
+
+/// 1-based line and column (in characters) of a byte offset into `text`.
+fn position(text: &str, offset: usize) -> Position {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    Position {
+        line: before.matches('\n').count() + 1,
+        column: before[line_start..].chars().count() + 1,
+    }
+}

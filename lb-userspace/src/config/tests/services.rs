@@ -1,0 +1,262 @@
+//! The `[[service]]` tables: names, listeners, NAT addresses, backends, operator keys.
+
+use super::*;
+
+#[test]
+fn duplicate_service_name_is_refused() {
+    let text = with_service(
+        "[[service]]\nname = \"web\"\nvip = \"198.18.1.11\"\nport = 80\nmode = \"dnat\"\n",
+    );
+    let first = first_line_of(&text, "[[service]]");
+    assert_refused(
+        &text,
+        "name = \"web\"",
+        &format!("duplicate service name \"web\" (first defined on line {first})"),
+    );
+}
+
+#[test]
+fn duplicate_service_address_is_refused() {
+    let error = assert_refused(
+        &with_service(
+            "[[service]]\nname = \"web2\"\nvip = \"198.18.1.10\"\nport = 80\nmode = \"dnat\"\n",
+        ),
+        "[[service]]",
+        "listens on 198.18.1.10:80/tcp, as does service \"web\"",
+    );
+    assert_eq!(error.column, 1);
+    // The same address and port over another protocol is another service.
+    let text = with_service(
+        "[[service]]\nname = \"web-udp\"\nvip = \"198.18.1.10\"\nport = 80\n\
+         protocol = \"udp\"\nmode = \"dnat\"\n[[service.backend]]\naddress = \"198.19.0.11\"\n",
+    );
+    assert_eq!(parse(&text).unwrap().services.len(), 2);
+}
+
+#[test]
+fn service_without_backends_is_refused() {
+    assert_refused(
+        &with_service(
+            "[[service]]\nname = \"empty\"\nvip = \"198.18.1.11\"\nport = 80\nmode = \"dnat\"\n",
+        ),
+        "[[service]]",
+        "service \"empty\" has no backends",
+    );
+    assert_refused(
+        &with_service(
+            "[[service]]\nname = \"empty\"\nvip = \"198.18.1.11\"\nport = 80\n\
+             mode = \"dnat\"\nbackend = []\n",
+        ),
+        "[[service]]",
+        "service \"empty\" has no backends",
+    );
+}
+
+#[test]
+fn service_with_only_zero_weights_is_refused() {
+    let text = r#"[interfaces]
+attach = ["eth0"]
+[[service]]
+name = "drained"
+vip = "198.18.1.10"
+port = 80
+mode = "dnat"
+[[service.backend]]
+address = "198.19.0.11"
+weight = 0
+[[service.backend]]
+address = "198.19.0.12"
+weight = 0
+"#;
+    assert_refused(
+        text,
+        "[[service]]",
+        "every backend of service \"drained\" has weight 0",
+    );
+}
+
+#[test]
+fn duplicate_backend_in_a_service_is_refused() {
+    // 198.19.0.11 with the default port 80, then again with an explicit 80.
+    assert_refused(
+        &with_service("[[service.backend]]\naddress = \"198.19.0.11\"\nport = 80\n"),
+        "[[service.backend]]",
+        "service \"web\" lists backend 198.19.0.11:80 twice",
+    );
+    // Another port of the same host is another backend.
+    let text = with_service("[[service.backend]]\naddress = \"198.19.0.11\"\nport = 81\n");
+    assert_eq!(parse(&text).unwrap().services[0].backends.len(), 2);
+}
+
+#[test]
+fn backend_shared_by_two_services_is_allowed() {
+    let text = with_service(
+        "[[service]]\nname = \"web-tls\"\nvip = \"198.18.1.10\"\nport = 443\n\
+         snat_ip = \"198.19.1.1\"\n[[service.backend]]\naddress = \"198.19.0.11\"\nport = 80\n",
+    );
+    assert_eq!(parse(&text).unwrap().services.len(), 2);
+}
+
+#[test]
+fn full_nat_without_snat_ip_is_refused() {
+    let text = r#"[interfaces]
+attach = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "198.18.1.10"
+port = 80
+[[service.backend]]
+address = "198.19.0.11"
+"#;
+    assert_refused(
+        text,
+        "[[service]]",
+        "service \"web\" is full-nat and needs a snat_ip",
+    );
+}
+
+#[test]
+fn dnat_with_snat_ip_is_refused() {
+    let text = r#"[interfaces]
+attach = ["eth0"]
+[[service]]
+name = "web"
+vip = "198.18.1.10"
+port = 80
+mode = "dnat"
+snat_ip = "198.19.1.1"
+[[service.backend]]
+address = "198.19.0.11"
+"#;
+    let error = assert_refused(
+        text,
+        "snat_ip",
+        "service \"web\" is dnat: snat_ip is only for full-nat",
+    );
+    assert_eq!(error.column, 11);
+}
+
+#[test]
+fn snat_ip_equal_to_a_vip_is_refused() {
+    // The clash is with a VIP defined further down the file.
+    let text = r#"[interfaces]
+attach = ["eth0"]
+[[service]]
+name = "web"
+vip = "198.18.1.10"
+port = 80
+snat_ip = "198.18.1.20"
+[[service.backend]]
+address = "198.19.0.11"
+[[service]]
+name = "api"
+vip = "198.18.1.20"
+port = 443
+mode = "dnat"
+[[service.backend]]
+address = "198.19.0.12"
+"#;
+    assert_refused(
+        text,
+        "snat_ip",
+        "snat_ip 198.18.1.20 of service \"web\" is the VIP of service \"api\"",
+    );
+    assert_refused(
+        &text.replace("198.18.1.20\"\n[[", "198.18.1.10\"\n[["),
+        "snat_ip",
+        "is the VIP of service \"web\"",
+    );
+}
+
+#[test]
+fn port_zero_is_refused() {
+    let text = with_service("").replace("port = 80", "port = 0");
+    assert_refused(&text, "port = 0", "port must be between 1 and 65535, got 0");
+    assert_refused(
+        &with_service("port = 0\n"),
+        "port = 0",
+        "backend port must be between 1 and 65535, got 0",
+    );
+    assert_refused(
+        &with_service("port = 65536\n"),
+        "port = 65536",
+        "backend port must be between 1 and 65535, got 65536",
+    );
+}
+
+#[test]
+fn weight_out_of_range_is_refused() {
+    assert_refused(
+        &with_service("weight = 65536\n"),
+        "weight",
+        "weight must be between 0 and 65535",
+    );
+    assert_refused(
+        &with_service("weight = -1\n"),
+        "weight",
+        "weight must be between 0 and 65535, got -1",
+    );
+}
+
+#[test]
+fn invalid_service_name_is_refused() {
+    let text = with_service("").replace("name = \"web\"", "name = \"my web\"");
+    assert_refused(&text, "name = ", "invalid service name \"my web\"");
+    let text = with_service("").replace("name = \"web\"", "name = \"\"");
+    assert_refused(&text, "name = ", "invalid service name \"\"");
+}
+
+#[test]
+fn non_unicast_address_is_refused() {
+    let text = with_service("").replace("198.18.1.10", "0.0.0.0");
+    assert_refused(
+        &text,
+        "vip = ",
+        "vip must be a unicast address, got 0.0.0.0",
+    );
+    let text = with_service("").replace("198.19.1.1", "224.0.0.1");
+    assert_refused(&text, "snat_ip = ", "snat_ip must be a unicast address");
+    let text = with_service("").replace("198.19.0.11", "255.255.255.255");
+    assert_refused(
+        &text,
+        "address = ",
+        "backend address must be a unicast address",
+    );
+}
+
+#[test]
+fn operator_keys_are_checked() {
+    assert_key_refused(
+        "allow = [\"10.0.0.1/8\"]",
+        "host bits set (did you mean 10.0.0.0/8?)",
+    );
+    assert_key_refused("allow = [\"10.0.0.0/33\"]", "invalid prefix length");
+    assert_key_refused("allow = [\"ten\"]", "invalid IPv4 prefix");
+    assert_key_refused("deny = \"reset\"", "sets deny but has no allow list");
+    assert_key_refused("deny = \"reject\"", "unknown variant");
+    assert_key_refused("affinity_timeout = 0", "affinity_timeout must be between 1");
+    assert_key_refused("on_backend_down = \"drop\"", "unknown variant");
+    assert_key_refused(
+        "health_check = { type = \"tcp\", path = \"/\" }",
+        "health_check.path is only for type = \"http\"",
+    );
+    assert_key_refused(
+        "health_check = { type = \"http\", interval_ms = 100, timeout_ms = 200 }",
+        "timeout_ms must not exceed",
+    );
+    assert_key_refused(
+        "health_check = { type = \"http\", status_min = 500, status_max = 200 }",
+        "status_min must not exceed",
+    );
+    assert_key_refused(
+        "health_check = { type = \"http\", path = \"no-slash\" }",
+        "must start with '/'",
+    );
+    assert_key_refused("health_check = { type = \"icmp\" }", "unknown variant");
+    assert_refused(
+        "[interfaces]\nattach = [\"eth0\"]\n[control]\nmetrics = \"localhost\"\n",
+        "metrics",
+        "control.metrics must be an address:port",
+    );
+}
