@@ -8,6 +8,8 @@
 
 pub mod counters;
 pub mod hash;
+#[cfg(feature = "user")]
+pub mod wire;
 
 /// Largest Maglev lookup ring (a prime, as Maglev requires), for services with many
 /// backends; smaller services get a smaller prime (`Service::ring_size`). Each service
@@ -218,8 +220,8 @@ pub const SYNPROXY_MSS: u16 = 1460;
 pub const FLOW_DIR_CLIENT_TO_SERVER: u8 = 0;
 pub const FLOW_DIR_SERVER_TO_CLIENT: u8 = 1;
 
-/// Flow table value: the rewrite for packets matching the key (seed 001's access
-/// correspondence table). The peer entry's key is this entry's rewritten tuple
+/// Flow table value: the rewrite for packets matching the key (one row of the
+/// balancer's access-correspondence table). The peer entry's key is this entry's rewritten tuple
 /// reversed, so it needs no storage of its own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
