@@ -518,37 +518,23 @@ fn a_plan_beyond_a_capacity_is_refused_whole() {
         service("web", VIP, &[(SERVER1, 1)], ""),
         service("api", VIP2, &[(SERVER2, 1)], ""),
     ]);
-    let mut small = model.capacity;
-    small.max_services = 1;
-    let tight = Model {
-        capacity: small,
-        ..Model::new(small)
+    let tighter = |limit: fn(&mut Capacity)| {
+        let mut small = capacity();
+        limit(&mut small);
+        Model::new(small)
     };
-    assert_refused(&tight, &table, &two, "2 services configured");
-
-    let mut small = model.capacity;
-    small.max_backends = 1;
-    let tight = Model {
-        capacity: small,
-        ..Model::new(small)
+    let refused = |limit: fn(&mut Capacity), config: &Config, wanted: &str| {
+        assert_refused(&tighter(limit), &table, config, wanted);
     };
-    assert_refused(
-        &tight,
-        &table,
+    refused(|c| c.max_services = 1, &two, "2 services configured");
+    refused(
+        |c| c.max_backends = 1,
         &web(&[(SERVER1, 1), (SERVER2, 1)]),
         "no free backend id",
     );
-
     // Room for one small service's two rings, not a larger ring.
-    let mut small = model.capacity;
-    small.max_ring_slots = 2 * 2_039;
-    let tight = Model {
-        capacity: small,
-        ..Model::new(small)
-    };
-    assert_refused(
-        &tight,
-        &table,
+    refused(
+        |c| c.max_ring_slots = 2 * 2_039,
         &web(&[(SERVER1, 1), (SERVER2, 100)]),
         "the Maglev ring pool is full",
     );
