@@ -5,6 +5,9 @@
 //! keeps its id across reloads for as long as it is configured. A changed ring is
 //! written into the service's idle ring half, then the service entry is flipped to it
 //! in one map update, so the data path never sees a half-written ring.
+//!
+//! An apply is `plan` (pure: every check, and the writes in a safe order) followed by
+//! `execute` (only the writes); the ring pool's allocation is in `ring_pool`.
 
 mod execute;
 mod plan;
