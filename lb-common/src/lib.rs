@@ -8,6 +8,8 @@
 
 pub mod counters;
 pub mod hash;
+#[cfg(feature = "user")]
+pub mod wire;
 
 /// Largest Maglev lookup ring (a prime, as Maglev requires), for services with many
 /// backends; smaller services get a smaller prime (`Service::ring_size`). Each service

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues, lpm_trie::LpmTrie},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -18,13 +18,15 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, Service, ServiceKey, ServiceStats,
-    SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, counters, map_names,
+    SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, map_names,
 };
 
 use crate::{
     domain::{AttachedMode, Limits},
     ebpf,
 };
+
+mod tables;
 
 /// MAGLEV_RINGS mapped into the controller's memory (the map is `BPF_F_MMAPABLE`):
 /// rings are written and read with plain memory accesses, not one syscall per slot.
@@ -91,27 +93,30 @@ impl Drop for RingMemory {
     }
 }
 
+/// The loaded program and its maps. The maps are reached only through the typed
+/// operations below, which build the wire form of keys and values in one place.
 pub struct Dataplane {
     ebpf: Ebpf,
-    pub capacity: Limits,
-    pub services: HashMap<MapData, ServiceKey, Service>,
-    pub backends: Array<MapData, Backend>,
-    pub rings: Array<MapData, u32>,
-    pub ring_memory: RingMemory,
-    pub flows: HashMap<MapData, FlowKey, FlowEntry>,
-    pub local_addrs: HashMap<MapData, u32, u32>,
-    pub settings: Array<MapData, Settings>,
-    pub tx_ports: DevMapHash<MapData>,
-    pub global_counters: PerCpuArray<MapData, u64>,
-    pub service_stats: PerCpuArray<MapData, ServiceStats>,
-    pub backend_stats: PerCpuArray<MapData, BackendStats>,
-    pub eligibility: LpmTrie<MapData, EligibilityKey, u32>,
-    pub sessions: HashMap<MapData, SessionKey, SessionEntry>,
+    capacity: Limits,
+    services: HashMap<MapData, ServiceKey, Service>,
+    backends: Array<MapData, Backend>,
+    /// Kept open for `ring_memory`, which maps it.
+    _rings: Array<MapData, u32>,
+    ring_memory: RingMemory,
+    flows: HashMap<MapData, FlowKey, FlowEntry>,
+    local_addrs: HashMap<MapData, u32, u32>,
+    settings: Array<MapData, Settings>,
+    tx_ports: DevMapHash<MapData>,
+    global_counters: PerCpuArray<MapData, u64>,
+    service_stats: PerCpuArray<MapData, ServiceStats>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
+    eligibility: LpmTrie<MapData, EligibilityKey, u32>,
+    sessions: HashMap<MapData, SessionKey, SessionEntry>,
     /// Interfaces the program is attached to: name → (ifindex, mode, link).
     attached: StdHashMap<String, (u32, AttachedMode, AttachedLink)>,
     pin_dir: Option<PathBuf>,
     /// Whether the maps (and links, if any) were taken over from an earlier daemon.
-    pub adopted: bool,
+    adopted: bool,
 }
 
 /// An XDP attachment: owned by the program object, or pinned in bpffs so that it
@@ -239,7 +244,7 @@ impl Dataplane {
             capacity,
             services: take(&mut ebpf, map_names::SERVICES)?,
             backends: take(&mut ebpf, map_names::BACKENDS)?,
-            rings,
+            _rings: rings,
             ring_memory,
             flows: take(&mut ebpf, map_names::FLOWS)?,
             local_addrs: take(&mut ebpf, map_names::LOCAL_ADDRS)?,
@@ -305,11 +310,6 @@ impl Dataplane {
             .try_into()?)
     }
 
-    pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
-        self.settings.set(0, settings, 0)?;
-        Ok(())
-    }
-
     /// Attaches to `ifname`: `Some(mode)` forces a mode, `None` tries native first and
     /// falls back to generic with a warning.
     pub fn attach(&mut self, ifname: &str, mode: Option<AttachedMode>) -> Result<AttachedMode> {
@@ -317,12 +317,11 @@ impl Dataplane {
         // Registered first: the program may redirect to this interface from its very
         // first packet. Undone if the attach fails, unless an earlier attach owns it.
         let already_attached = self.attached.contains_key(ifname);
-        self.tx_ports
-            .insert(ifindex, ifindex, None, 0)
+        self.add_tx_port(ifindex)
             .with_context(|| format!("register {ifname} for redirects"))?;
         let result = self.attach_and_pin(ifname, ifindex, mode);
         if result.is_err() && !already_attached {
-            let _ = self.tx_ports.remove(ifindex);
+            let _ = self.remove_tx_port(ifindex);
         }
         result
     }
@@ -388,7 +387,7 @@ impl Dataplane {
     pub fn detach_all(&mut self) {
         let attached: Vec<_> = self.attached.drain().collect();
         for (ifname, (ifindex, _, link)) in attached {
-            let _ = self.tx_ports.remove(ifindex);
+            let _ = self.remove_tx_port(ifindex);
             match link {
                 AttachedLink::Owned(id) => {
                     if let Ok(program) = self.program()
@@ -424,81 +423,12 @@ impl Dataplane {
         self.pin_dir = None;
     }
 
-    /// Removes the pins made by `pin_maps` (idempotent).
+    /// Removes what `load` and `attach` pinned under the pin directory, maps and links
+    /// (idempotent).
     pub fn unpin_maps(&mut self) {
         if let Some(dir) = self.pin_dir.take() {
             remove_pins(&dir);
         }
-    }
-
-    /// Sum over CPUs of every global counter.
-    pub fn global_counters(&self) -> Result<Vec<(&'static str, u64)>> {
-        (0..counters::COUNT)
-            .map(|index| {
-                let values = self.global_counters.get(&index, 0)?;
-                Ok((counters::NAMES[index as usize], values.iter().sum()))
-            })
-            .collect()
-    }
-
-    pub fn service_stats(&self, id: u32) -> Result<ServiceStats> {
-        let values = self.service_stats.get(&id, 0)?;
-        Ok(values
-            .iter()
-            .fold(ServiceStats::default(), |sum, v| ServiceStats {
-                packets: sum.packets + v.packets,
-                bytes: sum.bytes + v.bytes,
-                new_flows: sum.new_flows + v.new_flows,
-                drops: sum.drops + v.drops,
-                denied: sum.denied + v.denied,
-            }))
-    }
-
-    pub fn backend_stats(&self, id: u32) -> Result<BackendStats> {
-        let values = self.backend_stats.get(&id, 0)?;
-        Ok(values
-            .iter()
-            .fold(BackendStats::default(), |sum, v| BackendStats {
-                packets: sum.packets + v.packets,
-                bytes: sum.bytes + v.bytes,
-                new_flows: sum.new_flows + v.new_flows,
-                _reserved: 0,
-            }))
-    }
-
-    /// Zeroes a freed service id's SERVICE_STATS slot on every CPU, so a service that
-    /// later gets the id starts from 0.
-    pub fn clear_service_stats(&mut self, id: u32) -> Result<()> {
-        let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); possible_cpus()?])?;
-        self.service_stats.set(id, zeros, 0)?;
-        Ok(())
-    }
-
-    /// Zeroes a freed backend id's BACKEND_STATS slot on every CPU.
-    pub fn clear_backend_stats(&mut self, id: u32) -> Result<()> {
-        let zeros = PerCpuValues::try_from(vec![BackendStats::default(); possible_cpus()?])?;
-        self.backend_stats.set(id, zeros, 0)?;
-        Ok(())
-    }
-
-    /// Deletes the SESSIONS entries `stale` picks; returns how many went.
-    pub fn remove_sessions(&mut self, stale: impl Fn(&SessionKey, &SessionEntry) -> bool) -> usize {
-        let keys: Vec<SessionKey> = self
-            .sessions
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, entry)| stale(key, entry))
-            .map(|(key, _)| key)
-            .collect();
-        keys.iter()
-            .filter(|key| self.sessions.remove(key).is_ok())
-            .count()
-    }
-
-    /// Snapshot of the flow table.
-    pub fn flow_entries(&self) -> Vec<(FlowKey, FlowEntry)> {
-        // Entries can vanish between key iteration and lookup (LRU, GC): skip those.
-        self.flows.iter().filter_map(Result::ok).collect()
     }
 }
 
@@ -550,9 +480,4 @@ fn explain_load_error(error: aya::EbpfError) -> anyhow::Error {
     } else {
         anyhow!("loading the XDP program failed: {text}")
     }
-}
-
-/// Number of possible CPUs (the length of a per-CPU map value).
-fn possible_cpus() -> Result<usize> {
-    aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))
 }

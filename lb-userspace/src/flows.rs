@@ -1,7 +1,7 @@
 //! The flow table seen from userspace: expiry (garbage collection) and the operator's
-//! dump in the shape of seed 001's access-correspondence table.
+//! dump in the shape of an access-correspondence table (client, VIP, SNAT, server).
 
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use lb_common::{
     FLOW_DIR_CLIENT_TO_SERVER, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_RESET,
@@ -10,7 +10,7 @@ use lb_common::{
 };
 use serde::Serialize;
 
-use crate::domain::Timeouts;
+use crate::{dataplane::Dataplane, domain::Timeouts};
 
 pub fn state_name(state: u8) -> &'static str {
     match state {
@@ -22,6 +22,27 @@ pub fn state_name(state: u8) -> &'static str {
         FLOW_STATE_SYNPROXY => "syn-proxy",
         _ => "unknown",
     }
+}
+
+/// How far a connection has got, for judging a pair whose two entries disagree: the
+/// higher rank is the one a packet moved it to last. Opening (a SYN seen, or the SYN
+/// proxy opening the server side) < established (TCP, or any UDP flow) < closing (a
+/// FIN or RST seen) < reset (marked by the controller: its next packet gets a RST).
+fn state_rank(state: u8) -> u8 {
+    match state {
+        FLOW_STATE_SYN_SEEN | FLOW_STATE_SYNPROXY => 0,
+        FLOW_STATE_ESTABLISHED | FLOW_STATE_UDP => 1,
+        FLOW_STATE_CLOSING => 2,
+        FLOW_STATE_RESET => 3,
+        // Unknown to this controller: judged as the data path left it, never as
+        // further than a state we know.
+        _ => 0,
+    }
+}
+
+/// Of the states of a connection's two entries, the further advanced one.
+fn further_state(a: u8, b: u8) -> u8 {
+    if state_rank(b) > state_rank(a) { b } else { a }
 }
 
 fn timeout_for(state: u8, timeouts: &Timeouts) -> Duration {
@@ -41,7 +62,7 @@ fn idle(entry: &FlowEntry, peer: Option<&FlowEntry>, now_ns: u64, timeouts: &Tim
     let (last_seen, state) = match peer {
         Some(peer) => (
             entry.last_seen_ns.max(peer.last_seen_ns),
-            entry.state.max(peer.state),
+            further_state(entry.state, peer.state),
         ),
         None => (entry.last_seen_ns, entry.state),
     };
@@ -70,14 +91,12 @@ pub trait FlowTable {
     fn remove(&mut self, key: &FlowKey) -> bool;
 }
 
-impl<T: std::borrow::BorrowMut<aya::maps::MapData>> FlowTable
-    for aya::maps::HashMap<T, FlowKey, FlowEntry>
-{
+impl FlowTable for Dataplane {
     fn get(&self, key: &FlowKey) -> Option<FlowEntry> {
-        aya::maps::HashMap::get(self, key, 0).ok()
+        self.flow(key)
     }
     fn remove(&mut self, key: &FlowKey) -> bool {
-        aya::maps::HashMap::remove(self, key).is_ok()
+        self.remove_flow(key)
     }
 }
 
@@ -123,7 +142,7 @@ pub struct FlowRow {
     pub age_secs: u64,
     pub idle_secs: u64,
     pub backend_id: u32,
-    /// SYN proxy (seed 001's TCP flow control columns): the balancer's initial sequence
+    /// SYN proxy (the TCP flow-control columns): the balancer's initial sequence
     /// number toward the client, the SEQ delta and the timestamp delta. `None` for a
     /// connection that is not proxied.
     pub proxy: Option<ProxyColumns>,
@@ -134,14 +153,6 @@ pub struct ProxyColumns {
     pub seq: u32,
     pub delta: u32,
     pub timestamp: u32,
-}
-
-fn endpoint(ip: u32, port: u16) -> String {
-    format!(
-        "{}:{}",
-        Ipv4Addr::from(u32::from_be(ip)),
-        u16::from_be(port)
-    )
 }
 
 /// One row per connection (from its client→server entry), oldest first.
@@ -162,10 +173,10 @@ pub fn rows(
                 },
                 service: service_name(entry.service_id)
                     .unwrap_or_else(|| format!("#{}", entry.service_id)),
-                client: endpoint(key.src_ip, key.src_port),
-                vip: endpoint(key.dst_ip, key.dst_port),
-                snat: endpoint(entry.new_src_ip, entry.new_src_port),
-                server: endpoint(entry.new_dst_ip, entry.new_dst_port),
+                client: key.source().to_string(),
+                vip: key.destination().to_string(),
+                snat: entry.new_source().to_string(),
+                server: entry.new_destination().to_string(),
                 state: state_name(entry.state),
                 age_secs: now_ns.saturating_sub(entry.created_ns) / 1_000_000_000,
                 idle_secs: now_ns.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
@@ -208,39 +219,36 @@ mod tests {
         }
     }
 
-    /// A full-NAT pair: client 10.0.0.1:1000 → VIP 10.0.1.1:80, SNAT 10.0.2.1:2000 →
-    /// server 10.0.3.1:8080.
+    /// A full-NAT pair: client 198.18.0.2:1000 → VIP 198.18.1.10:80, SNAT
+    /// 198.19.1.1:2000 → server 198.19.0.11:8080.
     fn pair(state: u8, fwd_seen: u64, rev_seen: u64) -> Vec<(FlowKey, FlowEntry)> {
-        let ip = |a: [u8; 4]| u32::from_ne_bytes(a);
-        let fwd_key = FlowKey {
-            src_ip: ip([10, 0, 0, 1]),
-            dst_ip: ip([10, 0, 1, 1]),
-            src_port: 1000u16.to_be(),
-            dst_port: 80u16.to_be(),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
-        let fwd = FlowEntry {
-            new_src_ip: ip([10, 0, 2, 1]),
-            new_dst_ip: ip([10, 0, 3, 1]),
-            new_src_port: 2000u16.to_be(),
-            new_dst_port: 8080u16.to_be(),
+        use std::net::{Ipv4Addr, SocketAddrV4};
+        let client = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 1000);
+        let vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 10), 80);
+        let snat = SocketAddrV4::new(Ipv4Addr::new(198, 19, 1, 1), 2000);
+        let server = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
+        let fwd_key = FlowKey::new(
+            *client.ip(),
+            client.port(),
+            *vip.ip(),
+            vip.port(),
+            IPPROTO_TCP,
+        );
+        let mut fwd = FlowEntry {
             state,
             direction: FLOW_DIR_CLIENT_TO_SERVER,
             last_seen_ns: fwd_seen,
             ..FlowEntry::default()
         };
+        fwd.set_rewrite(snat, server);
         let rev_key = fwd.peer_key(IPPROTO_TCP);
-        let rev = FlowEntry {
-            new_src_ip: fwd_key.dst_ip,
-            new_dst_ip: fwd_key.src_ip,
-            new_src_port: fwd_key.dst_port,
-            new_dst_port: fwd_key.src_port,
+        let mut rev = FlowEntry {
             state,
             direction: FLOW_DIR_SERVER_TO_CLIENT,
             last_seen_ns: rev_seen,
             ..FlowEntry::default()
         };
+        rev.set_rewrite(vip, client);
         assert_eq!(rev.peer_key(IPPROTO_TCP), fwd_key);
         vec![(fwd_key, fwd), (rev_key, rev)]
     }
@@ -263,6 +271,31 @@ mod tests {
         let mut entries = pair(FLOW_STATE_ESTABLISHED, 10 * SEC, 10 * SEC);
         entries[1].1.state = FLOW_STATE_CLOSING;
         assert!(expired(&entries, 11 * SEC, &timeouts()).is_empty());
+        assert_eq!(expired(&entries, 13 * SEC, &timeouts()).len(), 2);
+    }
+
+    #[test]
+    fn a_pair_is_judged_by_its_further_advanced_entry() {
+        use lb_common::{FLOW_STATE_RESET, FLOW_STATE_SYNPROXY};
+        let lifecycle = [
+            FLOW_STATE_SYN_SEEN,
+            FLOW_STATE_ESTABLISHED,
+            FLOW_STATE_CLOSING,
+            FLOW_STATE_RESET,
+        ];
+        for pair in lifecycle.windows(2) {
+            assert_eq!(further_state(pair[0], pair[1]), pair[1]);
+            assert_eq!(further_state(pair[1], pair[0]), pair[1]);
+        }
+        // The SYN proxy opening the server side is still opening: the established
+        // entry (its peer already updated) decides.
+        assert_eq!(
+            further_state(FLOW_STATE_SYNPROXY, FLOW_STATE_ESTABLISHED),
+            FLOW_STATE_ESTABLISHED
+        );
+        // A RST-marked half of an established pair uses the closing timeout.
+        let mut entries = pair(FLOW_STATE_ESTABLISHED, 10 * SEC, 10 * SEC);
+        entries[0].1.state = FLOW_STATE_RESET;
         assert_eq!(expired(&entries, 13 * SEC, &timeouts()).len(), 2);
     }
 
@@ -325,10 +358,10 @@ mod tests {
         let rows = rows(&entries, 5 * SEC, |_| Some("web".into()));
         assert_eq!(rows.len(), 1);
         let row = &rows[0];
-        assert_eq!(row.client, "10.0.0.1:1000");
-        assert_eq!(row.vip, "10.0.1.1:80");
-        assert_eq!(row.snat, "10.0.2.1:2000");
-        assert_eq!(row.server, "10.0.3.1:8080");
+        assert_eq!(row.client, "198.18.0.2:1000");
+        assert_eq!(row.vip, "198.18.1.10:80");
+        assert_eq!(row.snat, "198.19.1.1:2000");
+        assert_eq!(row.server, "198.19.0.11:8080");
         assert_eq!(row.state, "established");
         assert_eq!((row.age_secs, row.idle_secs), (5, 2));
     }

@@ -202,7 +202,7 @@ impl Harness {
         let ext_ifindex = sys::ifindex("ext0").unwrap();
         let int_ifindex = sys::ifindex("int0").unwrap();
         for ifindex in [ext_ifindex, int_ifindex] {
-            dp.tx_ports.insert(ifindex, ifindex, None, 0).unwrap();
+            dp.add_tx_port(ifindex).unwrap();
         }
         Harness {
             dp,
@@ -253,7 +253,7 @@ impl Harness {
     }
 
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
-        self.dp.flows.get(key, 0).ok()
+        self.dp.flow(key)
     }
 }
 
@@ -1060,19 +1060,16 @@ fn attach_registers_the_redirect_target_and_a_failed_attach_leaves_none() {
         let lo = sys::ifindex("lo").unwrap();
         // Loopback has no driver XDP hook: the forced native attach fails.
         assert!(h.dp.attach("lo", Some(AttachedMode::Native)).is_err());
-        assert!(
-            h.dp.tx_ports.get(lo, 0).is_err(),
-            "no entry after a failure"
-        );
+        assert!(h.dp.tx_port(lo).is_none(), "no entry after a failure");
         assert!(h.dp.attached().is_empty());
 
         assert_eq!(
             h.dp.attach("lo", Some(AttachedMode::Generic)).unwrap(),
             AttachedMode::Generic
         );
-        assert_eq!(h.dp.tx_ports.get(lo, 0).unwrap().if_index, lo);
+        assert_eq!(h.dp.tx_port(lo), Some(lo));
         h.dp.detach_all();
-        assert!(h.dp.tx_ports.get(lo, 0).is_err(), "removed on detach");
+        assert!(h.dp.tx_port(lo).is_none(), "removed on detach");
     });
 }
 
@@ -1488,7 +1485,7 @@ fn open_flow_marked_for_reset(h: &mut Harness) -> (FlowKey, FlowKey) {
     for k in [client_key, server_key] {
         let mut entry = h.flow(&k).unwrap();
         entry.state = lb_common::FLOW_STATE_RESET;
-        h.dp.flows.insert(k, entry, 0).unwrap();
+        h.dp.insert_flow(k, entry).unwrap();
     }
     (client_key, server_key)
 }
@@ -1887,8 +1884,8 @@ weight = 1
         assert_eq!(region(&table), (rings, vec![100, 100]));
 
         // The live ring really changed: half of it now holds the raised backend.
-        let service = dp.services.iter().next().unwrap().unwrap().1;
-        let live = &dp.ring_memory.slots()
+        let service = dp.service_entries().unwrap()[0].1;
+        let live = &dp.ring_slots()
             [service.ring_offset as usize..(service.ring_offset + service.ring_size) as usize];
         let light_id = u64::from(table.backend_id(light).unwrap());
         let light_slots = live.iter().filter(|&&id| id == light_id).count();
@@ -1902,7 +1899,6 @@ weight = 1
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn freed_ids_lose_their_sessions_and_counters() {
-    use aya::maps::PerCpuValues;
     use lb_common::{BackendStats, ServiceStats, SessionEntry, SessionKey};
     let netns = Netns::new();
     netns.enter(|| {
@@ -1945,7 +1941,7 @@ fn freed_ids_lose_their_sessions_and_counters() {
             (key, entry)
         };
         for (key, entry) in [session(2, a_id, b1), session(3, a_id, b2)] {
-            dp.sessions.insert(key, entry, 0).unwrap();
+            dp.insert_session(key, entry).unwrap();
         }
         let counted = BackendStats {
             packets: 5,
@@ -1953,29 +1949,21 @@ fn freed_ids_lose_their_sessions_and_counters() {
             new_flows: 1,
             _reserved: 0,
         };
-        dp.backend_stats
-            .set(b2, PerCpuValues::try_from(vec![counted; cpus]).unwrap(), 0)
-            .unwrap();
+        dp.fill_backend_stats(b2, counted).unwrap();
         let service_counted = ServiceStats {
             packets: 7,
             ..ServiceStats::default()
         };
-        dp.service_stats
-            .set(
-                a_id,
-                PerCpuValues::try_from(vec![service_counted; cpus]).unwrap(),
-                0,
-            )
-            .unwrap();
+        dp.fill_service_stats(a_id, service_counted).unwrap();
 
         // SERVER2 leaves the service: its session and counters go, SERVER1's stay.
         table
             .apply(&mut dp, &parse(&service("a", 80, &[SERVER1])))
             .expect("apply");
         let sessions: Vec<u32> = dp
-            .sessions
+            .session_entries()
             .iter()
-            .map(|r| r.unwrap().1.backend_id)
+            .map(|(_, entry)| entry.backend_id)
             .collect();
         assert_eq!(sessions, vec![b1]);
         assert_eq!(dp.backend_stats(b2).unwrap(), BackendStats::default());
@@ -1988,7 +1976,7 @@ fn freed_ids_lose_their_sessions_and_counters() {
             .expect("apply");
         let b_id = table.services().next().unwrap().id;
         assert_ne!(b_id, a_id);
-        assert_eq!(dp.sessions.iter().count(), 0);
+        assert_eq!(dp.session_count(), 0);
         assert_eq!(dp.service_stats(a_id).unwrap(), ServiceStats::default());
     });
 }

@@ -112,10 +112,10 @@ impl Controller {
             .flat_map(|s| s.backends.iter().map(|b| (b.address, b.port)))
             .collect::<std::collections::BTreeSet<_>>()
             .len();
-        if distinct as u64 > u64::from(self.dataplane.capacity.max_backends) {
+        if distinct as u64 > u64::from(self.dataplane.capacity().max_backends) {
             bail!(
                 "limits.max_backends ({}) reached",
-                self.dataplane.capacity.max_backends
+                self.dataplane.capacity().max_backends
             );
         }
         let summary = self.apply_config(&config)?;
@@ -272,21 +272,20 @@ impl Controller {
         let addr_of: HashMap<u32, BackendAddr> =
             self.table.backends().map(|(a, id)| (id, a)).collect();
         let mut rows: Vec<(u64, Value)> = Vec::new();
-        for item in self.dataplane.sessions.iter() {
-            let Ok((key, entry)) = item else { continue };
+        for (key, entry) in self.dataplane.session_entries() {
             let backend = addr_of
                 .get(&entry.backend_id)
                 .map(|(ip, port)| format!("{ip}:{port}"));
             rows.push((
                 entry.created_ns,
                 json!({
-                    "client": Ipv4Addr::from(u32::from_be(key.client_ip)).to_string(),
+                    "client": key.client().to_string(),
                     "service": self.table.service_name(key.service_id),
                     "backend": backend,
                     "backend_id": entry.backend_id,
                     "age_secs": now.saturating_sub(entry.created_ns) / 1_000_000_000,
                     "idle_secs": now.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
-                    "handle": format!("{}/{}", key.service_id, Ipv4Addr::from(u32::from_be(key.client_ip))),
+                    "handle": format!("{}/{}", key.service_id, key.client()),
                 }),
             ));
         }

@@ -70,8 +70,8 @@ impl Controller {
                 continue;
             }
             entry.state = lb_common::FLOW_STATE_RESET;
-            // BPF_EXIST: never resurrect an entry that closed meanwhile.
-            if self.dataplane.flows.insert(key, entry, 2).is_ok()
+            // Never resurrect an entry that closed meanwhile.
+            if self.dataplane.update_flow_if_exists(key, entry).is_ok()
                 && entry.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER
             {
                 marked += 1;

@@ -288,7 +288,7 @@ impl Controller {
             "services": self.config.services.len(),
             "connections": connections,
             "flows_expired": self.flows_expired,
-            "adopted": self.dataplane.adopted,
+            "adopted": self.dataplane.adopted(),
             "metrics": self.config.metrics.map(|m| m.to_string()),
         })
     }
@@ -359,7 +359,7 @@ impl Controller {
             || config.xdp_mode != self.config.xdp_mode
             || config.socket != self.config.socket
             || config.metrics != self.config.metrics
-            || config.limits != self.dataplane.capacity
+            || config.limits != self.dataplane.capacity()
         {
             bail!(
                 "{}: name, interfaces, xdp_mode, socket, metrics and limits can only change \
@@ -392,7 +392,7 @@ impl Controller {
         let expired = flows::expired(&entries, sys::monotonic_ns(), &self.config.timeouts);
         // The snapshot may be stale by now: each candidate is judged again as it goes.
         let removed = flows::remove_idle(
-            &mut self.dataplane.flows,
+            &mut self.dataplane,
             &expired,
             sys::monotonic_ns(),
             &self.config.timeouts,

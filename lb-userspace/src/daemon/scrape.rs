@@ -128,9 +128,7 @@ impl Controller {
         scrape
             .last_reload_ok
             .set(self.last_reload_ok.map_or(-1, i64::from));
-        scrape
-            .sessions
-            .set(self.dataplane.sessions.keys().filter(Result::is_ok).count() as i64);
+        scrape.sessions.set(self.dataplane.session_count() as i64);
         scrape.encode()
     }
 }

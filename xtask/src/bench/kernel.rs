@@ -178,7 +178,7 @@ impl Rig {
         table.apply(&mut dp, &config)?;
         for name in ["ext0", "int0"] {
             let ifindex = sys::ifindex(name)?;
-            dp.tx_ports.insert(ifindex, ifindex, None, 0)?;
+            dp.add_tx_port(ifindex)?;
         }
         let mut bench = EbpfLoader::new().load(ebpf::bench_object()?)?;
         for name in [bench_names::WRAPPER, bench_names::FLOOR, bench_names::NULL] {
@@ -607,7 +607,7 @@ pub fn run(ns: &str, params: &KernelParams) -> Result<KernelResults> {
                 src == SNAT && (0..BACKENDS).any(|i| backend_ip(i) == dst),
                 "{name}: bad rewrite"
             );
-            let flows = rig.dp.flows.keys().count() as u64;
+            let flows = rig.dp.flow_count() as u64;
             ensure!(
                 flows == 2 * d[1],
                 "{name}: {flows} flow entries for {} new flows",
@@ -719,7 +719,7 @@ fn scale(params: &KernelParams, wrapper_ns: f64) -> Result<Vec<ScalePoint>> {
                 tx_smac: LB_INT_MAC,
                 ..FlowEntry::default()
             };
-            rig.dp.flows.insert(key, entry, 0)?;
+            rig.dp.insert_flow(key, entry)?;
         }
         let fill_s = fill_start.elapsed().as_secs_f64();
         let packet = tcp_frame(
@@ -753,7 +753,7 @@ fn scale(params: &KernelParams, wrapper_ns: f64) -> Result<Vec<ScalePoint>> {
             d[0],
             d[1]
         );
-        let bytes = memlock(aya::maps::IterableMap::map(&rig.dp.flows))?;
+        let bytes = memlock(rig.dp.flow_map())?;
         points.push(ScalePoint {
             flows,
             capacity,

@@ -1,0 +1,310 @@
+//! Typed operations on the program's maps. Callers name what they read or write
+//! (a service entry, a backend, a ring, a flow); the map handles, update flags and
+//! wire forms stay here and in `lb_common::wire`.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Result, anyhow};
+use aya::maps::{MapData, PerCpuValues, lpm_trie::Key};
+use lb_common::{
+    Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, Service, ServiceKey, ServiceStats,
+    SessionEntry, SessionKey, Settings, counters,
+    wire::{self, eligibility_client_len, eligibility_prefix_len},
+};
+
+use super::Dataplane;
+use crate::domain::Limits;
+
+/// `bpf_map_update_elem` flags.
+const BPF_ANY: u64 = 0;
+/// Update only an entry that exists: never resurrects one deleted meanwhile.
+const BPF_EXIST: u64 = 2;
+
+fn eligibility_key(service_id: u32, client: Ipv4Addr, client_len: u8) -> Key<EligibilityKey> {
+    Key::new(
+        eligibility_prefix_len(client_len),
+        EligibilityKey::new(service_id, client),
+    )
+}
+
+impl Dataplane {
+    /// Capacities the maps were loaded with.
+    pub fn capacity(&self) -> Limits {
+        self.capacity
+    }
+
+    /// Whether the maps (and links, if any) were taken over from an earlier daemon.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        Ok(self.settings.get(&0, 0)?)
+    }
+
+    pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
+        self.settings.set(0, settings, BPF_ANY)?;
+        Ok(())
+    }
+
+    /// Every SERVICES entry.
+    pub fn service_entries(&self) -> Result<Vec<(ServiceKey, Service)>> {
+        Ok(self.services.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Creates or replaces a service entry: one map update, so a new ring goes live
+    /// with it at once.
+    pub fn write_service(&mut self, key: ServiceKey, entry: Service) -> Result<()> {
+        self.services.insert(key, entry, BPF_ANY)?;
+        Ok(())
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.services.remove(key)?;
+        Ok(())
+    }
+
+    pub fn backend(&self, id: u32) -> Result<Backend> {
+        Ok(self.backends.get(&id, 0)?)
+    }
+
+    /// Writes a backend slot; `Backend::default()` empties it.
+    pub fn write_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
+        self.backends.set(id, backend, BPF_ANY)?;
+        Ok(())
+    }
+
+    /// The whole MAGLEV_RINGS pool as the data path sees it (each u32 slot in the low
+    /// half of a u64, see `RingMemory`).
+    pub fn ring_slots(&self) -> &[u64] {
+        self.ring_memory.slots()
+    }
+
+    /// Writes `ring` into the pool from `first_slot`, touching only the slots that
+    /// change (an unchanged slot's cache line stays clean for the data path).
+    ///
+    /// # Panics
+    ///
+    /// If the ring does not fit in the pool (the caller allocated it there).
+    pub fn write_ring(&mut self, first_slot: u32, ring: &[u32]) {
+        let start = first_slot as usize;
+        let target = &mut self.ring_memory.slots_mut()[start..start + ring.len()];
+        for (slot, &backend_id) in target.iter_mut().zip(ring) {
+            if *slot != u64::from(backend_id) {
+                *slot = u64::from(backend_id);
+            }
+        }
+    }
+
+    /// Every LOCAL_ADDRS entry: address → `ADDR_KIND_*`.
+    pub fn local_addrs(&self) -> Result<Vec<(Ipv4Addr, u32)>> {
+        self.local_addrs
+            .iter()
+            .map(|item| {
+                let (addr, kind) = item?;
+                Ok((wire::addr_from_wire(addr), kind))
+            })
+            .collect()
+    }
+
+    pub fn write_local_addr(&mut self, addr: Ipv4Addr, kind: u32) -> Result<()> {
+        self.local_addrs
+            .insert(wire::addr_to_wire(addr), kind, BPF_ANY)?;
+        Ok(())
+    }
+
+    pub fn remove_local_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
+        self.local_addrs.remove(&wire::addr_to_wire(addr))?;
+        Ok(())
+    }
+
+    /// Every allow-list prefix in ELIGIBILITY: (service id, client address, length).
+    pub fn eligibility_prefixes(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        self.eligibility
+            .iter()
+            .map(|item| {
+                let (key, _) = item?;
+                let data = key.data();
+                Ok((
+                    data.service_id(),
+                    data.client(),
+                    eligibility_client_len(key.prefix_len()),
+                ))
+            })
+            .collect()
+    }
+
+    /// Admits clients in `client`/`client_len` to the service's new flows.
+    pub fn insert_eligibility(
+        &mut self,
+        service_id: u32,
+        client: Ipv4Addr,
+        client_len: u8,
+    ) -> Result<()> {
+        let key = eligibility_key(service_id, client, client_len);
+        self.eligibility.insert(&key, 1, BPF_ANY)?;
+        Ok(())
+    }
+
+    pub fn remove_eligibility(
+        &mut self,
+        service_id: u32,
+        client: Ipv4Addr,
+        client_len: u8,
+    ) -> Result<()> {
+        let key = eligibility_key(service_id, client, client_len);
+        self.eligibility.remove(&key)?;
+        Ok(())
+    }
+
+    /// Lets the program redirect packets out of `ifindex`.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        self.tx_ports.insert(ifindex, ifindex, None, BPF_ANY)?;
+        Ok(())
+    }
+
+    pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        self.tx_ports.remove(ifindex)?;
+        Ok(())
+    }
+
+    /// The redirect target registered for `ifindex`, if any.
+    pub fn tx_port(&self, ifindex: u32) -> Option<u32> {
+        self.tx_ports
+            .get(ifindex, 0)
+            .ok()
+            .map(|value| value.if_index)
+    }
+
+    /// Snapshot of the flow table.
+    pub fn flow_entries(&self) -> Vec<(FlowKey, FlowEntry)> {
+        // Entries can vanish between key iteration and lookup (LRU, GC): skip those.
+        self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Number of entries in the flow table.
+    pub fn flow_count(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
+    }
+
+    /// Creates or replaces a flow entry.
+    pub fn insert_flow(&mut self, key: FlowKey, entry: FlowEntry) -> Result<()> {
+        self.flows.insert(key, entry, BPF_ANY)?;
+        Ok(())
+    }
+
+    /// Replaces a flow entry only if it is still there: a connection that closed
+    /// meanwhile stays closed. Fails if the entry is gone.
+    pub fn update_flow_if_exists(&mut self, key: FlowKey, entry: FlowEntry) -> Result<()> {
+        self.flows.insert(key, entry, BPF_EXIST)?;
+        Ok(())
+    }
+
+    /// Deletes a flow entry; whether it was there.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> bool {
+        self.flows.remove(key).is_ok()
+    }
+
+    /// The FLOWS map itself, for the kernel's accounting of it (fdinfo).
+    pub fn flow_map(&self) -> &MapData {
+        aya::maps::IterableMap::map(&self.flows)
+    }
+
+    /// Snapshot of SESSIONS.
+    pub fn session_entries(&self) -> Vec<(SessionKey, SessionEntry)> {
+        self.sessions.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Number of entries in SESSIONS.
+    pub fn session_count(&self) -> usize {
+        self.sessions.keys().filter(Result::is_ok).count()
+    }
+
+    /// Creates or replaces a session.
+    pub fn insert_session(&mut self, key: SessionKey, entry: SessionEntry) -> Result<()> {
+        self.sessions.insert(key, entry, BPF_ANY)?;
+        Ok(())
+    }
+
+    /// Deletes the SESSIONS entries `stale` picks; returns how many went.
+    pub fn remove_sessions(&mut self, stale: impl Fn(&SessionKey, &SessionEntry) -> bool) -> usize {
+        let keys: Vec<SessionKey> = self
+            .session_entries()
+            .into_iter()
+            .filter(|(key, entry)| stale(key, entry))
+            .map(|(key, _)| key)
+            .collect();
+        keys.iter()
+            .filter(|key| self.sessions.remove(key).is_ok())
+            .count()
+    }
+
+    /// Sum over CPUs of every global counter.
+    pub fn global_counters(&self) -> Result<Vec<(&'static str, u64)>> {
+        (0..counters::COUNT)
+            .map(|index| {
+                let values = self.global_counters.get(&index, 0)?;
+                Ok((counters::NAMES[index as usize], values.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn service_stats(&self, id: u32) -> Result<ServiceStats> {
+        let values = self.service_stats.get(&id, 0)?;
+        Ok(values
+            .iter()
+            .fold(ServiceStats::default(), |sum, v| ServiceStats {
+                packets: sum.packets + v.packets,
+                bytes: sum.bytes + v.bytes,
+                new_flows: sum.new_flows + v.new_flows,
+                drops: sum.drops + v.drops,
+                denied: sum.denied + v.denied,
+            }))
+    }
+
+    pub fn backend_stats(&self, id: u32) -> Result<BackendStats> {
+        let values = self.backend_stats.get(&id, 0)?;
+        Ok(values
+            .iter()
+            .fold(BackendStats::default(), |sum, v| BackendStats {
+                packets: sum.packets + v.packets,
+                bytes: sum.bytes + v.bytes,
+                new_flows: sum.new_flows + v.new_flows,
+                _reserved: 0,
+            }))
+    }
+
+    /// Sets a service id's SERVICE_STATS slot to `stats` on every CPU.
+    pub fn fill_service_stats(&mut self, id: u32, stats: ServiceStats) -> Result<()> {
+        let values = PerCpuValues::try_from(vec![stats; possible_cpus()?])?;
+        self.service_stats.set(id, values, BPF_ANY)?;
+        Ok(())
+    }
+
+    /// Sets a backend id's BACKEND_STATS slot to `stats` on every CPU.
+    pub fn fill_backend_stats(&mut self, id: u32, stats: BackendStats) -> Result<()> {
+        let values = PerCpuValues::try_from(vec![stats; possible_cpus()?])?;
+        self.backend_stats.set(id, values, BPF_ANY)?;
+        Ok(())
+    }
+
+    /// Zeroes a freed service id's counters, so a service that later gets the id
+    /// starts from 0.
+    pub fn clear_service_stats(&mut self, id: u32) -> Result<()> {
+        self.fill_service_stats(id, ServiceStats::default())
+    }
+
+    /// Zeroes a freed backend id's counters.
+    pub fn clear_backend_stats(&mut self, id: u32) -> Result<()> {
+        self.fill_backend_stats(id, BackendStats::default())
+    }
+}
+
+/// Number of possible CPUs (the length of a per-CPU map value).
+fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))
+}

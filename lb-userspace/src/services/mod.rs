@@ -1,0 +1,320 @@
+//! Programs the policy tables (services, backends, Maglev rings, local addresses) from
+//! a validated config, as a difference against what is already installed.
+//!
+//! Ids are stable: a service keeps its id (and so its counters and rings) and a backend
+//! keeps its id across reloads for as long as it is configured. A changed ring is
+//! written into the service's idle ring half, then the service entry is flipped to it
+//! in one map update, so the data path never sees a half-written ring.
+//!
+//! An apply is `plan` (pure: every check, and the writes in a safe order) followed by
+//! `execute` (only the writes); the ring pool's allocation is in `ring_pool`.
+
+mod execute;
+mod plan;
+mod ring_pool;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use anyhow::Result;
+use lb_common::{BACKEND_STATE_ACTIVE, BACKEND_STATE_DOWN, BACKEND_STATE_DRAINING, Settings};
+use serde::Serialize;
+
+use self::ring_pool::RingPool;
+pub use self::{
+    execute::execute,
+    plan::{KernelView, Op, Plan, plan},
+    ring_pool::RingRegion,
+};
+pub use crate::domain::{BackendAddr, ServiceAddr};
+use crate::{
+    config::{Config, ServiceConfig},
+    dataplane::Dataplane,
+    domain::{DenyAction, Mode, Prefix, Protocol},
+};
+
+/// One installed service.
+#[derive(Clone, Debug)]
+pub struct InstalledService {
+    pub id: u32,
+    pub config: ServiceConfig,
+    /// The service's two rings in the pool.
+    pub rings: RingRegion,
+    /// Which ring half (0 or 1) is live.
+    pub live_half: u32,
+    /// Backend ids in config order.
+    pub backend_ids: Vec<u32>,
+    /// Weights in the live ring, in config order: 0 for drained and down backends.
+    pub effective_weights: Vec<u32>,
+}
+
+/// Run-time changes on top of the config: operator drains and weights, health results.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// Backends (in every service) that take no new flows.
+    pub drained: BTreeSet<BackendAddr>,
+    /// Weight set with `lb backend weight`, per (service name, backend).
+    pub weights: BTreeMap<(String, BackendAddr), u32>,
+    /// Backends whose health check failed, per (service name, backend).
+    pub down: BTreeSet<(String, BackendAddr)>,
+}
+
+impl Overrides {
+    /// The weight a backend of a service has in its ring.
+    pub fn effective_weight(&self, service: &str, addr: BackendAddr, configured: u32) -> u32 {
+        let key = (service.to_string(), addr);
+        if self.drained.contains(&addr) || self.down.contains(&key) {
+            0
+        } else {
+            self.weights.get(&key).copied().unwrap_or(configured)
+        }
+    }
+
+    /// `BACKEND_STATE_*` of a backend address in the data path.
+    pub fn state(&self, addr: BackendAddr) -> u8 {
+        if self.drained.contains(&addr) {
+            BACKEND_STATE_DRAINING
+        } else if self.down.iter().any(|(_, a)| *a == addr) {
+            BACKEND_STATE_DOWN
+        } else {
+            BACKEND_STATE_ACTIVE
+        }
+    }
+}
+
+/// What one `apply` changed, for logs and the reload answer.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ApplySummary {
+    pub services_added: usize,
+    pub services_removed: usize,
+    pub services_changed: usize,
+    pub rings_swapped: usize,
+    pub ring_slots_written: usize,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+}
+
+/// What the controller has installed in the maps: the state the next apply is a
+/// difference against.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceTable {
+    services: BTreeMap<ServiceAddr, InstalledService>,
+    backends: HashMap<BackendAddr, u32>,
+    ring_pool: RingPool,
+    /// LOCAL_ADDRS: address → `ADDR_KIND_*`.
+    local_addrs: BTreeMap<Ipv4Addr, u32>,
+    settings: Option<Settings>,
+    /// State written into each backend's BACKENDS entry.
+    backend_states: HashMap<u32, u8>,
+    /// Allow-list prefixes in ELIGIBILITY, by service id.
+    eligibility: BTreeSet<(u32, Prefix)>,
+}
+
+pub fn service_addr(service: &ServiceConfig) -> ServiceAddr {
+    (service.vip, service.port, service.protocol.number())
+}
+
+/// What keeps an affinity session of one service alive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionPolicy {
+    pub timeout_ns: u64,
+    /// Backend ids in the service's ring (effective weight > 0).
+    pub live_backends: BTreeSet<u32>,
+}
+
+impl SessionPolicy {
+    /// Whether a session last used at `last_seen_ns` and pinned to `backend_id` stays.
+    pub fn keeps(&self, backend_id: u32, last_seen_ns: u64, now_ns: u64) -> bool {
+        now_ns.saturating_sub(last_seen_ns) <= self.timeout_ns
+            && self.live_backends.contains(&backend_id)
+    }
+}
+
+impl ServiceTable {
+    pub fn services(&self) -> impl Iterator<Item = &InstalledService> {
+        self.services.values()
+    }
+
+    /// Session policy of every installed service with affinity, by service id. A
+    /// session of any other service id, or pinned to a backend the service no longer
+    /// has in its ring (removed, weight 0, drained, down), is stale: each new
+    /// connection would otherwise refresh it and keep it alive.
+    pub fn session_policies(&self) -> HashMap<u32, SessionPolicy> {
+        self.services
+            .values()
+            .filter_map(|s| {
+                let timeout = s.config.affinity_timeout?;
+                let live_backends = s
+                    .backend_ids
+                    .iter()
+                    .zip(&s.effective_weights)
+                    .filter(|&(_, &weight)| weight > 0)
+                    .map(|(&id, _)| id)
+                    .collect();
+                Some((
+                    s.id,
+                    SessionPolicy {
+                        timeout_ns: timeout.as_nanos().min(u128::from(u64::MAX)) as u64,
+                        live_backends,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    pub fn backend_id(&self, addr: BackendAddr) -> Option<u32> {
+        self.backends.get(&addr).copied()
+    }
+
+    /// Service name by id, for flow dumps.
+    pub fn service_name(&self, id: u32) -> Option<&str> {
+        self.services
+            .values()
+            .find(|s| s.id == id)
+            .map(|s| s.config.name.as_str())
+    }
+
+    /// Backends the data path has in the draining state (after `adopt`: the drains of
+    /// the daemon that came before, which survive a restart).
+    pub fn draining(&self) -> BTreeSet<BackendAddr> {
+        self.backends
+            .iter()
+            .filter(|(_, id)| self.backend_states.get(id) == Some(&BACKEND_STATE_DRAINING))
+            .map(|(addr, _)| *addr)
+            .collect()
+    }
+
+    pub fn backends(&self) -> impl Iterator<Item = (BackendAddr, u32)> + '_ {
+        self.backends.iter().map(|(a, id)| (*a, *id))
+    }
+
+    /// Rebuilds this table from the maps an earlier daemon left pinned, so that the
+    /// next `apply` is a difference against what the data path really holds (ids,
+    /// live ring halves and their contents stay; nothing is rewritten needlessly).
+    pub fn adopt(dp: &Dataplane, config: &Config) -> Result<ServiceTable> {
+        let mut table = ServiceTable::default();
+        for id in 0..dp.capacity().max_backends {
+            let backend = dp.backend(id)?;
+            if let Some(addr) = backend.address() {
+                table.backends.insert((*addr.ip(), addr.port()), id);
+                table.backend_states.insert(id, backend.state);
+            }
+        }
+        table.local_addrs = dp.local_addrs()?.into_iter().collect();
+        table.settings = Some(dp.settings()?);
+        for (service_id, addr, len) in dp.eligibility_prefixes()? {
+            table.eligibility.insert((service_id, Prefix { addr, len }));
+        }
+        for (key, entry) in dp.service_entries()? {
+            let vip = key.vip();
+            let addr: ServiceAddr = (*vip.ip(), vip.port(), key.proto);
+            // The live and idle rings are the region's two halves, in either order.
+            let rings = RingRegion {
+                base: entry.ring_offset.min(entry.ring_idle_offset),
+                size: entry.ring_size,
+            };
+            let live_half = u32::from(entry.ring_offset > entry.ring_idle_offset);
+            table.ring_pool.reserve(rings);
+            // The config the service was installed with is unknown; the first apply
+            // compares rings and entries, so it rewrites only what differs.
+            let config = match config.services.iter().find(|s| service_addr(s) == addr) {
+                Some(service) => service.clone(),
+                // Not in the config any more: the first apply removes it.
+                None => placeholder_config(addr),
+            };
+            table.services.insert(
+                addr,
+                InstalledService {
+                    id: entry.id,
+                    config,
+                    rings,
+                    live_half,
+                    backend_ids: Vec::new(),
+                    effective_weights: Vec::new(),
+                },
+            );
+        }
+        Ok(table)
+    }
+
+    /// Brings the kernel tables to `config`. The config must be validated already.
+    pub fn apply(&mut self, dp: &mut Dataplane, config: &Config) -> Result<ApplySummary> {
+        self.apply_with(dp, config, &Overrides::default())
+    }
+
+    /// Brings the kernel tables to `config` with run-time `overrides` on top: plans the
+    /// whole change (a refused plan writes nothing), then executes it.
+    pub fn apply_with(
+        &mut self,
+        dp: &mut Dataplane,
+        config: &Config,
+        overrides: &Overrides,
+    ) -> Result<ApplySummary> {
+        let kernel = KernelView {
+            capacity: dp.capacity(),
+            ring_slots: dp.ring_slots(),
+        };
+        let plan = plan(self, config, overrides, kernel)?;
+        if let Err(e) = execute(&plan.ops, dp) {
+            self.recover(dp, config, plan.installed);
+            return Err(e);
+        }
+        *self = plan.installed;
+        Ok(plan.summary)
+    }
+
+    /// After a write failed part way: the installed state is read back from the maps,
+    /// so the next apply is a difference against what they really hold. A service whose
+    /// entry is the planned one keeps the planned backends and weights.
+    fn recover(&mut self, dp: &Dataplane, config: &Config, planned: ServiceTable) {
+        let mut table = match ServiceTable::adopt(dp, config) {
+            Ok(table) => table,
+            Err(e) => {
+                // Neither state is exact then; the planned one at least never has a
+                // ring written into the live half of a service that was flipped.
+                log::error!("reading the maps back after a failed apply failed: {e:#}");
+                *self = planned;
+                return;
+            }
+        };
+        for (addr, service) in &mut table.services {
+            if let Some(want) = planned.services.get(addr)
+                && (want.id, want.rings, want.live_half)
+                    == (service.id, service.rings, service.live_half)
+            {
+                service.config = want.config.clone();
+                service.backend_ids = want.backend_ids.clone();
+                service.effective_weights = want.effective_weights.clone();
+            }
+        }
+        *self = table;
+    }
+}
+
+/// Stands for an adopted service the config no longer has, until `apply` removes it.
+fn placeholder_config(addr: ServiceAddr) -> ServiceConfig {
+    ServiceConfig {
+        name: String::new(),
+        vip: addr.0,
+        port: addr.1,
+        protocol: if addr.2 == lb_common::IPPROTO_UDP {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        },
+        mode: Mode::FullNat,
+        snat_ip: None,
+        syn_proxy: false,
+        backends: Vec::new(),
+        allow: None,
+        deny: DenyAction::Drop,
+        affinity_timeout: None,
+        health_check: None,
+        on_backend_down: crate::domain::BackendDown::Keep,
+    }
+}
+
