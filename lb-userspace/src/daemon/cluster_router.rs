@@ -128,7 +128,7 @@ impl Controller {
             return;
         };
         let (generation, endpoints) = {
-            let engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let engine = lock(&cluster.engine);
             (engine.generation(), engine.endpoints().to_vec())
         };
         if cluster.applied_generation == Some(generation) {
@@ -139,7 +139,7 @@ impl Controller {
         let cluster = self.cluster.as_mut().expect("checked above");
         match result {
             Ok(summary) => {
-                let mut engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+                let mut engine = lock(&cluster.engine);
                 // Changed meanwhile: the next poll applies the newer table.
                 if engine.generation() == generation {
                     engine.mark_applied();
@@ -164,7 +164,7 @@ impl Controller {
         let Some(cluster) = &self.cluster else {
             bail!("no [cluster] in the config: this balancer takes no node announcements");
         };
-        let engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let engine = lock(&cluster.engine);
         let settings = engine.settings();
         let management = engine.management();
         Ok(json!({

@@ -33,6 +33,7 @@ use crate::{
     health::{self, Health},
     metrics::{BackendLabels, EventLabels, ReasonLabels, Scrape, ServiceLabels, StateLabels},
     services::{ApplySummary, BackendAddr, Overrides, ServiceTable},
+    sync::lock,
     sys,
 };
 
@@ -386,11 +387,7 @@ impl Controller {
         }
         let summary = self.apply_new_config(config)?;
         if let Some(cluster) = &self.cluster {
-            cluster
-                .engine
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .set_services(known_services(&self.config), Instant::now());
+            lock(&cluster.engine).set_services(known_services(&self.config), Instant::now());
         }
         self.generation += 1;
         log::info!("reloaded (generation {}): {summary:?}", self.generation);

@@ -100,7 +100,7 @@ impl Controller {
             }
         }
         if let Some(cluster) = &self.cluster {
-            let engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let engine = lock(&cluster.engine);
             let counters = serde_json::to_value(engine.counters())?;
             for (name, value) in counters.as_object().into_iter().flatten() {
                 scrape
