@@ -8,7 +8,7 @@ use lb_common::{
     FLOW_STATE_SYN_SEEN, FLOW_STATE_SYNPROXY, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP,
     IPPROTO_UDP,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Timeouts;
 
@@ -110,16 +110,16 @@ pub fn remove_idle(
 }
 
 /// One connection, as `lb flows` shows it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowRow {
-    pub protocol: &'static str,
+    pub protocol: String,
     pub service: String,
     pub client: String,
     pub vip: String,
     /// Source the server sees: the SNAT address and port (full-NAT) or the client (DNAT).
     pub snat: String,
     pub server: String,
-    pub state: &'static str,
+    pub state: String,
     pub age_secs: u64,
     pub idle_secs: u64,
     pub backend_id: u32,
@@ -129,7 +129,7 @@ pub struct FlowRow {
     pub proxy: Option<ProxyColumns>,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProxyColumns {
     pub seq: u32,
     pub delta: u32,
@@ -159,14 +159,15 @@ pub fn rows(
                     IPPROTO_TCP => "tcp",
                     IPPROTO_UDP => "udp",
                     _ => "other",
-                },
+                }
+                .into(),
                 service: service_name(entry.service_id)
                     .unwrap_or_else(|| format!("#{}", entry.service_id)),
                 client: endpoint(key.src_ip, key.src_port),
                 vip: endpoint(key.dst_ip, key.dst_port),
                 snat: endpoint(entry.new_src_ip, entry.new_src_port),
                 server: endpoint(entry.new_dst_ip, entry.new_dst_port),
-                state: state_name(entry.state),
+                state: state_name(entry.state).into(),
                 age_secs: now_ns.saturating_sub(entry.created_ns) / 1_000_000_000,
                 idle_secs: now_ns.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
                 backend_id: entry.backend_id,
