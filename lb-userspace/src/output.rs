@@ -6,7 +6,7 @@ use std::fmt::{Display, Write as _};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::{AnnouncedEndpoint, BackendRow, FlowRow, Nodes, Reply, SessionRow, Stats, Status};
+use crate::api::{BackendRow, FlowRow, Nodes, Reply, SessionRow, Stats, Status};
 
 /// Left-aligned columns sized to their widest cell.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -81,60 +81,52 @@ fn counter_rows(counters: &impl Serialize) -> Vec<Vec<String>> {
     }
 }
 
-/// A table with its row count under it.
-fn counted_table(header: &[&str], rows: &[Vec<String>], what: &str) -> String {
-    let mut out = table(header, rows);
+/// A column of a table of `T`s: its header and how to fill its cell from one `T`.
+type Column<T> = (&'static str, fn(&T) -> String);
+
+/// A table of `items`, each column a header and how to fill its cell, then the count of
+/// rows (`{count} {what}`).
+fn items_table<T>(items: &[T], columns: &[Column<T>], what: &str) -> String {
+    let header: Vec<&str> = columns.iter().map(|(header, _)| *header).collect();
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|item| columns.iter().map(|(_, cell)| cell(item)).collect())
+        .collect();
+    let mut out = table(&header, &rows);
     let _ = writeln!(out, "{} {what}", rows.len());
     out
 }
 
 fn render_backends(backends: &[BackendRow]) -> String {
-    let rows: Vec<Vec<String>> = backends
-        .iter()
-        .map(|b| {
-            vec![
-                b.service.clone(),
-                b.backend.to_string(),
-                name(&b.state),
-                name(&b.health),
-                b.weight.to_string(),
-                b.effective_weight.to_string(),
-                b.active_flows.to_string(),
-                b.new_flows.to_string(),
-                b.packets.to_string(),
-                b.bytes.to_string(),
-            ]
-        })
-        .collect();
-    counted_table(
+    items_table(
+        backends,
         &[
-            "SERVICE", "BACKEND", "STATE", "HEALTH", "WEIGHT", "LIVE", "ACTIVE", "NEW", "PACKETS",
-            "BYTES",
+            ("SERVICE", |b| b.service.clone()),
+            ("BACKEND", |b| b.backend.to_string()),
+            ("STATE", |b| name(&b.state)),
+            ("HEALTH", |b| name(&b.health)),
+            ("WEIGHT", |b| b.weight.to_string()),
+            ("LIVE", |b| b.effective_weight.to_string()),
+            ("ACTIVE", |b| b.active_flows.to_string()),
+            ("NEW", |b| b.new_flows.to_string()),
+            ("PACKETS", |b| b.packets.to_string()),
+            ("BYTES", |b| b.bytes.to_string()),
         ],
-        &rows,
         "rows",
     )
 }
 
 fn render_sessions(sessions: &[SessionRow]) -> String {
-    let rows: Vec<Vec<String>> = sessions
-        .iter()
-        .map(|s| {
-            vec![
-                s.client.to_string(),
-                or_dash(s.service.as_ref()),
-                or_dash(s.backend),
-                s.age_secs.to_string(),
-                s.idle_secs.to_string(),
-                s.handle.clone(),
-            ]
-        })
-        .collect();
-    counted_table(
+    items_table(
+        sessions,
         &[
-            "CLIENT", "SERVICE", "BACKEND", "AGE(s)", "IDLE(s)", "HANDLE",
+            ("CLIENT", |s| s.client.to_string()),
+            ("SERVICE", |s| or_dash(s.service.as_ref())),
+            ("BACKEND", |s| or_dash(s.backend)),
+            ("AGE(s)", |s| s.age_secs.to_string()),
+            ("IDLE(s)", |s| s.idle_secs.to_string()),
+            ("HANDLE", |s| s.handle.clone()),
         ],
-        &rows,
         "rows",
     )
 }
@@ -243,20 +235,26 @@ fn render_nodes(nodes: &Nodes) -> String {
         nodes.dead_after,
     );
     out.push('\n');
-    let rows: Vec<Vec<String>> = nodes.endpoints.iter().map(endpoint_row).collect();
-    out.push_str(&counted_table(
+    out.push_str(&items_table(
+        &nodes.endpoints,
         &[
-            "APPLICATION",
-            "NODE",
-            "PRIO",
-            "HEALTH",
-            "LOAD(‰)",
-            "CAPACITY",
-            "CONNS",
-            "TARGET",
-            "CURRENT",
+            ("APPLICATION", |e| {
+                format!("{} {}:{}/{}", e.service, e.vip, e.service_port, e.protocol)
+            }),
+            ("NODE", |e| format!("{}:{}", e.node, e.port)),
+            ("PRIO", |e| e.priority.to_string()),
+            ("HEALTH", |e| name(&e.health)),
+            ("LOAD(‰)", |e| e.load_permille.to_string()),
+            ("CAPACITY", |e| e.capacity.to_string()),
+            ("CONNS", |e| e.connections.to_string()),
+            ("TARGET", |e| format!("{} {}", name(&e.state), e.tokens)),
+            ("CURRENT", |e| {
+                or_dash(
+                    e.applied
+                        .map(|(state, tokens)| format!("{} {tokens}", name(&state))),
+                )
+            }),
         ],
-        &rows,
         "endpoints",
     ));
     out.push('\n');
@@ -267,59 +265,24 @@ fn render_nodes(nodes: &Nodes) -> String {
     out
 }
 
-fn endpoint_row(e: &AnnouncedEndpoint) -> Vec<String> {
-    vec![
-        format!("{} {}:{}/{}", e.service, e.vip, e.service_port, e.protocol),
-        format!("{}:{}", e.node, e.port),
-        e.priority.to_string(),
-        name(&e.health),
-        e.load_permille.to_string(),
-        e.capacity.to_string(),
-        e.connections.to_string(),
-        format!("{} {}", name(&e.state), e.tokens),
-        or_dash(
-            e.applied
-                .map(|(state, tokens)| format!("{} {tokens}", name(&state))),
-        ),
-    ]
-}
-
 fn render_flows(flows: &[FlowRow]) -> String {
-    let rows: Vec<Vec<String>> = flows
-        .iter()
-        .map(|f| {
-            vec![
-                f.protocol.clone(),
-                f.service.clone(),
-                f.client.clone(),
-                f.vip.clone(),
-                f.snat.clone(),
-                f.server.clone(),
-                f.state.clone(),
-                f.age_secs.to_string(),
-                f.idle_secs.to_string(),
-                or_dash(f.proxy.map(|p| p.seq)),
-                or_dash(f.proxy.map(|p| p.delta)),
-                or_dash(f.proxy.map(|p| p.timestamp)),
-            ]
-        })
-        .collect();
-    counted_table(
+    items_table(
+        flows,
         &[
-            "PROTO",
-            "SERVICE",
-            "CLIENT",
-            "VIP",
-            "SNAT",
-            "SERVER",
-            "STATE",
-            "AGE(s)",
-            "IDLE(s)",
-            "SEQ",
-            "DELTA",
-            "TIMESTAMP",
+            ("PROTO", |f| f.protocol.clone()),
+            ("SERVICE", |f| f.service.clone()),
+            ("CLIENT", |f| f.client.clone()),
+            ("VIP", |f| f.vip.clone()),
+            ("SNAT", |f| f.snat.clone()),
+            ("SERVER", |f| f.server.clone()),
+            ("STATE", |f| f.state.clone()),
+            ("AGE(s)", |f| f.age_secs.to_string()),
+            ("IDLE(s)", |f| f.idle_secs.to_string()),
+            // SYN proxy only.
+            ("SEQ", |f| or_dash(f.proxy.map(|p| p.seq))),
+            ("DELTA", |f| or_dash(f.proxy.map(|p| p.delta))),
+            ("TIMESTAMP", |f| or_dash(f.proxy.map(|p| p.timestamp))),
         ],
-        &rows,
         "connections",
     )
 }
