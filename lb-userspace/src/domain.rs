@@ -149,7 +149,7 @@ impl fmt::Display for XdpMode {
 
 /// How the program is attached to an interface. Not an [`XdpMode`]: `auto` is a wish,
 /// and every attachment ends up in one of these two modes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachedMode {
     Native,

@@ -8,7 +8,7 @@ use lb_common::{
     FLOW_STATE_SYN_SEEN, FLOW_STATE_SYNPROXY, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP,
     IPPROTO_UDP,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{dataplane::Dataplane, domain::Timeouts};
 
@@ -129,16 +129,16 @@ pub fn remove_idle(
 }
 
 /// One connection, as `lb flows` shows it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowRow {
-    pub protocol: &'static str,
+    pub protocol: String,
     pub service: String,
     pub client: String,
     pub vip: String,
     /// Source the server sees: the SNAT address and port (full-NAT) or the client (DNAT).
     pub snat: String,
     pub server: String,
-    pub state: &'static str,
+    pub state: String,
     pub age_secs: u64,
     pub idle_secs: u64,
     pub backend_id: u32,
@@ -148,7 +148,7 @@ pub struct FlowRow {
     pub proxy: Option<ProxyColumns>,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProxyColumns {
     pub seq: u32,
     pub delta: u32,
@@ -170,14 +170,15 @@ pub fn rows(
                     IPPROTO_TCP => "tcp",
                     IPPROTO_UDP => "udp",
                     _ => "other",
-                },
+                }
+                .into(),
                 service: service_name(entry.service_id)
                     .unwrap_or_else(|| format!("#{}", entry.service_id)),
                 client: key.source().to_string(),
                 vip: key.destination().to_string(),
                 snat: entry.new_source().to_string(),
                 server: entry.new_destination().to_string(),
-                state: state_name(entry.state),
+                state: state_name(entry.state).into(),
                 age_secs: now_ns.saturating_sub(entry.created_ns) / 1_000_000_000,
                 idle_secs: now_ns.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
                 backend_id: entry.backend_id,

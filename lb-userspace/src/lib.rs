@@ -15,4 +15,5 @@ pub mod maglev;
 pub mod metrics;
 pub mod output;
 pub mod services;
+pub mod sync;
 pub mod sys;

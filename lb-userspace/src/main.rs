@@ -282,11 +282,11 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Command::Node(args) => return run_node(args),
     };
-    let result = api::call(&cli.socket, &request)?;
+    let reply = api::call(&cli.socket, &request)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        println!("{}", output::json(&reply)?);
     } else {
-        print!("{}", output::render(&request, &result));
+        print!("{}", output::render(&reply));
     }
     Ok(())
 }

@@ -1,10 +1,12 @@
-//! Human-readable rendering of the API's answers (`--json` prints them raw).
+//! Rendering of the API's replies for the operator: tables, or the JSON itself
+//! (`--json`). Pure: a reply in, text out.
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::Request;
+use crate::api::{BackendRow, FlowRow, Nodes, Reply, SessionRow, Stats, Status};
 
 /// Left-aligned columns sized to their widest cell.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -30,129 +32,160 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
+/// `--json`: the reply pretty-printed, keys sorted (as the daemon has always sent them).
+pub fn json(reply: &Reply) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&serde_json::to_value(reply)?)
+}
+
+/// The operator's view of a reply.
+pub fn render(reply: &Reply) -> String {
+    match reply {
+        Reply::Status(status) => render_status(status),
+        Reply::Stats(stats) => render_stats(stats),
+        Reply::Flows(flows) => render_flows(flows),
+        Reply::Reloaded(summary) => format!("reloaded: {}\n", compact(summary)),
+        Reply::Backends(backends) => render_backends(backends),
+        Reply::Sessions(sessions) => render_sessions(sessions),
+        Reply::Applied(summary) => format!("applied: {}\n", compact(summary)),
+        Reply::Nodes(nodes) => render_nodes(nodes),
+        Reply::HandedOver(handed_over) => format!("{}\n", compact(handed_over)),
     }
 }
 
-pub fn render(request: &Request, result: &Value) -> String {
-    match request {
-        Request::Status => render_status(result),
-        Request::Stats => render_stats(result),
-        Request::Flows => render_flows(result),
-        Request::Reload => format!("reloaded: {result}\n"),
-        Request::Backends => rows_table(
-            result,
-            &[
-                ("SERVICE", "service"),
-                ("BACKEND", "backend"),
-                ("STATE", "state"),
-                ("HEALTH", "health"),
-                ("WEIGHT", "weight"),
-                ("LIVE", "effective_weight"),
-                ("ACTIVE", "active_flows"),
-                ("NEW", "new_flows"),
-                ("PACKETS", "packets"),
-                ("BYTES", "bytes"),
-            ],
-        ),
-        Request::Sessions => rows_table(
-            result,
-            &[
-                ("CLIENT", "client"),
-                ("SERVICE", "service"),
-                ("BACKEND", "backend"),
-                ("AGE(s)", "age_secs"),
-                ("IDLE(s)", "idle_secs"),
-                ("HANDLE", "handle"),
-            ],
-        ),
-        Request::BackendDrain { .. }
-        | Request::BackendUndrain { .. }
-        | Request::BackendWeight { .. }
-        | Request::BackendAdd { .. }
-        | Request::BackendRemove { .. } => format!("applied: {result}\n"),
-        Request::Nodes => render_nodes(result),
-        Request::Handover => format!("{result}\n"),
+/// One-line JSON, keys sorted.
+fn compact(value: &impl Serialize) -> String {
+    serde_json::to_value(value).map_or_else(|e| format!("({e})"), |v| v.to_string())
+}
+
+/// The name an enum has in the JSON (its serde name), so text and `--json` agree.
+fn name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        _ => "-".into(),
     }
 }
 
-/// A table of an array of objects: (header, field) per column, then a count.
-fn rows_table(result: &Value, columns: &[(&str, &str)]) -> String {
-    let header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
-    let rows: Vec<Vec<String>> = result
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|row| columns.iter().map(|(_, f)| text(&row[*f])).collect())
+/// A cell of something that may be absent.
+fn or_dash(value: Option<impl Display>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// A flat struct or map of counters as (name, value) rows, by name.
+fn counter_rows(counters: &impl Serialize) -> Vec<Vec<String>> {
+    match serde_json::to_value(counters) {
+        Ok(Value::Object(map)) => map
+            .into_iter()
+            .map(|(name, value)| vec![name, value.to_string()])
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A column of a table of `T`s: its header and how to fill its cell from one `T`.
+type Column<T> = (&'static str, fn(&T) -> String);
+
+/// A table of `items`, each column a header and how to fill its cell, then the count of
+/// rows (`{count} {what}`).
+fn items_table<T>(items: &[T], columns: &[Column<T>], what: &str) -> String {
+    let header: Vec<&str> = columns.iter().map(|(header, _)| *header).collect();
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|item| columns.iter().map(|(_, cell)| cell(item)).collect())
         .collect();
     let mut out = table(&header, &rows);
-    let _ = writeln!(out, "{} rows", rows.len());
+    let _ = writeln!(out, "{} {what}", rows.len());
     out
 }
 
-fn render_status(status: &Value) -> String {
+fn render_backends(backends: &[BackendRow]) -> String {
+    items_table(
+        backends,
+        &[
+            ("SERVICE", |b| b.service.clone()),
+            ("BACKEND", |b| b.backend.to_string()),
+            ("STATE", |b| name(&b.state)),
+            ("HEALTH", |b| name(&b.health)),
+            ("WEIGHT", |b| b.weight.to_string()),
+            ("LIVE", |b| b.effective_weight.to_string()),
+            ("ACTIVE", |b| b.active_flows.to_string()),
+            ("NEW", |b| b.new_flows.to_string()),
+            ("PACKETS", |b| b.packets.to_string()),
+            ("BYTES", |b| b.bytes.to_string()),
+        ],
+        "rows",
+    )
+}
+
+fn render_sessions(sessions: &[SessionRow]) -> String {
+    items_table(
+        sessions,
+        &[
+            ("CLIENT", |s| s.client.to_string()),
+            ("SERVICE", |s| or_dash(s.service.as_ref())),
+            ("BACKEND", |s| or_dash(s.backend)),
+            ("AGE(s)", |s| s.age_secs.to_string()),
+            ("IDLE(s)", |s| s.idle_secs.to_string()),
+            ("HANDLE", |s| s.handle.clone()),
+        ],
+        "rows",
+    )
+}
+
+fn render_status(status: &Status) -> String {
     let mut out = String::new();
-    for key in [
-        "name",
-        "config",
-        "pid",
-        "uptime_secs",
-        "generation",
-        "last_reload",
-        "pin_dir",
-        "services",
-        "connections",
-        "flows_expired",
-        "adopted",
-        "metrics",
+    for (key, value) in [
+        ("name", status.name.clone()),
+        ("config", status.config.clone()),
+        ("pid", status.pid.to_string()),
+        ("uptime_secs", status.uptime_secs.to_string()),
+        ("generation", status.generation.to_string()),
+        ("last_reload", or_dash(status.last_reload.as_ref())),
+        ("pin_dir", status.pin_dir.clone()),
+        ("services", status.services.to_string()),
+        ("connections", status.connections.to_string()),
+        ("flows_expired", status.flows_expired.to_string()),
+        ("adopted", status.adopted.to_string()),
+        ("metrics", or_dash(status.metrics)),
     ] {
-        let _ = writeln!(out, "{key:<14} {}", text(&status[key]));
+        let _ = writeln!(out, "{key:<14} {value}");
     }
-    let rows: Vec<Vec<String>> = status["interfaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| vec![text(&i["name"]), text(&i["ifindex"]), text(&i["mode"])])
+    let rows: Vec<Vec<String>> = status
+        .interfaces
+        .iter()
+        .map(|i| vec![i.name.clone(), i.ifindex.to_string(), name(&i.mode)])
         .collect();
     out.push('\n');
     out.push_str(&table(&["INTERFACE", "IFINDEX", "XDP MODE"], &rows));
     out
 }
 
-fn render_stats(stats: &Value) -> String {
+fn render_stats(stats: &Stats) -> String {
     let mut out = String::new();
-    let counters: Vec<Vec<String>> = stats["counters"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(name, value)| vec![name.clone(), text(value)])
-        .collect();
-    out.push_str(&table(&["COUNTER", "PACKETS"], &counters));
+    out.push_str(&table(
+        &["COUNTER", "PACKETS"],
+        &counter_rows(&stats.counters),
+    ));
     out.push('\n');
     let mut services = Vec::new();
     let mut backends = Vec::new();
-    for service in stats["services"].as_array().into_iter().flatten() {
+    for service in &stats.services {
         services.push(vec![
-            text(&service["name"]),
-            format!("{}/{}", text(&service["vip"]), text(&service["protocol"])),
-            text(&service["mode"]),
-            text(&service["packets"]),
-            text(&service["bytes"]),
-            text(&service["new_flows"]),
-            text(&service["drops"]),
+            service.name.clone(),
+            format!("{}/{}", service.vip, service.protocol),
+            service.mode.to_string(),
+            service.packets.to_string(),
+            service.bytes.to_string(),
+            service.new_flows.to_string(),
+            service.drops.to_string(),
         ]);
-        for backend in service["backends"].as_array().into_iter().flatten() {
+        for backend in &service.backends {
             backends.push(vec![
-                text(&service["name"]),
-                text(&backend["address"]),
-                text(&backend["weight"]),
-                text(&backend["packets"]),
-                text(&backend["bytes"]),
-                text(&backend["new_flows"]),
+                service.name.clone(),
+                backend.address.to_string(),
+                backend.weight.to_string(),
+                backend.packets.to_string(),
+                backend.bytes.to_string(),
+                backend.new_flows.to_string(),
             ]);
         }
     }
@@ -183,125 +216,76 @@ fn render_stats(stats: &Value) -> String {
     out
 }
 
-/// The health-and-load table (seed 004 fig 13), then the router's counters.
-fn render_nodes(nodes: &Value) -> String {
+/// The router's health-and-load table, then its counters.
+fn render_nodes(nodes: &Nodes) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "cluster {}  router {}:{}  management {}{}  heartbeat {} ms  dead after {}",
-        text(&nodes["cluster_id"]),
-        text(&nodes["router"]),
-        text(&nodes["port"]),
-        text(&nodes["management"]),
-        if nodes["controller_configured"] == Value::Bool(true) {
+        nodes.cluster_id,
+        nodes.router,
+        nodes.port,
+        or_dash(nodes.management),
+        if nodes.controller_configured {
             " (configured)"
         } else {
             ""
         },
-        text(&nodes["heartbeat_ms"]),
-        text(&nodes["dead_after"]),
+        nodes.heartbeat_ms,
+        nodes.dead_after,
     );
     out.push('\n');
-    let rows: Vec<Vec<String>> = nodes["endpoints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let applied = match &e["applied"] {
-                Value::Array(pair) if pair.len() == 2 => {
-                    format!("{} {}", text(&pair[0]), text(&pair[1]))
-                }
-                _ => "-".into(),
-            };
-            vec![
-                format!(
-                    "{} {}:{}/{}",
-                    text(&e["service"]),
-                    text(&e["vip"]),
-                    text(&e["service_port"]),
-                    text(&e["protocol"])
-                ),
-                format!("{}:{}", text(&e["node"]), text(&e["port"])),
-                text(&e["priority"]),
-                text(&e["health"]),
-                text(&e["load_permille"]),
-                text(&e["capacity"]),
-                text(&e["connections"]),
-                format!("{} {}", text(&e["state"]), text(&e["tokens"])),
-                applied,
-            ]
-        })
-        .collect();
-    out.push_str(&table(
+    out.push_str(&items_table(
+        &nodes.endpoints,
         &[
-            "APPLICATION",
-            "NODE",
-            "PRIO",
-            "HEALTH",
-            "LOAD(‰)",
-            "CAPACITY",
-            "CONNS",
-            "TARGET",
-            "CURRENT",
+            ("APPLICATION", |e| {
+                format!("{} {}:{}/{}", e.service, e.vip, e.service_port, e.protocol)
+            }),
+            ("NODE", |e| format!("{}:{}", e.node, e.port)),
+            ("PRIO", |e| e.priority.to_string()),
+            ("HEALTH", |e| name(&e.health)),
+            ("LOAD(‰)", |e| e.load_permille.to_string()),
+            ("CAPACITY", |e| e.capacity.to_string()),
+            ("CONNS", |e| e.connections.to_string()),
+            ("TARGET", |e| format!("{} {}", name(&e.state), e.tokens)),
+            ("CURRENT", |e| {
+                or_dash(
+                    e.applied
+                        .map(|(state, tokens)| format!("{} {tokens}", name(&state))),
+                )
+            }),
         ],
-        &rows,
+        "endpoints",
     ));
-    let _ = writeln!(out, "{} endpoints", rows.len());
     out.push('\n');
-    let counters: Vec<Vec<String>> = nodes["counters"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(name, value)| vec![name.clone(), text(value)])
-        .collect();
-    out.push_str(&table(&["ROUTER COUNTER", "VALUE"], &counters));
+    out.push_str(&table(
+        &["ROUTER COUNTER", "VALUE"],
+        &counter_rows(&nodes.counters),
+    ));
     out
 }
 
-fn render_flows(flows: &Value) -> String {
-    let rows: Vec<Vec<String>> = flows
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|f| {
-            [
-                "protocol",
-                "service",
-                "client",
-                "vip",
-                "snat",
-                "server",
-                "state",
-                "age_secs",
-                "idle_secs",
-            ]
-            .iter()
-            .map(|k| text(&f[*k]))
-            .chain(
-                ["seq", "delta", "timestamp"]
-                    .iter()
-                    .map(|k| text(&f["proxy"][*k])),
-            )
-            .collect()
-        })
-        .collect();
-    let mut out = table(
+fn render_flows(flows: &[FlowRow]) -> String {
+    items_table(
+        flows,
         &[
-            "PROTO",
-            "SERVICE",
-            "CLIENT",
-            "VIP",
-            "SNAT",
-            "SERVER",
-            "STATE",
-            "AGE(s)",
-            "IDLE(s)",
-            "SEQ",
-            "DELTA",
-            "TIMESTAMP",
+            ("PROTO", |f| f.protocol.clone()),
+            ("SERVICE", |f| f.service.clone()),
+            ("CLIENT", |f| f.client.clone()),
+            ("VIP", |f| f.vip.clone()),
+            ("SNAT", |f| f.snat.clone()),
+            ("SERVER", |f| f.server.clone()),
+            ("STATE", |f| f.state.clone()),
+            ("AGE(s)", |f| f.age_secs.to_string()),
+            ("IDLE(s)", |f| f.idle_secs.to_string()),
+            // SYN proxy only.
+            ("SEQ", |f| or_dash(f.proxy.map(|p| p.seq))),
+            ("DELTA", |f| or_dash(f.proxy.map(|p| p.delta))),
+            ("TIMESTAMP", |f| or_dash(f.proxy.map(|p| p.timestamp))),
         ],
-        &rows,
-    );
-    let _ = writeln!(out, "{} connections", rows.len());
-    out
+        "connections",
+    )
 }
+
+#[cfg(test)]
+mod tests;

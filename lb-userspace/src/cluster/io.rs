@@ -16,6 +16,7 @@ use super::{
     router::{Clock, Outgoing, RouterEngine},
     wire,
 };
+use crate::sync::lock;
 
 /// Serves until `shutdown` completes. The socket should be bound to `0.0.0.0:port` on the
 /// nodes' segment so that broadcast joins arrive.
@@ -24,11 +25,7 @@ pub async fn serve(
     engine: Arc<Mutex<RouterEngine>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let interval = engine
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .settings()
-        .heartbeat_interval;
+    let interval = lock(&engine).settings().heartbeat_interval;
     let mut ticker = tokio::time::interval(interval / 2);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // One byte more than the limit, so an oversized datagram is seen as such.
@@ -37,11 +34,9 @@ pub async fn serve(
     loop {
         let out: Vec<Outgoing> = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            _ = ticker.tick() => engine.lock().unwrap_or_else(|p| p.into_inner()).tick(Clock::system()),
+            _ = ticker.tick() => lock(&engine).tick(Clock::system()),
             received = socket.recv_from(&mut buf) => match received {
-                Ok((len, SocketAddr::V4(from))) => engine
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                Ok((len, SocketAddr::V4(from))) => lock(&engine)
                     .handle_datagram(&buf[..len], from, Clock::system()),
                 Ok(_) => continue,
                 Err(e) => {

@@ -28,7 +28,7 @@ use std::{
 };
 
 use log::{info, warn};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     allotment::{Allotment, AllotmentPolicy, EndpointReport},
@@ -137,7 +137,7 @@ pub struct Outgoing {
     pub datagram: Vec<u8>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeState {
     /// Takes new flows (if its service is healthy).
@@ -150,12 +150,11 @@ pub enum NodeState {
 
 /// One row of the health-and-load table (docs/architecture.md): application id (VIP, port,
 /// protocol; node address and port), health, load, capacity, target and current state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnnouncedEndpoint {
     pub service: String,
     pub vip: Ipv4Addr,
     pub service_port: u16,
-    #[serde(serialize_with = "serialize_display")]
     pub protocol: Protocol,
     pub node: Ipv4Addr,
     pub port: u16,
@@ -174,7 +173,7 @@ pub struct AnnouncedEndpoint {
 }
 
 /// Counters of the router side; `drop_*` are datagrams that changed nothing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouterCounters {
     pub received: u64,
     pub accepted: u64,
@@ -782,13 +781,6 @@ impl RouterEngine {
         }
         self.endpoints = rows;
     }
-}
-
-fn serialize_display<S: serde::Serializer>(
-    value: &impl std::fmt::Display,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(value)
 }
 
 /// Why a received message was discarded; each reason has its own counter.

@@ -2,6 +2,7 @@
 //! backend and session views.
 
 use super::*;
+use crate::api::{BackendHealth, BackendSource, BackendState};
 
 /// `address` or `address:port` as the operator names a backend.
 pub(super) fn parse_backend(text: &str) -> Result<(Ipv4Addr, Option<u16>)> {
@@ -42,7 +43,7 @@ impl Controller {
         }
     }
 
-    pub(super) fn set_drained(&mut self, text: &str, drained: bool) -> Result<Value> {
+    pub(super) fn set_drained(&mut self, text: &str, drained: bool) -> Result<ApplySummary> {
         let addr = self.resolve(None, text)?[0];
         let was = self.overrides.drained.contains(&addr);
         if was == drained {
@@ -65,10 +66,15 @@ impl Controller {
             addr.1,
             if drained { "draining" } else { "undrained" }
         );
-        Ok(json!(summary))
+        Ok(summary)
     }
 
-    pub(super) fn set_weight(&mut self, service: &str, text: &str, weight: u32) -> Result<Value> {
+    pub(super) fn set_weight(
+        &mut self,
+        service: &str,
+        text: &str,
+        weight: u32,
+    ) -> Result<ApplySummary> {
         crate::domain::weight(weight.into()).map_err(anyhow::Error::msg)?;
         let addr = self.resolve(Some(service), text)?[0];
         self.overrides
@@ -80,10 +86,15 @@ impl Controller {
             addr.0,
             addr.1
         );
-        Ok(json!(summary))
+        Ok(summary)
     }
 
-    pub(super) fn add_backend(&mut self, service: &str, text: &str, weight: u32) -> Result<Value> {
+    pub(super) fn add_backend(
+        &mut self,
+        service: &str,
+        text: &str,
+        weight: u32,
+    ) -> Result<ApplySummary> {
         crate::domain::weight(weight.into()).map_err(anyhow::Error::msg)?;
         let (ip, port) = parse_backend(text)?;
         if !crate::domain::is_unicast(ip) {
@@ -121,10 +132,10 @@ impl Controller {
         let summary = self.apply_config(&config)?;
         self.config = config;
         log::info!("{service}: added backend {ip}:{port} (weight {weight}): {summary:?}");
-        Ok(json!(summary))
+        Ok(summary)
     }
 
-    pub(super) fn remove_backend(&mut self, service: &str, text: &str) -> Result<Value> {
+    pub(super) fn remove_backend(&mut self, service: &str, text: &str) -> Result<ApplySummary> {
         let addr = self.resolve(Some(service), text)?[0];
         let mut config = self.config.clone();
         let entry = config
@@ -147,7 +158,7 @@ impl Controller {
             addr.0,
             addr.1
         );
-        Ok(json!(summary))
+        Ok(summary)
     }
 
     /// Makes `config` the daemon's config: the overrides and health of backends it no
@@ -193,7 +204,7 @@ impl Controller {
         self.overrides.down.retain(|k| checked.contains(k));
     }
 
-    pub(super) fn backends(&self) -> Result<Value> {
+    pub(super) fn backends(&self) -> Result<Vec<api::BackendRow>> {
         let entries = self.dataplane.flow_entries();
         let mut active: HashMap<(u32, u32), u64> = HashMap::new();
         for (_, entry) in &entries {
@@ -223,74 +234,76 @@ impl Controller {
                         .iter()
                         .find(|e| e.service == service.config.name && (e.node, e.port) == addr)
                 });
-                let mut health = match (&service.config.health_check, self.health.get(&key)) {
-                    (None, _) => "unchecked",
-                    (Some(_), Some(h)) if !h.up => "down",
-                    (Some(_), _) => "up",
-                }
-                .to_string();
-                let mut state = match self.overrides.state(addr) {
-                    lb_common::BACKEND_STATE_DRAINING => "draining",
-                    _ if self.overrides.down.contains(&key) => "down",
-                    _ => "active",
-                }
-                .to_string();
-                if let Some(e) = announced {
-                    // The node's own report and the router's view of the node.
-                    health = serde_json::to_value(e.health)?
-                        .as_str()
-                        .unwrap_or("-")
-                        .into();
-                    state = serde_json::to_value(e.state)?
-                        .as_str()
-                        .unwrap_or("-")
-                        .into();
-                }
+                let (state, health) = match announced {
+                    // The router's view of the node and the node's own report.
+                    Some(e) => (e.state.into(), e.health.into()),
+                    None => (
+                        match self.overrides.state(addr) {
+                            lb_common::BACKEND_STATE_DRAINING => BackendState::Draining,
+                            _ if self.overrides.down.contains(&key) => BackendState::Down,
+                            _ => BackendState::Active,
+                        },
+                        match (&service.config.health_check, self.health.get(&key)) {
+                            (None, _) => BackendHealth::Unchecked,
+                            (Some(_), Some(h)) if !h.up => BackendHealth::Down,
+                            (Some(_), _) => BackendHealth::Up,
+                        },
+                    ),
+                };
                 let stats = self.dataplane.backend_stats(id)?;
-                rows.push(json!({
-                    "service": service.config.name,
-                    "backend": format!("{}:{}", backend.address, backend.port),
-                    "id": id,
-                    "weight": self.overrides.weights.get(&key).copied().unwrap_or(backend.weight),
-                    "effective_weight": effective,
-                    "source": if configured { "config" } else { "announced" },
-                    "state": state,
-                    "health": health,
-                    "last_error": self.health.get(&key).and_then(|h| h.last_error.clone()),
-                    "active_flows": active.get(&(service.id, id)).copied().unwrap_or(0),
-                    "new_flows": stats.new_flows,
-                    "packets": stats.packets,
-                    "bytes": stats.bytes,
-                }));
+                rows.push(api::BackendRow {
+                    service: service.config.name.clone(),
+                    backend: SocketAddrV4::new(backend.address, backend.port),
+                    id,
+                    weight: self
+                        .overrides
+                        .weights
+                        .get(&key)
+                        .copied()
+                        .unwrap_or(backend.weight),
+                    effective_weight: effective,
+                    source: if configured {
+                        BackendSource::Config
+                    } else {
+                        BackendSource::Announced
+                    },
+                    state,
+                    health,
+                    last_error: self.health.get(&key).and_then(|h| h.last_error.clone()),
+                    active_flows: active.get(&(service.id, id)).copied().unwrap_or(0),
+                    new_flows: stats.new_flows,
+                    packets: stats.packets,
+                    bytes: stats.bytes,
+                });
             }
         }
-        Ok(json!(rows))
+        Ok(rows)
     }
 
-    pub(super) fn sessions(&self) -> Result<Value> {
+    pub(super) fn sessions(&self) -> Vec<api::SessionRow> {
         let now = sys::monotonic_ns();
         let addr_of: HashMap<u32, BackendAddr> =
             self.table.backends().map(|(a, id)| (id, a)).collect();
-        let mut rows: Vec<(u64, Value)> = Vec::new();
+        let mut rows: Vec<(u64, api::SessionRow)> = Vec::new();
         for (key, entry) in self.dataplane.session_entries() {
-            let backend = addr_of
-                .get(&entry.backend_id)
-                .map(|(ip, port)| format!("{ip}:{port}"));
+            let client = key.client();
             rows.push((
                 entry.created_ns,
-                json!({
-                    "client": key.client().to_string(),
-                    "service": self.table.service_name(key.service_id),
-                    "backend": backend,
-                    "backend_id": entry.backend_id,
-                    "age_secs": now.saturating_sub(entry.created_ns) / 1_000_000_000,
-                    "idle_secs": now.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
-                    "handle": format!("{}/{}", key.service_id, key.client()),
-                }),
+                api::SessionRow {
+                    client,
+                    service: self.table.service_name(key.service_id).map(str::to_string),
+                    backend: addr_of
+                        .get(&entry.backend_id)
+                        .map(|&(ip, port)| SocketAddrV4::new(ip, port)),
+                    backend_id: entry.backend_id,
+                    age_secs: now.saturating_sub(entry.created_ns) / 1_000_000_000,
+                    idle_secs: now.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
+                    handle: format!("{}/{client}", key.service_id),
+                },
             ));
         }
         rows.sort_by_key(|(created, _)| *created);
-        Ok(json!(rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>()))
+        rows.into_iter().map(|(_, row)| row).collect()
     }
 
     /// Deletes sessions idle beyond their service's timeout, of removed services, or

@@ -128,7 +128,7 @@ impl Controller {
             return;
         };
         let (generation, endpoints) = {
-            let engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let engine = lock(&cluster.engine);
             (engine.generation(), engine.endpoints().to_vec())
         };
         if cluster.applied_generation == Some(generation) {
@@ -139,7 +139,7 @@ impl Controller {
         let cluster = self.cluster.as_mut().expect("checked above");
         match result {
             Ok(summary) => {
-                let mut engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+                let mut engine = lock(&cluster.engine);
                 // Changed meanwhile: the next poll applies the newer table.
                 if engine.generation() == generation {
                     engine.mark_applied();
@@ -160,24 +160,24 @@ impl Controller {
         }
     }
 
-    pub(super) fn nodes(&self) -> Result<Value> {
+    pub(super) fn nodes(&self) -> Result<api::Nodes> {
         let Some(cluster) = &self.cluster else {
             bail!("no [cluster] in the config: this balancer takes no node announcements");
         };
-        let engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let engine = lock(&cluster.engine);
         let settings = engine.settings();
         let management = engine.management();
-        Ok(json!({
-            "cluster_id": settings.cluster_id,
-            "router": settings.router_ip.to_string(),
-            "port": cluster.config.port,
-            "management": (!management.is_unspecified()).then(|| management.to_string()),
-            "controller_configured": settings.controller.is_some(),
-            "heartbeat_ms": settings.heartbeat_interval.as_millis() as u64,
-            "dead_after": settings.dead_after,
-            "table_generation": engine.generation(),
-            "counters": engine.counters(),
-            "endpoints": engine.endpoints(),
-        }))
+        Ok(api::Nodes {
+            cluster_id: settings.cluster_id,
+            router: settings.router_ip,
+            port: cluster.config.port,
+            management: (!management.is_unspecified()).then_some(management),
+            controller_configured: settings.controller.is_some(),
+            heartbeat_ms: settings.heartbeat_interval.as_millis() as u64,
+            dead_after: settings.dead_after,
+            table_generation: engine.generation(),
+            counters: engine.counters(),
+            endpoints: engine.endpoints().to_vec(),
+        })
     }
 }

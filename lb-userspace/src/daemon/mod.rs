@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -13,8 +13,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde::Serialize;
-use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -22,18 +20,19 @@ use tokio::{
 };
 
 use crate::{
-    api::{Answer, MAX_REQUEST_BYTES, Request},
+    api::{self, Answer, MAX_REQUEST_BYTES, Reply, Request},
     cluster::{
         self,
         router::{AnnouncedEndpoint, KnownService, RouterEngine, RouterSettings},
     },
     config::{BackendConfig, ClusterConfig, Config},
     dataplane::{self, Dataplane, PinnedState},
-    domain::{AttachedMode, BackendAddr, BackendDown, HealthCheck, XdpMode},
+    domain::{BackendAddr, BackendDown, HealthCheck, XdpMode},
     flows,
     health::{self, Health},
     metrics::{BackendLabels, EventLabels, ReasonLabels, Scrape, ServiceLabels, StateLabels},
     services::{ApplySummary, Overrides, ServiceTable},
+    sync::lock,
     sys,
 };
 
@@ -70,13 +69,6 @@ pub struct Controller {
 
 /// A health check the controller wants running.
 pub type HealthTarget = (String, BackendAddr, HealthCheck);
-
-#[derive(Serialize)]
-struct InterfaceStatus {
-    name: String,
-    ifindex: u32,
-    mode: AttachedMode,
-}
 
 pub fn pin_dir(name: &str) -> PathBuf {
     Path::new(sys::BPFFS).join(name)
@@ -194,33 +186,37 @@ impl Controller {
         &self.config.socket
     }
 
-    pub fn handle(&mut self, request: &Request) -> Result<Value> {
-        match request {
-            Request::Status => Ok(self.status()),
-            Request::Stats => self.stats(),
-            Request::Flows => Ok(self.flows()),
-            Request::Reload => self.reload().map(|s| json!(s)),
-            Request::Backends => self.backends(),
-            Request::Sessions => self.sessions(),
-            Request::BackendDrain { backend } => self.set_drained(backend, true),
-            Request::BackendUndrain { backend } => self.set_drained(backend, false),
+    pub fn handle(&mut self, request: &Request) -> Result<Reply> {
+        Ok(match request {
+            Request::Status => Reply::Status(self.status()),
+            Request::Stats => Reply::Stats(self.stats()?),
+            Request::Flows => Reply::Flows(self.flows()),
+            Request::Reload => Reply::Reloaded(self.reload()?),
+            Request::Backends => Reply::Backends(self.backends()?),
+            Request::Sessions => Reply::Sessions(self.sessions()),
+            Request::BackendDrain { backend } => Reply::Applied(self.set_drained(backend, true)?),
+            Request::BackendUndrain { backend } => {
+                Reply::Applied(self.set_drained(backend, false)?)
+            }
             Request::BackendWeight {
                 service,
                 backend,
                 weight,
-            } => self.set_weight(service, backend, *weight),
+            } => Reply::Applied(self.set_weight(service, backend, *weight)?),
             Request::BackendAdd {
                 service,
                 backend,
                 weight,
-            } => self.add_backend(service, backend, *weight),
-            Request::BackendRemove { service, backend } => self.remove_backend(service, backend),
-            Request::Nodes => self.nodes(),
+            } => Reply::Applied(self.add_backend(service, backend, *weight)?),
+            Request::BackendRemove { service, backend } => {
+                Reply::Applied(self.remove_backend(service, backend)?)
+            }
+            Request::Nodes => Reply::Nodes(self.nodes()?),
             Request::Handover => {
                 self.handed_over = true;
-                Ok(json!({ "handed_over": true }))
+                Reply::HandedOver(api::HandedOver { handed_over: true })
             }
-        }
+        })
     }
 
     /// Re-applies config and overrides (a difference: only changed rings are swapped).
@@ -259,12 +255,12 @@ impl Controller {
             .apply_with(&mut self.dataplane, &merged, &overrides)
     }
 
-    fn status(&self) -> Value {
-        let interfaces: Vec<InterfaceStatus> = self
+    fn status(&self) -> api::Status {
+        let interfaces = self
             .dataplane
             .attached()
             .into_iter()
-            .map(|(name, ifindex, mode)| InterfaceStatus {
+            .map(|(name, ifindex, mode)| api::InterfaceStatus {
                 name,
                 ifindex,
                 mode,
@@ -276,29 +272,29 @@ impl Controller {
             .iter()
             .filter(|(_, e)| e.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER)
             .count();
-        json!({
-            "name": self.config.name,
-            "config": self.config_path.display().to_string(),
-            "pid": std::process::id(),
-            "uptime_secs": self.started.elapsed().as_secs(),
-            "generation": self.generation,
-            "last_reload": self.last_reload,
-            "interfaces": interfaces,
-            "pin_dir": pin_dir(&self.config.name).display().to_string(),
-            "services": self.config.services.len(),
-            "connections": connections,
-            "flows_expired": self.flows_expired,
-            "adopted": self.dataplane.adopted(),
-            "metrics": self.config.metrics.map(|m| m.to_string()),
-        })
+        api::Status {
+            name: self.config.name.clone(),
+            config: self.config_path.display().to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            generation: self.generation,
+            last_reload: self.last_reload.clone(),
+            interfaces,
+            pin_dir: pin_dir(&self.config.name).display().to_string(),
+            services: self.config.services.len(),
+            connections,
+            flows_expired: self.flows_expired,
+            adopted: self.dataplane.adopted(),
+            metrics: self.config.metrics,
+        }
     }
 
-    fn stats(&self) -> Result<Value> {
-        let counters: serde_json::Map<String, Value> = self
+    fn stats(&self) -> Result<api::Stats> {
+        let counters = self
             .dataplane
             .global_counters()?
             .into_iter()
-            .map(|(name, value)| (name.to_string(), json!(value)))
+            .map(|(name, value)| (name.to_string(), value))
             .collect();
         let mut services = Vec::new();
         for service in self.table.services() {
@@ -306,38 +302,37 @@ impl Controller {
             let mut backends = Vec::new();
             for (backend, &id) in service.config.backends.iter().zip(&service.backend_ids) {
                 let b = self.dataplane.backend_stats(id)?;
-                backends.push(json!({
-                    "address": format!("{}:{}", backend.address, backend.port),
-                    "id": id,
-                    "weight": backend.weight,
-                    "packets": b.packets,
-                    "bytes": b.bytes,
-                    "new_flows": b.new_flows,
-                }));
+                backends.push(api::BackendStats {
+                    address: SocketAddrV4::new(backend.address, backend.port),
+                    id,
+                    weight: backend.weight,
+                    packets: b.packets,
+                    bytes: b.bytes,
+                    new_flows: b.new_flows,
+                });
             }
-            services.push(json!({
-                "name": service.config.name,
-                "vip": format!("{}:{}", service.config.vip, service.config.port),
-                "protocol": service.config.protocol.to_string(),
-                "mode": service.config.mode.to_string(),
-                "id": service.id,
-                "packets": stats.packets,
-                "bytes": stats.bytes,
-                "new_flows": stats.new_flows,
-                "drops": stats.drops,
-                "denied": stats.denied,
-                "backends": backends,
-            }));
+            services.push(api::ServiceStats {
+                name: service.config.name.clone(),
+                vip: SocketAddrV4::new(service.config.vip, service.config.port),
+                protocol: service.config.protocol,
+                mode: service.config.mode,
+                id: service.id,
+                packets: stats.packets,
+                bytes: stats.bytes,
+                new_flows: stats.new_flows,
+                drops: stats.drops,
+                denied: stats.denied,
+                backends,
+            });
         }
-        Ok(json!({ "counters": counters, "services": services }))
+        Ok(api::Stats { counters, services })
     }
 
-    fn flows(&self) -> Value {
+    fn flows(&self) -> Vec<api::FlowRow> {
         let entries = self.dataplane.flow_entries();
-        let rows = flows::rows(&entries, sys::monotonic_ns(), |id| {
+        flows::rows(&entries, sys::monotonic_ns(), |id| {
             self.table.service_name(id).map(str::to_string)
-        });
-        json!(rows)
+        })
     }
 
     /// Re-reads the config file and applies the difference. A bad file changes nothing.
@@ -375,11 +370,7 @@ impl Controller {
         }
         let summary = self.apply_new_config(config)?;
         if let Some(cluster) = &self.cluster {
-            cluster
-                .engine
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .set_services(known_services(&self.config), Instant::now());
+            lock(&cluster.engine).set_services(known_services(&self.config), Instant::now());
         }
         self.generation += 1;
         log::info!("reloaded (generation {}): {summary:?}", self.generation);

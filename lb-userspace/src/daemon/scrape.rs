@@ -1,6 +1,7 @@
 //! Prometheus scrape: the counters and states of the running balancer.
 
 use super::*;
+use crate::cluster::router::NodeState;
 
 impl Controller {
     /// The Prometheus text exposition of the current state.
@@ -100,7 +101,7 @@ impl Controller {
             }
         }
         if let Some(cluster) = &self.cluster {
-            let engine = cluster.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let engine = lock(&cluster.engine);
             let counters = serde_json::to_value(engine.counters())?;
             for (name, value) in counters.as_object().into_iter().flatten() {
                 scrape
@@ -110,16 +111,20 @@ impl Controller {
                     })
                     .inc_by(value.as_u64().unwrap_or(0));
             }
-            for state in ["active", "draining", "down"] {
+            for (state, label) in [
+                (NodeState::Active, "active"),
+                (NodeState::Draining, "draining"),
+                (NodeState::Down, "down"),
+            ] {
                 let count = engine
                     .endpoints()
                     .iter()
-                    .filter(|e| serde_json::to_value(e.state).ok() == Some(json!(state)))
+                    .filter(|e| e.state == state)
                     .count();
                 scrape
                     .cluster_endpoints
                     .get_or_create(&StateLabels {
-                        state: state.to_string(),
+                        state: label.to_string(),
                     })
                     .set(count as i64);
             }

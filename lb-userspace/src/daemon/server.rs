@@ -13,7 +13,7 @@ pub(super) async fn serve_connection(controller: Arc<Mutex<Controller>>, stream:
             Ok(request) => {
                 let controller = controller.clone();
                 let result = tokio::task::spawn_blocking(move || {
-                    let mut controller = controller.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut controller = lock(&controller);
                     controller.handle(&request)
                 })
                 .await
@@ -105,7 +105,7 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
         task.abort();
     }
     let _ = fs::remove_file(&socket);
-    let mut controller = controller.lock().unwrap_or_else(|p| p.into_inner());
+    let mut controller = lock(&controller);
     controller.shutdown();
     if controller.handed_over {
         log::info!("handed over to the new daemon, bye");
@@ -120,10 +120,7 @@ pub(super) fn reconcile_health(
     controller: &Arc<Mutex<Controller>>,
     running: &mut HashMap<HealthTarget, tokio::task::JoinHandle<()>>,
 ) {
-    let wanted = controller
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .health_targets();
+    let wanted = lock(controller).health_targets();
     running.retain(|target, task| {
         let keep = wanted.contains(target);
         if !keep {
@@ -149,10 +146,7 @@ pub(super) fn reconcile_health(
                 let controller = controller.clone();
                 let target = task_target.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    controller
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .health_result(&target, result)
+                    lock(&controller).health_result(&target, result)
                 })
                 .await;
             }
@@ -181,13 +175,7 @@ pub(super) async fn serve_metrics(
     if !matches!(read, Ok(true)) {
         return;
     }
-    let text = tokio::task::spawn_blocking(move || {
-        controller
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .metrics()
-    })
-    .await;
+    let text = tokio::task::spawn_blocking(move || lock(&controller).metrics()).await;
     let (status, body) = match text {
         Ok(Ok(body)) => ("200 OK", body),
         Ok(Err(e)) => ("500 Internal Server Error", format!("{e:#}\n")),
@@ -227,11 +215,7 @@ pub(super) async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut gc = tokio::time::interval(GC_INTERVAL);
-    let has_cluster = controller
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .cluster
-        .is_some();
+    let has_cluster = lock(&controller).cluster.is_some();
     let mut cluster_poll = tokio::time::interval(CLUSTER_POLL);
     cluster_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probes = HashMap::new();
@@ -252,7 +236,7 @@ pub(super) async fn serve(
             _ = gc.tick() => {
                 let c = controller.clone();
                 let (removed, handed_over) = tokio::task::spawn_blocking(move || {
-                    let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut c = lock(&c);
                     let removed = c.expire_flows();
                     c.expire_sessions();
                     (removed, c.handed_over)
@@ -268,13 +252,13 @@ pub(super) async fn serve(
             _ = cluster_poll.tick(), if has_cluster => {
                 let c = controller.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    c.lock().unwrap_or_else(|p| p.into_inner()).sync_cluster();
+                    lock(&c).sync_cluster();
                 }).await;
             }
             _ = sighup.recv() => {
                 let controller = controller.clone();
                 let result = tokio::task::spawn_blocking(move || {
-                    controller.lock().unwrap_or_else(|p| p.into_inner()).reload()
+                    lock(&controller).reload()
                 }).await;
                 match result {
                     Ok(Ok(summary)) => log::info!("SIGHUP reload: {summary:?}"),

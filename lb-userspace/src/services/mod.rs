@@ -87,7 +87,7 @@ impl Overrides {
 }
 
 /// What one `apply` changed, for logs and the reload answer.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ApplySummary {
     pub services_added: usize,
     pub services_removed: usize,
@@ -317,4 +317,3 @@ fn placeholder_config(addr: ServiceAddr) -> ServiceConfig {
         on_backend_down: crate::domain::BackendDown::Keep,
     }
 }
-

@@ -1,7 +1,11 @@
 //! Operator API over a Unix socket: one JSON request line, one JSON answer line.
 //!
-//! Request: `{"command":"status"}` (also `stats`, `flows`, `reload`).
-//! Answer: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
+//! Request: a [`Request`], tagged by `command`: `status`, `stats`, `flows`, `reload`,
+//! `backends`, `sessions`, `nodes`, `backend-drain`, `backend-undrain`, `backend-weight`,
+//! `backend-add`, `backend-remove` and `handover`, e.g. `{"command":"status"}` or
+//! `{"command":"backend-drain","backend":"198.19.0.11:80"}`.
+//! Answer: `{"ok":true,"result":...}` with the request's [`Reply`] as the result, or
+//! `{"ok":false,"error":"..."}`.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -14,9 +18,14 @@ use anyhow::{Context as _, Result, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod types;
+
+pub use types::*;
+
 /// Longest request line accepted: requests are tiny, anything larger is refused.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// What the operator asks for: one variant per `lb` subcommand.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum Request {
@@ -59,21 +68,23 @@ pub enum Request {
     Handover,
 }
 
+/// One answer line: the daemon sends `Answer<Reply>`, the client reads `Answer<Value>`
+/// and decodes the result by the request it sent ([`Reply::decode`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Answer {
+pub struct Answer<T = Value> {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<T>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-impl Answer {
-    pub fn from_result(result: Result<Value>) -> Answer {
+impl Answer<Reply> {
+    pub fn from_result(result: Result<Reply>) -> Self {
         match result {
-            Ok(value) => Answer {
+            Ok(reply) => Answer {
                 ok: true,
-                result: Some(value),
+                result: Some(reply),
                 error: None,
             },
             Err(e) => Answer {
@@ -85,8 +96,8 @@ impl Answer {
     }
 }
 
-/// Sends one request to the daemon and returns its result.
-pub fn call(socket: &Path, request: &Request) -> Result<Value> {
+/// Sends one request to the daemon and returns its reply.
+pub fn call(socket: &Path, request: &Request) -> Result<Reply> {
     let stream = UnixStream::connect(socket).with_context(|| {
         format!(
             "cannot reach the lb daemon at {} (is `lb run` running, and are you allowed to use its socket?)",
@@ -100,13 +111,14 @@ pub fn call(socket: &Path, request: &Request) -> Result<Value> {
     let mut reader = BufReader::new(&stream);
     let mut answer = String::new();
     reader.read_line(&mut answer)?;
-    let answer: Answer = serde_json::from_str(&answer)
+    let parsed: Answer = serde_json::from_str(&answer)
         .with_context(|| format!("malformed answer from the daemon: {answer:?}"))?;
-    if answer.ok {
-        Ok(answer.result.unwrap_or(Value::Null))
+    if parsed.ok {
+        Reply::decode(request, parsed.result.unwrap_or(Value::Null))
+            .with_context(|| format!("unexpected answer from the daemon: {answer:?}"))
     } else {
         Err(anyhow!(
-            answer.error.unwrap_or_else(|| "unknown error".into())
+            parsed.error.unwrap_or_else(|| "unknown error".into())
         ))
     }
 }
