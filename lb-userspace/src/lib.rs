@@ -2,6 +2,10 @@
 //! The `lb` binary (src/main.rs) is a thin CLI over it; the data-plane tests use it to
 //! load and program the XDP program exactly as the daemon does.
 
+// A long-running daemon must not die on a broken invariant it could report instead: every
+// remaining `unwrap`/`expect` outside tests is an explicit `#[expect]` with its reason.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod api;
 pub mod cluster;
 pub mod config;

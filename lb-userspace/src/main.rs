@@ -1,5 +1,9 @@
 //! `lb`: the load balancer's daemon (`lb run`) and operator CLI.
 
+// A long-running daemon must not die on a broken invariant it could report instead: every
+// remaining `unwrap`/`expect` outside tests is an explicit `#[expect]` with its reason.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;

@@ -138,11 +138,9 @@ impl Controller {
     pub(super) fn remove_backend(&mut self, service: &str, text: &str) -> Result<ApplySummary> {
         let addr = self.resolve(Some(service), text)?[0];
         let mut config = self.config.clone();
-        let entry = config
-            .services
-            .iter_mut()
-            .find(|s| s.name == service)
-            .expect("resolved above");
+        let Some(entry) = config.services.iter_mut().find(|s| s.name == service) else {
+            bail!("no service {service:?}");
+        };
         entry.backends.retain(|b| (b.address, b.port) != addr);
         if !entry.backends.iter().any(|b| b.weight > 0) && self.cluster.is_none() {
             bail!(

@@ -136,7 +136,9 @@ impl Controller {
         }
         cluster.announced = endpoints;
         let result = self.reapply();
-        let cluster = self.cluster.as_mut().expect("checked above");
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
         match result {
             Ok(summary) => {
                 let mut engine = lock(&cluster.engine);

@@ -228,7 +228,7 @@ pub(super) async fn serve(
                     Err(e) => log::warn!("accept on {}: {e}", socket.display()),
                 }
             }
-            accepted = async { metrics.as_ref().expect("guarded").accept().await }, if metrics.is_some() => {
+            accepted = accept_metrics(metrics.as_ref()) => {
                 if let Ok((stream, _)) = accepted {
                     tokio::spawn(serve_metrics(controller.clone(), stream));
                 }
@@ -274,4 +274,14 @@ pub(super) async fn serve(
         task.abort();
     }
     result
+}
+
+/// The next scrape connection; without a metrics listener, never.
+async fn accept_metrics(
+    listener: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
