@@ -72,6 +72,20 @@ fn idle(entry: &FlowEntry, peer: Option<&FlowEntry>, now_ns: u64, timeouts: &Tim
 
 /// Keys of the entries whose connection has been idle longer than its state allows
 /// (judged on a snapshot: candidates for `remove_idle`).
+/// Open connections per (service id, backend id): each connection counted once, by its
+/// client-to-server entry.
+pub fn connections_per_backend(entries: &[(FlowKey, FlowEntry)]) -> HashMap<(u32, u32), u64> {
+    let mut connections = HashMap::new();
+    for (_, entry) in entries {
+        if entry.direction == FLOW_DIR_CLIENT_TO_SERVER {
+            *connections
+                .entry((entry.service_id, entry.backend_id))
+                .or_default() += 1;
+        }
+    }
+    connections
+}
+
 pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, timeouts: &Timeouts) -> Vec<FlowKey> {
     let by_key: HashMap<FlowKey, &FlowEntry> = entries.iter().map(|(k, v)| (*k, v)).collect();
     entries
@@ -252,6 +266,24 @@ mod tests {
         rev.set_rewrite(vip, client);
         assert_eq!(rev.peer_key(IPPROTO_TCP), fwd_key);
         vec![(fwd_key, fwd), (rev_key, rev)]
+    }
+
+    #[test]
+    fn a_connection_counts_once_for_its_backend() {
+        let mut entries = pair(FLOW_STATE_ESTABLISHED, 0, 0);
+        entries.extend(
+            pair(FLOW_STATE_ESTABLISHED, 0, 0)
+                .into_iter()
+                .map(|(k, mut e)| {
+                    e.backend_id = 3;
+                    (k, e)
+                }),
+        );
+        entries.extend(pair(FLOW_STATE_ESTABLISHED, 0, 0));
+        let connections = connections_per_backend(&entries);
+        assert_eq!(connections.len(), 2);
+        assert_eq!(connections[&(0, 0)], 2);
+        assert_eq!(connections[&(0, 3)], 1);
     }
 
     #[test]

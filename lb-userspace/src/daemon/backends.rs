@@ -203,15 +203,7 @@ impl Controller {
     }
 
     pub(super) fn backends(&self) -> Result<Vec<api::BackendRow>> {
-        let entries = self.dataplane.flow_entries();
-        let mut active: HashMap<(u32, u32), u64> = HashMap::new();
-        for (_, entry) in &entries {
-            if entry.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER {
-                *active
-                    .entry((entry.service_id, entry.backend_id))
-                    .or_default() += 1;
-            }
-        }
+        let active = crate::flows::connections_per_backend(&self.dataplane.flow_entries());
         let mut rows = Vec::new();
         for service in self.table.services() {
             for ((backend, &id), &effective) in service

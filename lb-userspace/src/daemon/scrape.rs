@@ -15,15 +15,12 @@ impl Controller {
                 })
                 .inc_by(value);
         }
-        let entries = self.dataplane.flow_entries();
-        let mut active: HashMap<(u32, u32), i64> = HashMap::new();
-        for (_, entry) in &entries {
-            if entry.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER {
-                *active
-                    .entry((entry.service_id, entry.backend_id))
-                    .or_default() += 1;
-            }
-        }
+        // Gauges are i64; a count of flow-table entries always fits.
+        let active: HashMap<(u32, u32), i64> =
+            crate::flows::connections_per_backend(&self.dataplane.flow_entries())
+                .into_iter()
+                .map(|(ids, n)| (ids, n as i64))
+                .collect();
         for service in self.table.services() {
             let labels = ServiceLabels {
                 service: service.config.name.clone(),
