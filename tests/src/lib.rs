@@ -12,10 +12,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use lb_testbed::{self as testbed, Role, Topology};
 use serde_json::Value;
-use xtask::testbed::{self, Role, Topology};
 
-pub use xtask::testbed::{SERVER_IPS, VIP};
+pub use lb_testbed::{SERVER_IPS, VIP};
 
 /// The `lb` binary built next to this test executable (target/<profile>/lb).
 pub fn lb_binary() -> PathBuf {

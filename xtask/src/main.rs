@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use lb_testbed::{self as testbed, Role, TeardownHandle, Topology};
 use xtask::setup;
-use xtask::testbed::{self, Role, TeardownHandle, Topology};
 
 #[derive(Parser)]
 #[command(

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
 use super::model::{E2eCell, E2eResults, E2eRow, Startup};
-use crate::testbed::{self, Role, SERVER_IPS, Topology, VIP};
+use lb_testbed::{self as testbed, Role, SERVER_IPS, Topology, VIP};
 
 const UDP_SINK_PORT: u16 = 9;
 const IPERF_PORT: u16 = 5201;
