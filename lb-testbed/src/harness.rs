@@ -8,14 +8,22 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use aya::programs::links::{FdLink, PinnedLink};
+
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{IterableMap, MapData, PerCpuValues};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use lb_common::{BackendStats, FlowEntry, FlowKey, ServiceStats, SessionEntry, SessionKey};
 use lb_userspace::config::Config;
-use lb_userspace::dataplane::{AttachedMode, Capacity, Dataplane};
-use lb_userspace::services::{ApplySummary, Overrides, ServiceTable};
+use lb_userspace::dataplane::{Capacity, Dataplane, PinnedState};
+use lb_userspace::services::{ApplySummary, ServiceTable};
 use lb_userspace::sys;
+
+/// lb-userspace types the harness's callers name, re-exported so they need no other
+/// path into lb-userspace.
+pub use lb_userspace::dataplane::AttachedMode;
+pub use lb_userspace::services::Overrides;
+pub use lb_userspace::sys::ifindex;
 
 use crate::netns::Netns;
 use crate::topology::{LB_EXT_IP, LB_INT_IP};
@@ -140,6 +148,41 @@ impl Harness {
             ext_ifindex,
             int_ifindex,
         })
+    }
+
+    /// Loads the program with its maps pinned under `pin_dir`, as `lb run` starts:
+    /// fresh (stale pins removed) or, with `adopt`, taking over what an earlier
+    /// daemon pinned there (`lb run --replace`). Nothing is programmed or registered.
+    pub fn load_pinned(config_text: &str, pin_dir: &Path, adopt: bool) -> Result<Harness> {
+        let config = parse_config(config_text)?;
+        let pinned = if adopt {
+            PinnedState::Adopt
+        } else {
+            PinnedState::Replace
+        };
+        let dp = Dataplane::load_with(capacity_of(&config), Some(pin_dir), pinned)?;
+        Ok(Harness {
+            dp,
+            table: ServiceTable::default(),
+            config,
+            ext_ifindex: sys::ifindex(EXT_IF)?,
+            int_ifindex: sys::ifindex(INT_IF)?,
+        })
+    }
+
+    /// Takes over the pinned links (see `Dataplane::adopt_links`).
+    pub fn adopt_links(&mut self, replace_program: bool) -> Result<Vec<(String, AttachedMode)>> {
+        self.dp.adopt_links(replace_program)
+    }
+
+    /// Lets go without detaching or unpinning, as a daemon handing over does.
+    pub fn release(&mut self) {
+        self.dp.release();
+    }
+
+    /// The kernel's id of the loaded program.
+    pub fn program_id(&mut self) -> Result<u32> {
+        Ok(self.dp.program()?.info()?.id())
     }
 
     /// Programs the loaded program from `config` (as `lb reload` does).
@@ -288,16 +331,14 @@ impl Harness {
 
     /// Sets a service's counters on every CPU.
     pub fn set_service_stats(&mut self, id: u32, stats: ServiceStats) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let values = PerCpuValues::try_from(vec![stats; cpus])?;
+        let values = PerCpuValues::try_from(vec![stats; possible_cpus()?])?;
         self.dp.service_stats.set(id, values, 0)?;
         Ok(())
     }
 
     /// Sets a backend's counters on every CPU.
     pub fn set_backend_stats(&mut self, id: u32, stats: BackendStats) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let values = PerCpuValues::try_from(vec![stats; cpus])?;
+        let values = PerCpuValues::try_from(vec![stats; possible_cpus()?])?;
         self.dp.backend_stats.set(id, values, 0)?;
         Ok(())
     }
@@ -310,6 +351,18 @@ impl Harness {
     pub fn sessions(&self) -> Result<Vec<(SessionKey, SessionEntry)>> {
         Ok(self.dp.sessions.iter().collect::<Result<_, _>>()?)
     }
+}
+
+/// The number of possible CPUs: per-CPU counters are summed over this many.
+pub fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, e)| e.into())
+}
+
+/// (link id, program id) of the XDP link pinned at `path`.
+pub fn pinned_link_info(path: &Path) -> Result<(u32, u32)> {
+    let link = FdLink::from(PinnedLink::from_pin(path).context("open the link pin")?);
+    let info = link.info().context("link info")?;
+    Ok((info.id(), info.program_id()))
 }
 
 /// Kernel memory of a map from its own accounting (`memlock` in fdinfo).

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::{
     IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket,
-    TcpHeader, TransportSlice,
+    TcpHeader, TcpOptionElement, TransportSlice,
 };
 use lb_common::FlowKey;
 
@@ -18,6 +18,9 @@ pub const F_SYN: u8 = 0x02;
 pub const F_RST: u8 = 0x04;
 pub const F_PSH: u8 = 0x08;
 pub const F_ACK: u8 = 0x10;
+pub const F_URG: u8 = 0x20;
+pub const F_ECE: u8 = 0x40;
+pub const F_CWR: u8 = 0x80;
 
 /// A flow-table key in network byte order, as the program stores it.
 pub fn flow_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> FlowKey {
@@ -167,9 +170,11 @@ pub struct ParsedTcp {
     pub dst: Ipv4Addr,
     pub seq: u32,
     pub ack: u32,
-    /// `F_*` bits.
+    /// The flags byte, `F_*` bits.
     pub flags: u8,
     pub options: Vec<u8>,
+    /// The timestamps option's (TSval, TSecr), if present.
+    pub timestamp: Option<(u32, u32)>,
     pub payload: Vec<u8>,
     /// The whole TCP header and payload as on the wire.
     pub bytes: Vec<u8>,
@@ -195,8 +200,15 @@ impl ParsedTcp {
                 | flag(tcp.syn(), F_SYN)
                 | flag(tcp.rst(), F_RST)
                 | flag(tcp.psh(), F_PSH)
-                | flag(tcp.ack(), F_ACK),
+                | flag(tcp.ack(), F_ACK)
+                | flag(tcp.urg(), F_URG)
+                | flag(tcp.ece(), F_ECE)
+                | flag(tcp.cwr(), F_CWR),
             options: tcp.options().to_vec(),
+            timestamp: tcp.options_iterator().find_map(|option| match option {
+                Ok(TcpOptionElement::Timestamp(tsval, tsecr)) => Some((tsval, tsecr)),
+                _ => None,
+            }),
             payload: tcp.payload().to_vec(),
             bytes: tcp.slice().to_vec(),
         }
@@ -254,14 +266,14 @@ mod tests {
             ack: 0x0a0b_0c0d,
             flags: F_SYN | F_ACK,
             window: 65535,
-            options: vec![2, 4, 5, 0xb4],
+            options: vec![2, 4, 5, 0xb4, 1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9],
             payload: b"xy".to_vec(),
         };
         let bytes = seg.bytes();
-        assert_eq!(bytes.len(), 14 + 20 + 24 + 2);
+        assert_eq!(bytes.len(), 14 + 20 + 36 + 2);
         assert_eq!(&bytes[12..14], &[0x08, 0x00]);
         assert_eq!(&bytes[18..22], &[0, 0, 0x40, 0], "IP id 0, DF");
-        assert_eq!(bytes[46] >> 4, 6, "data offset with one option word");
+        assert_eq!(bytes[46] >> 4, 9, "data offset with four option words");
         assert_eq!(bytes[47], F_SYN | F_ACK);
         assert_checksums_valid(&bytes);
         let parsed = ParsedTcp::of(&bytes);
@@ -269,6 +281,7 @@ mod tests {
         assert_eq!(parsed.ack, seg.ack);
         assert_eq!(parsed.flags, seg.flags);
         assert_eq!(parsed.options, seg.options);
+        assert_eq!(parsed.timestamp, Some((7, 9)));
         assert_eq!(parsed.payload, seg.payload);
         assert_eq!(parsed.bytes, bytes[34..]);
     }
