@@ -57,18 +57,11 @@ fn rst_from_the_server_closes_the_flow() {
     with_harness(|h| {
         let port = open_full_nat(h);
         let rst = Tcp {
-            src_mac: SERVER1_MAC,
-            dst_mac: LB_INT_MAC,
-            src: SERVER1,
-            dst: SNAT,
-            ttl: 64,
-            sport: 8080,
-            dport: port,
             syn: false,
             ack: Some(1001),
-            fin: false,
             rst: true,
             seq: 0,
+            ..server1_segment(port)
         };
         let (verdict, _) = h.run(&rst.build(&[]));
         assert_eq!(verdict, XDP_REDIRECT);

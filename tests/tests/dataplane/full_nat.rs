@@ -37,17 +37,7 @@ fn tcp_syn_to_full_nat_vip_is_rewritten_and_creates_both_entries() {
         assert_eq!(u16::from_be(reverse.new_dst_port), 40000);
         assert_eq!(h.flows().len(), 2);
 
-        let expected = Tcp {
-            src_mac: LB_INT_MAC,
-            dst_mac: SERVER1_MAC,
-            src: SNAT,
-            dst: SERVER1,
-            ttl: 63,
-            sport: port,
-            dport: 8080,
-            ..syn
-        }
-        .build(&[]);
+        let expected = full_nat_to_server1(syn, port).build(&[]);
         assert_eq!(out, expected, "exact bytes out");
         assert_checksums_valid(&out);
         assert_eq!(h.counter(counters::NEW_FLOWS), 1);
@@ -61,18 +51,9 @@ fn server_reply_is_rewritten_back_to_the_vip() {
     with_harness(|h| {
         let port = open_full_nat(h);
         let syn_ack = Tcp {
-            src_mac: SERVER1_MAC,
-            dst_mac: LB_INT_MAC,
-            src: SERVER1,
-            dst: SNAT,
-            ttl: 64,
-            sport: 8080,
-            dport: port,
-            syn: true,
             ack: Some(1001),
-            fin: false,
-            rst: false,
             seq: 5000,
+            ..server1_segment(port)
         };
         let (verdict, out) = h.run(&syn_ack.build(&[]));
         assert_eq!(
@@ -118,17 +99,7 @@ fn established_flow_data_is_forwarded_by_the_flow_entry() {
         let payload = b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n";
         let (verdict, out) = h.run(&data.build(payload));
         assert_eq!(verdict, XDP_REDIRECT);
-        let expected = Tcp {
-            src_mac: LB_INT_MAC,
-            dst_mac: SERVER1_MAC,
-            src: SNAT,
-            dst: SERVER1,
-            ttl: 63,
-            sport: port,
-            dport: 8080,
-            ..data
-        }
-        .build(payload);
+        let expected = full_nat_to_server1(data, port).build(payload);
         assert_eq!(out, expected);
         assert_checksums_valid(&out);
         assert_eq!(h.counter(counters::FLOW_HITS), 1);

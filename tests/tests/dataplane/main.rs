@@ -159,3 +159,49 @@ fn open_full_nat(h: &mut Harness) -> u16 {
         .unwrap();
     u16::from_be(forward.new_src_port)
 }
+
+/// `sent` as the balancer forwards it in full NAT to service "web"'s backend
+/// (198.19.0.11:8080): from the SNAT address and `snat_port`, one hop later.
+fn full_nat_to_server1(sent: Tcp, snat_port: u16) -> Tcp {
+    Tcp {
+        src_mac: LB_INT_MAC,
+        dst_mac: SERVER1_MAC,
+        src: SNAT,
+        dst: SERVER1,
+        ttl: 63,
+        sport: snat_port,
+        dport: 8080,
+        ..sent
+    }
+}
+
+/// A SYN (seq 1000, TTL 64) from service "web"'s backend 198.19.0.11:8080 to the SNAT
+/// address and `snat_port`, for struct update into the server's other segments.
+fn server1_segment(snat_port: u16) -> Tcp {
+    Tcp {
+        src_mac: SERVER1_MAC,
+        dst_mac: LB_INT_MAC,
+        ..Tcp::syn(SERVER1, 8080, SNAT, snat_port)
+    }
+}
+
+/// A reset the balancer writes itself from VIP:`vip_port` to the client: TTL 64,
+/// window 0, DF set and IP id 0.
+fn reset_to_client(vip_port: u16, client_port: u16, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
+    Segment {
+        src_mac: LB_EXT_MAC,
+        dst_mac: CLIENT_MAC,
+        src: VIP,
+        dst: CLIENT,
+        ttl: 64,
+        sport: vip_port,
+        dport: client_port,
+        seq,
+        ack,
+        flags,
+        window: 0,
+        options: vec![],
+        payload: vec![],
+    }
+    .bytes()
+}

@@ -26,29 +26,13 @@ fn one_arm_sends_back_out_of_the_same_interface() {
             .flow(&flow_key(local_client, 42000, VIP, 80, IPPROTO_TCP))
             .unwrap();
         let port = u16::from_be(forward.new_src_port);
-        let expected = Tcp {
-            src_mac: LB_INT_MAC,
-            dst_mac: SERVER1_MAC,
-            src: SNAT,
-            dst: SERVER1,
-            ttl: 63,
-            sport: port,
-            dport: 8080,
-            ..syn
-        }
-        .build(&[]);
+        let expected = full_nat_to_server1(syn, port).build(&[]);
         assert_eq!(out, expected);
 
         let syn_ack = Tcp {
-            src_mac: SERVER1_MAC,
-            dst_mac: LB_INT_MAC,
-            src: SERVER1,
-            dst: SNAT,
-            sport: 8080,
-            dport: port,
             ack: Some(1001),
             seq: 9000,
-            ..syn
+            ..server1_segment(port)
         };
         let (verdict, out) = h.run_on(&syn_ack.build(&[]), int);
         assert_eq!(verdict, XDP_REDIRECT);

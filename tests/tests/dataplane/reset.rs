@@ -30,24 +30,8 @@ fn a_flow_marked_for_reset_answers_the_client_with_a_rst() {
         };
         let (verdict, out) = h.run(&data.build(b"GET / HTTP/1.1\r\n\r\n"));
         assert_eq!(verdict, XDP_TX);
-        // DF set and IP id 0, as the program writes its own segments.
-        let expected = Segment {
-            src_mac: LB_EXT_MAC,
-            dst_mac: CLIENT_MAC,
-            src: VIP,
-            dst: CLIENT,
-            ttl: 64,
-            sport: 80,
-            dport: 40000,
-            // RFC 793: the RST takes its sequence number from the segment's ACK.
-            seq: 0x1234_5678,
-            ack: 0,
-            flags: F_RST,
-            window: 0,
-            options: vec![],
-            payload: vec![],
-        }
-        .bytes();
+        // RFC 793: the RST takes its sequence number from the segment's ACK.
+        let expected = reset_to_client(80, 40000, 0x1234_5678, 0, F_RST);
         assert_eq!(out, expected, "exact bytes out");
         assert_checksums_valid(&out);
         assert_eq!(h.counter(counters::TX_RST_BACKEND_DOWN), 1);

@@ -439,22 +439,8 @@ fn syn_proxy_silent_server_times_out_with_an_rst_to_the_client() {
         };
         let (verdict, out) = h.run(&data.bytes());
         assert_eq!(verdict, XDP_TX);
-        let expected = Segment {
-            src_mac: LB_EXT_MAC,
-            dst_mac: CLIENT_MAC,
-            src: VIP,
-            dst: CLIENT,
-            ttl: 64,
-            sport: 443,
-            dport: 40030,
-            seq: cookie.wrapping_add(1),
-            ack: 0,
-            flags: F_RST,
-            window: 0,
-            options: vec![],
-            payload: vec![],
-        };
-        assert_eq!(out, expected.bytes(), "RST exact bytes");
+        let expected = reset_to_client(443, 40030, cookie.wrapping_add(1), 0, F_RST);
+        assert_eq!(out, expected, "RST exact bytes");
         assert!(h.flows().is_empty(), "pair removed");
         assert_eq!(h.counter(counters::SYNPROXY_SERVER_FAILED), 1);
     });
