@@ -90,7 +90,8 @@ pub fn bench_netns(name: &str) -> Result<Netns> {
     harness_netns(name, 16, &neighbours)
 }
 
-/// The production program programmed from `config_text`, plus the bench object.
+/// The shared harness (the production program programmed from `config_text`) plus the
+/// bench object whose wrapper tail-calls it.
 struct Rig {
     harness: Harness,
     bench: Ebpf,
