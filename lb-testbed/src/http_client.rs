@@ -1,14 +1,16 @@
 //! HTTP client helpers for tests: one GET on a new connection from inside a namespace,
-//! and counting which server answered.
+//! a keep-alive connection for tests that need one connection to outlive a change, and
+//! telling which test server answered.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 
 use crate::netns::run_in_netns;
+use crate::topology::SERVER_COUNT;
 
 /// A parsed HTTP response from [`http_get`].
 #[derive(Clone, Debug)]
@@ -96,6 +98,61 @@ where
     }
     counts
 }
+/// Which server (1..=3) answered, from a test server's `GET /` body (`s1\n`...).
+pub fn server_of(body: &str) -> Option<usize> {
+    body.trim()
+        .strip_prefix('s')
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (1..=SERVER_COUNT).contains(n))
+}
+
+/// One HTTP/1.1 keep-alive connection opened from inside a namespace; requests on it
+/// reuse the same TCP connection (and so the same flow through the balancer).
+pub struct KeepAliveClient {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAliveClient {
+    /// Connects from inside `ns`; `timeout` bounds the connect and each read.
+    pub fn connect(ns: &str, addr: SocketAddrV4, timeout: Duration) -> Result<KeepAliveClient> {
+        let stream = run_in_netns(ns, move || {
+            TcpStream::connect_timeout(&addr.into(), timeout)
+        })?
+        .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        Ok(KeepAliveClient {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// `GET path` on this connection; the response body (its `Content-Length` bytes).
+    pub fn get(&mut self, path: &str) -> io::Result<Vec<u8>> {
+        write!(
+            self.reader.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: vip\r\n\r\n"
+        )?;
+        let mut content_length = 0usize;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        self.reader.read_exact(&mut body)?;
+        Ok(body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +162,12 @@ mod tests {
         let c = count_by_server(["s1\n", "s2\n", "s1\n"]);
         assert_eq!(c.get("s1"), Some(&2));
         assert_eq!(c.get("s2"), Some(&1));
+    }
+
+    #[test]
+    fn server_names() {
+        assert_eq!(server_of("s2\n"), Some(2));
+        assert_eq!(server_of("s4\n"), None);
+        assert_eq!(server_of("x1"), None);
     }
 }

@@ -13,6 +13,7 @@
 //! - [`harness`]: the production XDP program loaded and programmed from a config, run
 //!   with `BPF_PROG_TEST_RUN` ([`Harness`]), in a namespace from [`harness_netns`].
 //! - [`packet`]: frames built and parsed with etherparse for the harness.
+//! - [`daemon`]: `lb run` on a topology, its CLI, waiting until it answers.
 //! - Traffic helpers, one module each: [`http_server`] (the test servers' HTTP side),
 //!   [`http_client`], [`udp`], [`payload`].
 //!
@@ -21,6 +22,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+pub mod daemon;
 pub mod harness;
 pub mod http_client;
 pub mod http_server;
@@ -33,7 +35,7 @@ pub mod topology;
 pub mod udp;
 
 pub use harness::{Harness, harness_netns};
-pub use http_client::{HttpResponse, count_by_server, http_get};
+pub use http_client::{HttpResponse, KeepAliveClient, count_by_server, http_get, server_of};
 pub use netns::{Netns, list_netns, run_in_netns};
 pub use payload::{Payload, payload_bytes, payload_sha256, sha256_hex};
 pub use server::ServerStats;
