@@ -193,21 +193,25 @@ fn serve_http<R: BufRead, W: Write>(
     peer: Option<SocketAddr>,
     counters: &Counters,
 ) -> io::Result<()> {
+    let text = |writer: &mut W, status: &str, body: &str, keep_alive: bool, head_only: bool| {
+        write_head(writer, status, name, peer, body.len() as u64, keep_alive)?;
+        if !head_only {
+            writer.write_all(body.as_bytes())?;
+        }
+        io::Result::Ok(())
+    };
     loop {
         let request = match read_request(&mut reader) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                let body = format!("bad request: {e}\n");
-                write_head(
+                text(
                     &mut writer,
                     "400 Bad Request",
-                    name,
-                    peer,
-                    body.len() as u64,
+                    &format!("bad request: {e}\n"),
+                    false,
                     false,
                 )?;
-                writer.write_all(body.as_bytes())?;
                 return writer.flush();
             }
             Err(e) => return Err(e),
@@ -215,89 +219,55 @@ fn serve_http<R: BufRead, W: Write>(
         counters.http_requests.fetch_add(1, Ordering::Relaxed);
         let keep_alive = request.keep_alive;
         let head_only = request.method == "HEAD";
-        // An upload is hashed as it arrives, so tests can check what reached the server.
         if matches!(request.method.as_str(), "POST" | "PUT") && request.target == "/sha256" {
-            let mut hasher = Sha256::new();
-            let mut body = reader.by_ref().take(request.content_length);
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut got = 0u64;
-            loop {
-                let n = body.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                got += n as u64;
-            }
-            if got != request.content_length {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let answer = format!("{}\n", hex(&hasher.finalize()));
-            write_head(
+            // An upload is hashed as it arrives, so tests can check what reached the server.
+            let digest = sha256_of_body(&mut reader, request.content_length)?;
+            text(
                 &mut writer,
                 "200 OK",
-                name,
-                peer,
-                answer.len() as u64,
+                &format!("{digest}\n"),
                 keep_alive,
+                false,
             )?;
-            writer.write_all(answer.as_bytes())?;
-            writer.flush()?;
-            if !keep_alive {
-                return Ok(());
-            }
-            continue;
-        }
-        // Discard any other request body; only GET/HEAD are meaningful there.
-        io::copy(
-            &mut reader.by_ref().take(request.content_length),
-            &mut io::sink(),
-        )?;
-        if request.method != "GET" && !head_only {
-            let body = "method not allowed\n";
-            write_head(
-                &mut writer,
-                "405 Method Not Allowed",
-                name,
-                peer,
-                body.len() as u64,
-                keep_alive,
-            )?;
-            writer.write_all(body.as_bytes())?;
-        } else if request.target == "/" {
-            let body = format!("{name}\n");
-            write_head(
-                &mut writer,
-                "200 OK",
-                name,
-                peer,
-                body.len() as u64,
-                keep_alive,
-            )?;
-            if !head_only {
-                writer.write_all(body.as_bytes())?;
-            }
-        } else if let Some(n) = request
-            .target
-            .strip_prefix("/bytes/")
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            write_head(&mut writer, "200 OK", name, peer, n, keep_alive)?;
-            if !head_only {
-                copy_payload(n, &mut writer)?;
-            }
         } else {
-            let body = "not found\n";
-            write_head(
-                &mut writer,
-                "404 Not Found",
-                name,
-                peer,
-                body.len() as u64,
-                keep_alive,
+            // Discard any other request body; only GET/HEAD are meaningful there.
+            io::copy(
+                &mut reader.by_ref().take(request.content_length),
+                &mut io::sink(),
             )?;
-            if !head_only {
-                writer.write_all(body.as_bytes())?;
+            let bytes = request
+                .target
+                .strip_prefix("/bytes/")
+                .and_then(|n| n.parse::<u64>().ok());
+            if request.method != "GET" && !head_only {
+                text(
+                    &mut writer,
+                    "405 Method Not Allowed",
+                    "method not allowed\n",
+                    keep_alive,
+                    false,
+                )?;
+            } else if request.target == "/" {
+                text(
+                    &mut writer,
+                    "200 OK",
+                    &format!("{name}\n"),
+                    keep_alive,
+                    head_only,
+                )?;
+            } else if let Some(n) = bytes {
+                write_head(&mut writer, "200 OK", name, peer, n, keep_alive)?;
+                if !head_only {
+                    copy_payload(n, &mut writer)?;
+                }
+            } else {
+                text(
+                    &mut writer,
+                    "404 Not Found",
+                    "not found\n",
+                    keep_alive,
+                    head_only,
+                )?;
             }
         }
         writer.flush()?;
@@ -305,6 +275,27 @@ fn serve_http<R: BufRead, W: Write>(
             return Ok(());
         }
     }
+}
+
+/// Hex SHA-256 of the next `content_length` bytes of `reader`; an error if the body
+/// ends early.
+fn sha256_of_body<R: Read>(reader: &mut R, content_length: u64) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut body = reader.take(content_length);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = body.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        got += n as u64;
+    }
+    if got != content_length {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 fn write_head<W: Write>(
