@@ -135,19 +135,12 @@ impl Harness {
     /// Loads the program sized by `config`'s limits with `ext0` and `int0` registered
     /// as redirect targets, but no service installed yet (see [`apply`](Self::apply)).
     pub fn load_unprogrammed(config: Config) -> Result<Harness> {
-        let mut dp = Dataplane::load(capacity_of(&config), None).context("load XDP program")?;
-        let ext_ifindex = sys::ifindex(EXT_IF)?;
-        let int_ifindex = sys::ifindex(INT_IF)?;
-        for ifindex in [ext_ifindex, int_ifindex] {
-            dp.tx_ports.insert(ifindex, ifindex, None, 0)?;
+        let dp = Dataplane::load(capacity_of(&config), None).context("load XDP program")?;
+        let mut harness = Harness::around(dp, config)?;
+        for ifindex in [harness.ext_ifindex, harness.int_ifindex] {
+            harness.dp.tx_ports.insert(ifindex, ifindex, None, 0)?;
         }
-        Ok(Harness {
-            dp,
-            table: ServiceTable::default(),
-            config,
-            ext_ifindex,
-            int_ifindex,
-        })
+        Ok(harness)
     }
 
     /// Loads the program with its maps pinned under `pin_dir`, as `lb run` starts:
@@ -161,6 +154,11 @@ impl Harness {
             PinnedState::Replace
         };
         let dp = Dataplane::load_with(capacity_of(&config), Some(pin_dir), pinned)?;
+        Harness::around(dp, config)
+    }
+
+    /// A harness around a loaded program with nothing installed in its tables yet.
+    fn around(dp: Dataplane, config: Config) -> Result<Harness> {
         Ok(Harness {
             dp,
             table: ServiceTable::default(),
