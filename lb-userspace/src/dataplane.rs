@@ -28,6 +28,8 @@ use crate::{
 
 mod tables;
 
+pub use tables::possible_cpus;
+
 /// MAGLEV_RINGS mapped into the controller's memory (the map is `BPF_F_MMAPABLE`):
 /// rings are written and read with plain memory accesses, not one syscall per slot.
 /// The data path sees the stores at once; the service-entry update that flips a ring

@@ -1,21 +1,19 @@
-//! Fixture for the netns integration tests: the xtask testbed (client, LB, three
+//! Fixture for the netns integration tests: the lb-testbed topology (client, LB, three
 //! servers) with a real `lb run` daemon attached in native XDP mode, torn down on drop
 //! (the daemon is stopped by PID, namespaces deleted, pins removed) even when a test
 //! fails.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddrV4, TcpStream},
+    net::SocketAddrV4,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use lb_testbed::{self as testbed, KeepAliveClient, Role, Topology, daemon};
 use serde_json::Value;
-use xtask::testbed::{self, Role, Topology};
 
-pub use xtask::testbed::{SERVER_IPS, VIP};
+pub use lb_testbed::{SERVER_IPS, VIP, server_of};
 
 /// The `lb` binary built next to this test executable (target/<profile>/lb).
 pub fn lb_binary() -> PathBuf {
@@ -105,22 +103,7 @@ impl Balancer {
     /// the old one has exited and the new one answers.
     pub fn replace_daemon(&mut self) -> Result<()> {
         let old = self.pid.take().context("no daemon running")?;
-        let lb = lb_binary();
-        let (lb, config) = (lb.to_string_lossy(), self.config_path.to_string_lossy());
-        let pid = self.topo.spawn_logged(
-            Role::Lb,
-            &[
-                "env",
-                "RUST_LOG=info",
-                &lb,
-                "run",
-                "--config",
-                &config,
-                "--replace",
-            ],
-            &self.log_path,
-        )?;
-        self.pid = Some(pid);
+        let pid = self.spawn_lb_run(&["--replace"])?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.topo.try_wait_child(old)?.is_none() {
             if Instant::now() > deadline {
@@ -128,43 +111,35 @@ impl Balancer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        loop {
-            if let Some(status) = self.topo.try_wait_child(pid)? {
-                bail!("lb --replace exited ({status}): {}", self.log());
-            }
-            if self.cli(&["status"]).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("lb --replace did not come up: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.wait_until_answering(pid, left, Duration::from_millis(100))
+            .with_context(|| format!("lb --replace did not come up: {}", self.log()))
     }
 
     /// Starts a daemon again (after `kill_daemon`), waiting until it answers.
     pub fn spawn_daemon(&mut self) -> Result<()> {
-        let lb = lb_binary();
-        let (lb, config) = (lb.to_string_lossy(), self.config_path.to_string_lossy());
-        let pid = self.topo.spawn_logged(
-            Role::Lb,
-            &["env", "RUST_LOG=info", &lb, "run", "--config", &config],
+        let pid = self.spawn_lb_run(&[])?;
+        self.wait_until_answering(pid, Duration::from_secs(20), Duration::from_millis(200))
+            .with_context(|| format!("lb did not come up: {}", self.log()))
+    }
+
+    /// `lb run --config <config> <extra>` with info logging; becomes the tracked daemon.
+    fn spawn_lb_run(&mut self, extra: &[&str]) -> Result<u32> {
+        let pid = daemon::spawn_lb_run(
+            &self.topo,
+            &lb_binary(),
+            &self.config_path,
+            "info",
+            extra,
             &self.log_path,
         )?;
         self.pid = Some(pid);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.topo.try_wait_child(pid)? {
-                bail!("lb exited during startup ({status}): {}", self.log());
-            }
-            if self.cli(&["status"]).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("lb did not come up within 20 s: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        Ok(pid)
+    }
+
+    fn wait_until_answering(&self, pid: u32, timeout: Duration, poll: Duration) -> Result<()> {
+        daemon::wait_until_answering(&self.topo, pid, &lb_binary(), &self.socket(), timeout, poll)
+            .map(drop)
     }
 
     pub fn socket(&self) -> String {
@@ -177,18 +152,7 @@ impl Balancer {
 
     /// `lb --socket S args...`, stdout on success.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(lb_binary())
-            .args(["--socket", &self.socket()])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "lb {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        daemon::lb_cli(&lb_binary(), &self.socket(), args)
     }
 
     /// `lb ... --json`, parsed.
@@ -265,55 +229,25 @@ impl Drop for Balancer {
     }
 }
 
-/// Which server (1..=3) answered, from a test server's `GET /` body (`s1\n`...).
-pub fn server_of(body: &str) -> Option<usize> {
-    body.trim()
-        .strip_prefix('s')
-        .and_then(|n| n.parse().ok())
-        .filter(|n| (1..=3).contains(n))
-}
-
 /// An HTTP/1.1 keep-alive connection from the client namespace to the VIP's port 80,
 /// for tests that need one connection to outlive a change.
 pub struct KeepAlive {
-    reader: BufReader<TcpStream>,
+    client: KeepAliveClient,
 }
 
 impl KeepAlive {
     pub fn open(balancer: &Balancer) -> Result<KeepAlive> {
-        let timeout = Duration::from_secs(5);
-        let stream = testbed::run_in_netns(&balancer.topo.ns(Role::Client), move || {
-            TcpStream::connect_timeout(&Balancer::vip(80).into(), timeout)
-        })??;
-        stream.set_read_timeout(Some(timeout))?;
-        Ok(KeepAlive {
-            reader: BufReader::new(stream),
-        })
+        let client = KeepAliveClient::connect(
+            &balancer.topo.ns(Role::Client),
+            Balancer::vip(80),
+            Duration::from_secs(5),
+        )?;
+        Ok(KeepAlive { client })
     }
 
     /// GET / on this connection: which server (1..=3) answered.
     pub fn get(&mut self) -> std::io::Result<usize> {
-        self.reader
-            .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
-        let mut content_length = 0usize;
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                content_length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; content_length];
-        self.reader.read_exact(&mut body)?;
+        let body = self.client.get("/")?;
         server_of(&String::from_utf8_lossy(&body))
             .ok_or_else(|| std::io::Error::other("unexpected body"))
     }

@@ -13,6 +13,7 @@ use std::{
 };
 
 use lb_integration::{Balancer, KeepAlive, lb_binary, server_of};
+use lb_testbed::{self as testbed, Role, SERVER_IPS, run_in_netns, unique_prefix};
 use lb_userspace::{
     cluster::wire::{
         self, ClusterKey, Fields, Function, Header, Health, Message, PacketType, ServiceOffer,
@@ -20,7 +21,6 @@ use lb_userspace::{
     domain::Protocol,
 };
 use serde_json::Value;
-use xtask::testbed::{self, Role, SERVER_IPS, run_in_netns, unique_prefix};
 
 const CLUSTER_ID: u16 = 7;
 const HEARTBEAT: Duration = Duration::from_millis(250);

@@ -12,8 +12,8 @@ use std::{
 
 use lb_common::{IPPROTO_TCP, hash::flow_hash};
 use lb_integration::{Balancer, KeepAlive, SERVER_IPS, config_toml, server_of};
+use lb_testbed::{self as testbed, Role, payload_sha256, run_in_netns, udp_request, unique_prefix};
 use lb_userspace::maglev::{MaglevBackend, build_ring, ring_size_for};
-use xtask::testbed::{self, Role, payload_sha256, run_in_netns, udp_request, unique_prefix};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

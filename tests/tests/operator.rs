@@ -15,7 +15,7 @@ use std::{
 };
 
 use lb_integration::{Balancer, KeepAlive, config_toml, server_of};
-use xtask::testbed::{self, Role, payload_sha256, unique_prefix};
+use lb_testbed::{self as testbed, Role, payload_sha256, unique_prefix};
 
 /// The standard config with `web_extra` lines added to the `web` service.
 fn config_with_web(prefix: &str, extra: &str, web_extra: &str) -> String {

@@ -15,7 +15,7 @@ use std::{
 };
 
 use lb_integration::{Balancer, SERVER_IPS, config_toml};
-use xtask::testbed::{self, Role, http_get, payload_bytes, payload_sha256, run_in_netns};
+use lb_testbed::{self as testbed, Role, http_get, payload_bytes, payload_sha256, run_in_netns};
 
 /// The proxied service's port on the VIP (the servers' own port is 80).
 const PROXY_PORT: u16 = 81;

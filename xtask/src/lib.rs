@@ -1,7 +1,6 @@
-//! Developer tasks for the XDP load balancer workspace. The library part is
-//! shared with the integration tests (`lb-integration`) and benchmarks.
+//! Developer tasks for the XDP load balancer workspace: toolchain setup and the
+//! benchmarks. The netns testbed they run on is the `lb-testbed` crate.
 
 pub mod bench;
 pub mod lint;
 pub mod setup;
-pub mod testbed;

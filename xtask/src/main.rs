@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use xtask::testbed::{self, Role, TeardownHandle, Topology};
+use lb_testbed::{self as testbed, Role, TeardownHandle, Topology, daemon};
 use xtask::{lint, setup};
 
 #[derive(Parser)]
@@ -322,20 +322,22 @@ fn run_demo(
     requests: usize,
 ) -> Result<ExitCode> {
     let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let rust_log = format!("RUST_LOG={rust_log}");
-    let (lb_s, config_s) = (lb.to_string_lossy(), config.to_string_lossy());
     println!(
-        "demo: starting {lb_s} run --config {config_s} (log: {})",
+        "demo: starting {} run --config {} (log: {})",
+        lb.display(),
+        config.display(),
         log.display()
     );
-    // `env` execs lb, so the PID we track is lb's own.
-    let pid = topo.spawn_logged(
-        Role::Lb,
-        &["env", &rust_log, &lb_s, "run", "--config", &config_s],
-        log,
+    let pid = daemon::spawn_lb_run(topo, lb, config, &rust_log, &[], log)?;
+    let status = daemon::wait_until_answering(
+        topo,
+        pid,
+        lb,
+        DEMO_SOCKET,
+        Duration::from_secs(15),
+        Duration::from_millis(250),
     )?;
-
-    wait_for_status(topo, pid, lb)?;
+    println!("demo: lb is up\n{}", status.trim_end());
 
     println!(
         "demo: {requests} HTTP requests, each on a new connection, client -> http://{}/",
@@ -359,12 +361,7 @@ fn run_demo(
             ],
         )?;
         let body = String::from_utf8_lossy(&out.stdout);
-        let server = body
-            .trim()
-            .strip_prefix('s')
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| (1..=3).contains(n));
-        match server {
+        match testbed::server_of(&body) {
             Some(n) if out.status.success() => counts[n - 1] += 1,
             _ => failures.push(format!("curl {}: {:?}", out.status, body.trim())),
         }
@@ -399,7 +396,7 @@ fn run_demo(
         println!("$ lb --socket {DEMO_SOCKET} {what}");
         match lb_cli(lb, &[what]) {
             Ok(text) if what == "flows" => {
-                // Seed 001's access-correspondence table; the head is enough to see it.
+                // Which client is mapped to which backend; the head is enough to see it.
                 let lines: Vec<&str> = text.lines().collect();
                 let shown = lines.len().min(12);
                 for line in &lines[..shown] {
@@ -453,43 +450,11 @@ fn configured_weights(lb: &Path) -> Result<[u32; 3]> {
     Ok(weights)
 }
 
-/// Poll `lb status` for up to 15 s; fail early if lb exits.
-fn wait_for_status(topo: &Topology, pid: u32, lb: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = topo.try_wait_child(pid)? {
-            bail!("lb exited during startup: {status}");
-        }
-        match lb_cli(lb, &["status"]) {
-            Ok(text) => {
-                println!("demo: lb is up\n{text}");
-                return Ok(());
-            }
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context("lb did not answer `status` within 15 s"));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
-}
-
-/// `lb --socket SOCKET args...`; the control socket is a filesystem path,
-/// so this works from the root namespace.
+/// `lb --socket DEMO_SOCKET args...`, trailing whitespace trimmed.
 fn lb_cli(lb: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(lb)
-        .args(["--socket", DEMO_SOCKET])
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", lb.display()))?;
-    if !out.status.success() {
-        bail!(
-            "`lb --socket {DEMO_SOCKET} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    Ok(daemon::lb_cli(lb, DEMO_SOCKET, args)?
+        .trim_end()
+        .to_string())
 }
 
 fn show_log(log: &Path) {

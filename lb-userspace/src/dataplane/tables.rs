@@ -305,6 +305,6 @@ impl Dataplane {
 }
 
 /// Number of possible CPUs (the length of a per-CPU map value).
-fn possible_cpus() -> Result<usize> {
+pub fn possible_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))
 }

@@ -16,11 +16,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
 use super::model::{E2eCell, E2eResults, E2eRow, Startup};
-use crate::testbed::{self, Role, SERVER_IPS, Topology, VIP};
+use lb_testbed::{self as testbed, Role, SERVER_IPS, Topology, VIP, daemon};
 
 const UDP_SINK_PORT: u16 = 9;
 const IPERF_PORT: u16 = 5201;
@@ -102,43 +102,20 @@ fn start_lb(
     log: &Path,
     socket: &str,
 ) -> Result<Daemon> {
-    let (lb_s, cfg) = (lb.to_string_lossy(), config.to_string_lossy());
-    let pid = topo.spawn_logged(
-        Role::Lb,
-        &[
-            "env",
-            "RUST_LOG=warn",
-            &lb_s,
-            "run",
-            "--config",
-            &cfg,
-            "--xdp-mode",
-            mode,
-        ],
-        log,
-    )?;
-    let daemon = Daemon {
+    let pid = daemon::spawn_lb_run(topo, lb, config, "warn", &["--xdp-mode", mode], log)?;
+    daemon::wait_until_answering(
+        topo,
+        pid,
+        lb,
+        socket,
+        Duration::from_secs(600),
+        Duration::from_millis(50),
+    )
+    .with_context(|| std::fs::read_to_string(log).unwrap_or_default())?;
+    Ok(Daemon {
         pid,
         socket: socket.to_string(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if let Some(status) = topo.try_wait_child(pid)? {
-            bail!(
-                "lb exited during startup ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        let ok = std::process::Command::new(lb)
-            .args(["--socket", socket, "status"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return Ok(daemon);
-        }
-        ensure!(Instant::now() < deadline, "lb did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 fn rx_packets(topo: &Topology, role: Role) -> Result<u64> {
@@ -463,19 +440,12 @@ fn measure_startup(
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
     let start = Instant::now();
     let log = dir.join(format!("lb-startup-{services}.log"));
-    let (lb_s, cfg) = (p.lb_binary.to_string_lossy(), path.to_string_lossy());
-    let pid = topo.spawn_logged(
-        Role::Lb,
-        &[
-            "env",
-            "RUST_LOG=warn",
-            &lb_s,
-            "run",
-            "--config",
-            &cfg,
-            "--xdp-mode",
-            "native",
-        ],
+    let pid = daemon::spawn_lb_run(
+        topo,
+        &p.lb_binary,
+        &path,
+        "warn",
+        &["--xdp-mode", "native"],
         &log,
     )?;
     let mut seconds = None;

@@ -12,7 +12,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -20,26 +19,20 @@ use aya::maps::{Array, MapData, ProgramArray};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{BENCH_PACKET_MAX, BenchPacket, FlowEntry, FlowKey, bench_names, counters};
+use lb_testbed::harness::{
+    CLIENT_MAC, EXT_IF, Harness, INT_IF, LB_EXT_MAC, LB_INT_MAC, Neighbour, XDP_PASS, XDP_REDIRECT,
+    XDP_TX, harness_netns, parse_config, verdict_name,
+};
+use lb_testbed::packet::{F_ACK, F_SYN, Tcp, udp_packet};
+use lb_testbed::{CLIENT_IP as CLIENT, Netns, SNAT_IP as SNAT, VIP};
 use lb_userspace::config::Config;
-use lb_userspace::services::ServiceTable;
-use lb_userspace::{dataplane::Dataplane, domain::Limits};
 use lb_userspace::{ebpf, sys};
 
 use super::model::{KernelPath, MaglevTiming, ScalePoint, median};
 
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
-const SNAT: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
 const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 50);
 /// Sources of generated flows: 198.18.128.0 upwards, inside the benchmarking range.
 const GENERATED_SRC_BASE: u32 = u32::from_be_bytes([198, 18, 128, 0]);
-const LB_EXT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const LB_INT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
 /// Backends 198.19.0.100.. (64 of them): with 64,512 source ports each, a million new
 /// full-NAT flows per run stay far from port exhaustion.
 const BACKENDS: u8 = 64;
@@ -73,73 +66,34 @@ fn config_text(max_flows: u32, backends: u8) -> String {
     text
 }
 
-/// A namespace with `ext0` (client side) and `int0` (server side), permanent neighbours
-/// for the client, the backends and one other host. Deleted on drop.
-pub struct BenchNetns {
-    pub name: String,
+/// The harness namespace with `ext0` on a /16, so the generated sources
+/// (198.18.128.0 upwards) are on-link, and permanent neighbours for the client, the
+/// backends and one other host. Deleted on drop.
+pub fn bench_netns(name: &str) -> Result<Netns> {
+    let mut neighbours = vec![
+        Neighbour {
+            ip: CLIENT,
+            mac: CLIENT_MAC,
+            dev: EXT_IF,
+        },
+        Neighbour {
+            ip: OTHER_HOST,
+            mac: [0x02, 0, 0, 0, 0, 0x50],
+            dev: INT_IF,
+        },
+    ];
+    neighbours.extend((0..BACKENDS).map(|i| Neighbour {
+        ip: backend_ip(i),
+        mac: backend_mac(i),
+        dev: INT_IF,
+    }));
+    harness_netns(name, 16, &neighbours)
 }
 
-fn sh(cmd: &str) -> Result<()> {
-    let status = Command::new("sh").arg("-c").arg(cmd).status()?;
-    ensure!(status.success(), "command failed: {cmd}");
-    Ok(())
-}
-
-impl BenchNetns {
-    pub fn new(name: String) -> Result<BenchNetns> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        sh(&format!("ip netns add {name}"))?;
-        let netns = BenchNetns { name };
-        let n = &netns.name;
-        let mut script = vec![
-            format!("ip -n {n} link set lo up"),
-            format!("ip -n {n} link add ext0 type veth peer name ext1"),
-            format!("ip -n {n} link add int0 type veth peer name int1"),
-            format!("ip -n {n} link set ext0 address 02:00:00:00:01:01"),
-            format!("ip -n {n} link set int0 address 02:00:00:00:02:01"),
-            format!("ip -n {n} addr add 198.18.0.1/16 dev ext0"),
-            format!("ip -n {n} addr add 198.19.0.1/24 dev int0"),
-            format!("ip -n {n} link set ext0 up"),
-            format!("ip -n {n} link set ext1 up"),
-            format!("ip -n {n} link set int0 up"),
-            format!("ip -n {n} link set int1 up"),
-            format!(
-                "ip -n {n} neigh replace {CLIENT} lladdr 02:00:00:00:00:02 dev ext0 nud permanent"
-            ),
-            format!(
-                "ip -n {n} neigh replace {OTHER_HOST} lladdr 02:00:00:00:00:50 dev int0 nud permanent"
-            ),
-            format!("ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1"),
-        ];
-        for i in 0..BACKENDS {
-            let mac = backend_mac(i);
-            script.push(format!(
-                "ip -n {n} neigh replace {} lladdr 02:00:00:00:03:{:02x} dev int0 nud permanent",
-                backend_ip(i),
-                mac[5]
-            ));
-        }
-        // One shell for all: a few hundred `ip` processes would dominate setup time.
-        sh(&script.join(" && "))?;
-        Ok(netns)
-    }
-}
-
-impl Drop for BenchNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// The production program programmed from `config_text`, plus the bench object.
+/// The shared harness (the production program programmed from `config_text`) plus the
+/// bench object whose wrapper tail-calls it.
 struct Rig {
-    dp: Dataplane,
-    _table: ServiceTable,
+    harness: Harness,
     bench: Ebpf,
     target: ProgramArray<MapData>,
     packet: Array<MapData, BenchPacket>,
@@ -171,15 +125,7 @@ struct Measured {
 
 impl Rig {
     fn new(max_flows: u32) -> Result<Rig> {
-        let config = Config::parse(&config_text(max_flows, BACKENDS), Path::new("bench.toml"))
-            .map_err(|e| anyhow!("{e}"))?;
-        let mut dp = Dataplane::load(config.limits, None)?;
-        let mut table = ServiceTable::default();
-        table.apply(&mut dp, &config)?;
-        for name in ["ext0", "int0"] {
-            let ifindex = sys::ifindex(name)?;
-            dp.add_tx_port(ifindex)?;
-        }
+        let harness = Harness::load(&config_text(max_flows, BACKENDS))?;
         let mut bench = EbpfLoader::new().load(ebpf::bench_object()?)?;
         for name in [bench_names::WRAPPER, bench_names::FLOOR, bench_names::NULL] {
             load_xdp(&mut bench, name)?;
@@ -193,8 +139,7 @@ impl Rig {
         let packet = Array::try_from(take(&mut bench, bench_names::PACKET)?)?;
         let sequence = Array::try_from(take(&mut bench, bench_names::SEQUENCE)?)?;
         Ok(Rig {
-            dp,
-            _table: table,
+            harness,
             bench,
             target,
             packet,
@@ -212,7 +157,7 @@ impl Rig {
 
     fn set_target(&mut self, target: Target) -> Result<()> {
         let fd = match target {
-            Target::Balancer => self.dp.program()?.fd()?.try_clone()?,
+            Target::Balancer => self.harness.program()?.fd()?.try_clone()?,
             Target::Floor => self.bench_prog(bench_names::FLOOR)?.fd()?.try_clone()?,
             Target::Null => self.bench_prog(bench_names::NULL)?.fd()?.try_clone()?,
         };
@@ -221,19 +166,12 @@ impl Rig {
     }
 
     fn counter(&self, index: u32) -> Result<u64> {
-        Ok(self.dp.global_counters()?[index as usize].1)
+        self.harness.try_counter(index)
     }
 
     /// One direct run of the balancer (repeat 1): the reference verdict and output.
     fn direct(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = self.dp.program()?.test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        self.harness.try_run(packet)
     }
 
     /// `runs` test runs of `repeat` repeats through the wrapper; ns per repeat each.
@@ -284,19 +222,9 @@ impl Rig {
     }
 }
 
-fn verdict_name(v: u32) -> &'static str {
-    match v {
-        0 => "XDP_ABORTED",
-        1 => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        XDP_TX => "XDP_TX",
-        XDP_REDIRECT => "XDP_REDIRECT",
-        _ => "unknown",
-    }
-}
-
-/// Ethernet + IPv4 + TCP (no options) with correct checksums.
-pub fn tcp_frame(
+/// Ethernet + IPv4 + TCP (no options, seq 1000, ACK 5000 when `flags` has ACK) with
+/// correct checksums.
+fn tcp_frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
     src: (Ipv4Addr, u16),
@@ -304,38 +232,36 @@ pub fn tcp_frame(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut builder = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src.0.octets(), dst.0.octets(), 64)
-        .tcp(src.1, dst.1, 1000, 64240);
-    if flags & 0x02 != 0 {
-        builder = builder.syn();
+    Tcp {
+        src_mac,
+        dst_mac,
+        src: src.0,
+        dst: dst.0,
+        ttl: 64,
+        sport: src.1,
+        dport: dst.1,
+        syn: flags & F_SYN != 0,
+        ack: (flags & F_ACK != 0).then_some(5000),
+        fin: false,
+        rst: false,
+        seq: 1000,
     }
-    if flags & 0x10 != 0 {
-        builder = builder.ack(5000);
-    }
-    let mut out = Vec::new();
-    builder.write(&mut out, payload).expect("build tcp frame");
-    out
+    .build(payload)
 }
 
-pub fn udp_frame(
+fn udp_frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
     src: (Ipv4Addr, u16),
     dst: (Ipv4Addr, u16),
     payload: &[u8],
 ) -> Vec<u8> {
-    let builder = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src.0.octets(), dst.0.octets(), 64)
-        .udp(src.1, dst.1);
-    let mut out = Vec::new();
-    builder.write(&mut out, payload).expect("build udp frame");
-    out
+    udp_packet(src_mac, dst_mac, src.0, src.1, dst.0, dst.1, 64, payload)
 }
 
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const SYN_ACK: u8 = 0x12;
+const SYN: u8 = F_SYN;
+const ACK: u8 = F_ACK;
+const SYN_ACK: u8 = F_SYN | F_ACK;
 
 pub struct KernelParams {
     pub repeat: u32,
@@ -390,10 +316,9 @@ fn deltas<T>(rig: &mut Rig, f: impl FnOnce(&mut Rig) -> Result<T>) -> Result<(T,
 }
 
 /// Runs group 1 (and the test_run half of group 3) inside namespace `ns`.
-pub fn run(ns: &str, params: &KernelParams) -> Result<KernelResults> {
+pub fn run(params: &KernelParams) -> Result<KernelResults> {
     let total = u64::from(params.repeat) * params.runs as u64;
     let (repeat, runs) = (params.repeat, params.runs);
-    let ext1_mac = CLIENT_MAC;
 
     // Rig for everything but new flows: room for the scale fill is set per scale point.
     let mut rig = Rig::new(1 << 16)?;
@@ -554,7 +479,6 @@ pub fn run(ns: &str, params: &KernelParams) -> Result<KernelResults> {
         ));
     }
 
-    let _ = ext1_mac;
     drop(rig);
 
     // First packets: every repeat a new source (vary), fresh maps per run so each run
@@ -607,7 +531,7 @@ pub fn run(ns: &str, params: &KernelParams) -> Result<KernelResults> {
                 src == SNAT && (0..BACKENDS).any(|i| backend_ip(i) == dst),
                 "{name}: bad rewrite"
             );
-            let flows = rig.dp.flow_count() as u64;
+            let flows = rig.harness.flow_count() as u64;
             ensure!(
                 flows == 2 * d[1],
                 "{name}: {flows} flow entries for {} new flows",
@@ -638,7 +562,6 @@ pub fn run(ns: &str, params: &KernelParams) -> Result<KernelResults> {
     let syn_proxy = syn_proxy_presence();
     let scale = scale(params, wrapper_ns)?;
     let maglev = maglev(&params.maglev_backends)?;
-    let _ = ns;
     Ok(KernelResults {
         floor_direct_ns: floor_ns,
         wrapper_ns,
@@ -664,17 +587,6 @@ fn syn_proxy_presence() -> String {
     }
 }
 
-/// Kernel memory of a map from its own accounting (`memlock` in fdinfo).
-fn memlock(map: &MapData) -> Result<u64> {
-    use std::os::fd::{AsFd, AsRawFd};
-    let fd = map.fd().as_fd().as_raw_fd();
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no memlock in fdinfo")
-}
-
 fn scale(params: &KernelParams, wrapper_ns: f64) -> Result<Vec<ScalePoint>> {
     let mut points = Vec::new();
     for &flows in &params.scale_flows {
@@ -686,7 +598,7 @@ fn scale(params: &KernelParams, wrapper_ns: f64) -> Result<Vec<ScalePoint>> {
         // Steady state: every entry already holds its next hop (as after its first
         // hit) and a last-seen the measurement never refreshes, so each repeat is a
         // pure hit (the once-a-second refresh is the first-packet-like exception).
-        let int0 = sys::ifindex("int0")?;
+        let int0 = sys::ifindex(INT_IF)?;
         for j in 0..flows {
             let src = GENERATED_SRC_BASE + j / lb_common::BENCH_PORTS_PER_ADDR;
             let port = (lb_common::BENCH_PORT_BASE + j % lb_common::BENCH_PORTS_PER_ADDR) as u16;
@@ -719,7 +631,7 @@ fn scale(params: &KernelParams, wrapper_ns: f64) -> Result<Vec<ScalePoint>> {
                 tx_smac: LB_INT_MAC,
                 ..FlowEntry::default()
             };
-            rig.dp.insert_flow(key, entry)?;
+            rig.harness.set_flow(key, entry)?;
         }
         let fill_s = fill_start.elapsed().as_secs_f64();
         let packet = tcp_frame(
@@ -753,7 +665,7 @@ fn scale(params: &KernelParams, wrapper_ns: f64) -> Result<Vec<ScalePoint>> {
             d[0],
             d[1]
         );
-        let bytes = memlock(rig.dp.flow_map())?;
+        let bytes = rig.harness.flow_table_bytes()?;
         points.push(ScalePoint {
             flows,
             capacity,
@@ -782,7 +694,7 @@ fn maglev(sizes: &[usize]) -> Result<Vec<MaglevTiming>> {
                 1 + i % 250
             ));
         }
-        let config = Config::parse(&text, Path::new("maglev.toml")).map_err(|e| anyhow!("{e}"))?;
+        let config = parse_config(&text)?;
         let start = Instant::now();
         let ring = {
             let keys: Vec<String> = config.services[0]
@@ -807,18 +719,11 @@ fn maglev(sizes: &[usize]) -> Result<Vec<MaglevTiming>> {
             lb_userspace::maglev::RING_SIZES.contains(&(ring.len() as u32)),
             "ring size"
         );
-        let mut dp = Dataplane::load(
-            Limits {
-                max_services: 2,
-                max_backends: 2000,
-                max_flows: 1024,
-                ..config.limits
-            },
-            None,
-        )?;
-        let mut table = ServiceTable::default();
+        // The config's limits are the sizes this measurement always used (2 services,
+        // 2000 backends, 1024 flows).
+        let mut harness = Harness::load_unprogrammed(config.clone())?;
         let start = Instant::now();
-        let summary = table.apply(&mut dp, &config)?;
+        let summary = harness.apply(config)?;
         let apply_s = start.elapsed().as_secs_f64();
         out.push(MaglevTiming {
             backends: n,

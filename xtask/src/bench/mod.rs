@@ -105,10 +105,9 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
     report.repeat = kparams.repeat;
     report.runs = kparams.runs;
     println!("bench: group 1 + scale: BPF_PROG_TEST_RUN");
-    let ns_name = format!("{}-kb", crate::testbed::unique_prefix());
-    let netns = kernel::BenchNetns::new(ns_name.clone())?;
-    let ns2 = ns_name.clone();
-    let k = crate::testbed::run_in_netns(&ns_name, move || kernel::run(&ns2, &kparams))??;
+    let ns_name = format!("{}-kb", lb_testbed::unique_prefix());
+    let netns = kernel::bench_netns(&ns_name)?;
+    let k = netns.run(move || kernel::run(&kparams))??;
     drop(netns);
     report.floor_direct_ns = k.floor_direct_ns;
     report.wrapper_ns = k.wrapper_ns;
