@@ -21,7 +21,9 @@ use std::{
 };
 
 use anyhow::Result;
-use lb_common::{BACKEND_STATE_ACTIVE, BACKEND_STATE_DOWN, BACKEND_STATE_DRAINING, Settings};
+use lb_common::{
+    BACKEND_STATE_ACTIVE, BACKEND_STATE_DOWN, BACKEND_STATE_DRAINING, Service, ServiceKey, Settings,
+};
 use serde::Serialize;
 
 use self::ring_pool::RingPool;
@@ -260,7 +262,7 @@ impl ServiceTable {
         };
         let plan = plan(self, config, overrides, kernel)?;
         if let Err(e) = execute(&plan.ops, dp) {
-            self.recover(dp, config, plan.installed);
+            self.recover(dp, config, plan);
             return Err(e);
         }
         *self = plan.installed;
@@ -268,30 +270,58 @@ impl ServiceTable {
     }
 
     /// After a write failed part way: the installed state is read back from the maps,
-    /// so the next apply is a difference against what they really hold. A service whose
-    /// entry is the planned one keeps the planned backends and weights.
-    fn recover(&mut self, dp: &Dataplane, config: &Config, planned: ServiceTable) {
-        let mut table = match ServiceTable::adopt(dp, config) {
-            Ok(table) => table,
-            Err(e) => {
+    /// so the next apply is a difference against what they really hold.
+    fn recover(&mut self, dp: &Dataplane, config: &Config, plan: Plan) {
+        let adopted = ServiceTable::adopt(dp, config);
+        let kernel_entries = dp.service_entries();
+        match (adopted, kernel_entries) {
+            (Ok(mut table), Ok(entries)) => {
+                keep_planned(&mut table, &entries.into_iter().collect(), &plan);
+                *self = table;
+            }
+            (Err(e), _) | (_, Err(e)) => {
                 // Neither state is exact then; the planned one at least never has a
                 // ring written into the live half of a service that was flipped.
                 log::error!("reading the maps back after a failed apply failed: {e:#}");
-                *self = planned;
-                return;
-            }
-        };
-        for (addr, service) in &mut table.services {
-            if let Some(want) = planned.services.get(addr)
-                && (want.id, want.rings, want.live_half)
-                    == (service.id, service.rings, service.live_half)
-            {
-                service.config = want.config.clone();
-                service.backend_ids = want.backend_ids.clone();
-                service.effective_weights = want.effective_weights.clone();
+                *self = plan.installed;
             }
         }
-        *self = table;
+    }
+}
+
+/// Gives the services of a table read back after a failed apply (`adopted`: no backend
+/// lists, so each would be rewritten by the next apply) the planned backends and
+/// weights where the kernel holds exactly what the plan meant it to: the planned
+/// entry, or an unchanged one, with the planned ring region and live half. Any other
+/// service keeps no backend list, so the next apply writes it again.
+fn keep_planned(
+    adopted: &mut ServiceTable,
+    kernel_entries: &HashMap<ServiceKey, Service>,
+    plan: &Plan,
+) {
+    let planned_entries: HashMap<ServiceKey, Service> = plan
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::WriteService { key, entry } => Some((*key, *entry)),
+            _ => None,
+        })
+        .collect();
+    for (addr, service) in &mut adopted.services {
+        let key = ServiceKey::new(addr.0, addr.1, addr.2);
+        let entry_as_planned = match planned_entries.get(&key) {
+            Some(planned_entry) => kernel_entries.get(&key) == Some(planned_entry),
+            None => true,
+        };
+        if let Some(want) = plan.installed.services.get(addr)
+            && entry_as_planned
+            && (want.id, want.rings, want.live_half)
+                == (service.id, service.rings, service.live_half)
+        {
+            service.config = want.config.clone();
+            service.backend_ids = want.backend_ids.clone();
+            service.effective_weights = want.effective_weights.clone();
+        }
     }
 }
 

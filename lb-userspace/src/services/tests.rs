@@ -565,3 +565,51 @@ fn an_allow_list_change_that_cannot_fit_old_and_new_side_by_side_is_refused() {
     assert_eq!(model.eligibility.len(), half as usize);
     assert_refused(&model, &table, &allow(half), "make the change in two steps");
 }
+
+/// The table as `ServiceTable::adopt` reads it back from the model's maps: ids, rings
+/// and live halves, but no backend lists.
+fn read_back(table: &ServiceTable) -> ServiceTable {
+    let mut adopted = table.clone();
+    for service in adopted.services.values_mut() {
+        service.backend_ids.clear();
+        service.effective_weights.clear();
+    }
+    adopted
+}
+
+#[test]
+fn after_a_failed_entry_write_the_next_apply_writes_the_entry_again() {
+    let mut model = Model::new(capacity());
+    let mut table = ServiceTable::default();
+    model.apply(&mut table, &web(&[(SERVER1, 1)]), &Overrides::default());
+    // Only the entry changes (affinity on): same backends, same ring.
+    let sticky = config(&[service(
+        "web",
+        VIP,
+        &[(SERVER1, 1)],
+        "affinity_timeout = 30",
+    )]);
+    let planned = model
+        .plan(&table, &sticky, &Overrides::default())
+        .expect("plan");
+    assert!(planned.ops.iter().any(is_service), "{:?}", planned.ops);
+
+    // The entry write failed: the kernel still holds the old entry, so the service
+    // keeps no backend list and the next plan writes its entry again.
+    let mut after_failure = read_back(&table);
+    keep_planned(&mut after_failure, &model.services, &planned);
+    let retry = model
+        .plan(&after_failure, &sticky, &Overrides::default())
+        .expect("plan");
+    assert!(retry.ops.iter().any(is_service), "{:?}", retry.ops);
+
+    // The entry write succeeded (a later op failed): the planned state is kept, and
+    // the next plan has nothing left to do for the service.
+    model.run(&planned.ops, &sticky);
+    let mut after_later_failure = read_back(&table);
+    keep_planned(&mut after_later_failure, &model.services, &planned);
+    let retry = model
+        .plan(&after_later_failure, &sticky, &Overrides::default())
+        .expect("plan");
+    assert!(!retry.ops.iter().any(is_service), "{:?}", retry.ops);
+}
