@@ -1,5 +1,6 @@
-//! Authorization of new flows (the eligibility table, docs/architecture.md): a service that requires it admits only
-//! clients inside its allow-list; others are dropped or, for TCP, answered with a RST.
+//! Authorization of new flows (the eligibility table, docs/architecture.md): a service
+//! that requires it admits only clients inside its allow-list; others are dropped or,
+//! for TCP, answered with a RST.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::{EligibilityKey, SERVICE_FLAG_AUTH_REQUIRED, Service};

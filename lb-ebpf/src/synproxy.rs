@@ -1,7 +1,7 @@
-//! SYN proxy (docs/architecture.md, "Packet paths"): the balancer answers a client's SYN itself with a
-//! SYN cookie, opens the server side only for a client that returns a valid cookie, and
-//! from then on shifts sequence numbers, SACK blocks and timestamps between the two
-//! sequence spaces. A spoofed SYN costs one SYN-ACK and no table entry.
+//! SYN proxy (docs/architecture.md, "Packet paths"): the balancer answers a client's SYN
+//! itself with a SYN cookie, opens the server side only for a client that returns a
+//! valid cookie, and from then on shifts sequence numbers, SACK blocks and timestamps
+//! between the two sequence spaces. A spoofed SYN costs one SYN-ACK and no table entry.
 //!
 //! The raw cookie helpers encode only the MSS, and the cookie check does not return it.
 //! Like Linux, the balancer keeps the client's options in the low `TS_OPT_BITS` bits of

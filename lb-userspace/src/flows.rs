@@ -70,8 +70,6 @@ fn idle(entry: &FlowEntry, peer: Option<&FlowEntry>, now_ns: u64, timeouts: &Tim
     idle > timeout_for(state, timeouts)
 }
 
-/// Keys of the entries whose connection has been idle longer than its state allows
-/// (judged on a snapshot: candidates for `remove_idle`).
 /// Open connections per (service id, backend id): each connection counted once, by its
 /// client-to-server entry.
 pub fn connections_per_backend(entries: &[(FlowKey, FlowEntry)]) -> HashMap<(u32, u32), u64> {
@@ -86,6 +84,8 @@ pub fn connections_per_backend(entries: &[(FlowKey, FlowEntry)]) -> HashMap<(u32
     connections
 }
 
+/// Keys of the entries whose connection has been idle longer than its state allows
+/// (judged on a snapshot: candidates for `remove_idle`).
 pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, timeouts: &Timeouts) -> Vec<FlowKey> {
     let by_key: HashMap<FlowKey, &FlowEntry> = entries.iter().map(|(k, v)| (*k, v)).collect();
     entries

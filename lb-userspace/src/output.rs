@@ -6,7 +6,7 @@ use std::fmt::{Display, Write as _};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::{BackendRow, FlowRow, Nodes, Reply, SessionRow, Stats, Status};
+use crate::api::{BackendRow, FlowRow, Nodes, Reply, SessionRow, Stats, Status, serde_name};
 
 /// Left-aligned columns sized to their widest cell.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -32,7 +32,8 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `--json`: the reply pretty-printed, keys sorted (as the daemon has always sent them).
+/// `--json`: the reply pretty-printed, keys sorted (the order `--json` has always had;
+/// the daemon's socket answers in field order).
 pub fn json(reply: &Reply) -> serde_json::Result<String> {
     serde_json::to_string_pretty(&serde_json::to_value(reply)?)
 }
@@ -55,14 +56,6 @@ pub fn render(reply: &Reply) -> String {
 /// One-line JSON, keys sorted.
 fn compact(value: &impl Serialize) -> String {
     serde_json::to_value(value).map_or_else(|e| format!("({e})"), |v| v.to_string())
-}
-
-/// The name an enum has in the JSON (its serde name), so text and `--json` agree.
-fn name(value: &impl Serialize) -> String {
-    match serde_json::to_value(value) {
-        Ok(Value::String(name)) => name,
-        _ => "-".into(),
-    }
 }
 
 /// A cell of something that may be absent.
@@ -103,8 +96,8 @@ fn render_backends(backends: &[BackendRow]) -> String {
         &[
             ("SERVICE", |b| b.service.clone()),
             ("BACKEND", |b| b.backend.to_string()),
-            ("STATE", |b| name(&b.state)),
-            ("HEALTH", |b| name(&b.health)),
+            ("STATE", |b| serde_name(&b.state)),
+            ("HEALTH", |b| serde_name(&b.health)),
             ("WEIGHT", |b| b.weight.to_string()),
             ("LIVE", |b| b.effective_weight.to_string()),
             ("ACTIVE", |b| b.active_flows.to_string()),
@@ -152,7 +145,7 @@ fn render_status(status: &Status) -> String {
     let rows: Vec<Vec<String>> = status
         .interfaces
         .iter()
-        .map(|i| vec![i.name.clone(), i.ifindex.to_string(), name(&i.mode)])
+        .map(|i| vec![i.name.clone(), i.ifindex.to_string(), serde_name(&i.mode)])
         .collect();
     out.push('\n');
     out.push_str(&table(&["INTERFACE", "IFINDEX", "XDP MODE"], &rows));
@@ -243,15 +236,17 @@ fn render_nodes(nodes: &Nodes) -> String {
             }),
             ("NODE", |e| format!("{}:{}", e.node, e.port)),
             ("PRIO", |e| e.priority.to_string()),
-            ("HEALTH", |e| name(&e.health)),
+            ("HEALTH", |e| serde_name(&e.health)),
             ("LOAD(‰)", |e| e.load_permille.to_string()),
             ("CAPACITY", |e| e.capacity.to_string()),
             ("CONNS", |e| e.connections.to_string()),
-            ("TARGET", |e| format!("{} {}", name(&e.state), e.tokens)),
+            ("TARGET", |e| {
+                format!("{} {}", serde_name(&e.state), e.tokens)
+            }),
             ("CURRENT", |e| {
                 or_dash(
                     e.applied
-                        .map(|(state, tokens)| format!("{} {tokens}", name(&state))),
+                        .map(|(state, tokens)| format!("{} {tokens}", serde_name(&state))),
                 )
             }),
         ],

@@ -78,7 +78,7 @@ pub struct Status {
     /// Configured services.
     pub services: usize,
     /// Connections in the flow table (client→server entries).
-    pub connections: usize,
+    pub connections: u64,
     /// Flow entries removed as idle since the start.
     pub flows_expired: u64,
     /// Whether the maps were taken over from an earlier daemon.
@@ -246,6 +246,15 @@ pub struct Nodes {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandedOver {
     pub handed_over: bool,
+}
+
+/// The name an enum value has in the replies (its serde name), so the text tables, the
+/// metrics' labels and `--json` agree.
+pub fn serde_name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        _ => "-".into(),
+    }
 }
 
 #[cfg(test)]

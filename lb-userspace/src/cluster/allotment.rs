@@ -1,6 +1,7 @@
-//! Token allotment (docs/architecture.md, "Where the cluster protocol fits"): the health-and-load handler turns each endpoint's
-//! capacity, load and health into a share of a service's new flows ("40 tokens to IP1,
-//! 35 to IP2, 25 to IP3") that holds for a duration. The shares become the endpoints'
+//! Token allotment (docs/architecture.md, "Where the cluster protocol fits"): the
+//! health-and-load handler turns each endpoint's capacity, load and health into a share
+//! of a service's new flows (say 40 % to one node, 35 % and 25 % to two others) that
+//! holds for a duration. The shares become the endpoints'
 //! Maglev weights.
 //!
 //! Shares must follow real change but not noise: a new allotment is adopted at once when
@@ -178,7 +179,7 @@ mod tests {
             (3, report(3, 500)),
         ]);
         assert_eq!(shares(&target(&r, &policy)), [400, 300, 300]);
-        // The design document's 40/35/25 from spare capacity.
+        // Spare capacities 8:7:5 give 40/35/25 %.
         let r = reports(&[
             (1, report(8, 500)),
             (2, report(7, 500)),

@@ -266,12 +266,10 @@ impl Controller {
                 mode,
             })
             .collect();
-        let connections = self
-            .dataplane
-            .flow_entries()
-            .iter()
-            .filter(|(_, e)| e.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER)
-            .count();
+        let connections: u64 =
+            crate::flows::connections_per_backend(&self.dataplane.flow_entries())
+                .values()
+                .sum();
         api::Status {
             name: self.config.name.clone(),
             config: self.config_path.display().to_string(),

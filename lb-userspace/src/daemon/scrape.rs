@@ -108,11 +108,7 @@ impl Controller {
                     })
                     .inc_by(value.as_u64().unwrap_or(0));
             }
-            for (state, label) in [
-                (NodeState::Active, "active"),
-                (NodeState::Draining, "draining"),
-                (NodeState::Down, "down"),
-            ] {
+            for state in [NodeState::Active, NodeState::Draining, NodeState::Down] {
                 let count = engine
                     .endpoints()
                     .iter()
@@ -121,7 +117,7 @@ impl Controller {
                 scrape
                     .cluster_endpoints
                     .get_or_create(&StateLabels {
-                        state: label.to_string(),
+                        state: crate::api::serde_name(&state),
                     })
                     .set(count as i64);
             }

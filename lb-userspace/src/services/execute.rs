@@ -28,7 +28,11 @@ pub fn execute(ops: &[Op], dp: &mut Dataplane) -> Result<()> {
                 .insert_eligibility(*service_id, prefix.addr, prefix.len)
                 .with_context(|| format!("add allow-list prefix {prefix}"))?,
             Op::RemoveEligibility { service_id, prefix } => {
-                let _ = dp.remove_eligibility(*service_id, prefix.addr, prefix.len);
+                if let Err(e) = dp.remove_eligibility(*service_id, prefix.addr, prefix.len) {
+                    log::warn!(
+                        "removing allow-list prefix {prefix} of service {service_id}: {e:#}"
+                    );
+                }
             }
             Op::WriteService { key, entry } => dp.write_service(*key, *entry)?,
             Op::WriteLocalAddr { addr, kind } => dp.write_local_addr(*addr, *kind)?,

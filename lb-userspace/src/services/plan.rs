@@ -63,8 +63,9 @@ pub enum Op {
         service_id: u32,
         prefix: Prefix,
     },
-    /// Removal of an allow-list prefix; a failure is ignored (a stale prefix of a
-    /// service id admits nobody the service does not list).
+    /// Removal of an allow-list prefix. A failure is logged and does not stop the
+    /// apply: the stale prefix then stays keyed by this service id (the service itself
+    /// no longer lists it; a service that later reuses the id would also admit it).
     RemoveEligibility {
         service_id: u32,
         prefix: Prefix,
