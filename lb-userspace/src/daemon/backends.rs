@@ -206,13 +206,7 @@ impl Controller {
         let active = crate::flows::connections_per_backend(&self.dataplane.flow_entries());
         let mut rows = Vec::new();
         for service in self.table.services() {
-            for ((backend, &id), &effective) in service
-                .config
-                .backends
-                .iter()
-                .zip(&service.backend_ids)
-                .zip(&service.effective_weights)
-            {
+            for (backend, id, effective) in service.members() {
                 let addr = (backend.address, backend.port);
                 let key = (service.config.name.clone(), addr);
                 let configured = self.config.services.iter().any(|s| {

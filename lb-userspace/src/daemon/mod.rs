@@ -298,7 +298,7 @@ impl Controller {
         for service in self.table.services() {
             let stats = self.dataplane.service_stats(service.id)?;
             let mut backends = Vec::new();
-            for (backend, &id) in service.config.backends.iter().zip(&service.backend_ids) {
+            for (backend, id, _) in service.members() {
                 let b = self.dataplane.backend_stats(id)?;
                 backends.push(api::BackendStats {
                     address: SocketAddrV4::new(backend.address, backend.port),

@@ -55,13 +55,7 @@ impl Controller {
                 .service_active_flows
                 .get_or_create(&labels)
                 .set(service_active);
-            for ((backend, &id), &effective) in service
-                .config
-                .backends
-                .iter()
-                .zip(&service.backend_ids)
-                .zip(&service.effective_weights)
-            {
+            for (backend, id, effective) in service.members() {
                 let labels = BackendLabels {
                     service: service.config.name.clone(),
                     backend: format!("{}:{}", backend.address, backend.port),

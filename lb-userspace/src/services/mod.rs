@@ -34,7 +34,7 @@ pub use self::{
 };
 pub use crate::domain::{BackendAddr, ServiceAddr};
 use crate::{
-    config::{Config, ServiceConfig},
+    config::{BackendConfig, Config, ServiceConfig},
     dataplane::Dataplane,
     domain::{DenyAction, Mode, Prefix, Protocol},
 };
@@ -52,6 +52,18 @@ pub struct InstalledService {
     pub backend_ids: Vec<u32>,
     /// Weights in the live ring, in config order: 0 for drained and down backends.
     pub effective_weights: Vec<u32>,
+}
+
+impl InstalledService {
+    /// Each configured backend with its id and its weight in the live ring.
+    pub fn members(&self) -> impl Iterator<Item = (&BackendConfig, u32, u32)> + '_ {
+        self.config
+            .backends
+            .iter()
+            .zip(&self.backend_ids)
+            .zip(&self.effective_weights)
+            .map(|((backend, &id), &weight)| (backend, id, weight))
+    }
 }
 
 /// Run-time changes on top of the config: operator drains and weights, health results.
