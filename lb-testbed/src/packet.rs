@@ -24,14 +24,7 @@ pub const F_CWR: u8 = 0x80;
 
 /// A flow-table key in network byte order, as the program stores it.
 pub fn flow_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> FlowKey {
-    FlowKey {
-        src_ip: u32::from(src).to_be(),
-        dst_ip: u32::from(dst).to_be(),
-        src_port: sport.to_be(),
-        dst_port: dport.to_be(),
-        proto,
-        _pad: [0; 3],
-    }
+    FlowKey::new(src, sport, dst, dport, proto)
 }
 
 /// A TCP/IPv4 frame as a client or server stack sends it: no TCP options, window

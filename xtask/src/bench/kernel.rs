@@ -10,7 +10,7 @@
 //! last repeat against a single direct run, and the global counters against the number
 //! of repeats, so the report says which path the repeats really took.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::time::Instant;
 
@@ -602,19 +602,8 @@ fn scale(params: &KernelParams, wrapper_ns: f64) -> Result<Vec<ScalePoint>> {
         for j in 0..flows {
             let src = GENERATED_SRC_BASE + j / lb_common::BENCH_PORTS_PER_ADDR;
             let port = (lb_common::BENCH_PORT_BASE + j % lb_common::BENCH_PORTS_PER_ADDR) as u16;
-            let key = FlowKey {
-                src_ip: src.to_be(),
-                dst_ip: u32::from(VIP).to_be(),
-                src_port: port.to_be(),
-                dst_port: 80u16.to_be(),
-                proto: lb_common::IPPROTO_TCP,
-                _pad: [0; 3],
-            };
-            let entry = FlowEntry {
-                new_src_ip: u32::from(SNAT).to_be(),
-                new_dst_ip: u32::from(backend).to_be(),
-                new_src_port: ((j % 60000 + 1024) as u16).to_be(),
-                new_dst_port: 80u16.to_be(),
+            let key = FlowKey::new(Ipv4Addr::from(src), port, VIP, 80, lb_common::IPPROTO_TCP);
+            let mut entry = FlowEntry {
                 service_id: 0,
                 backend_id: 0,
                 seq_delta: 0,
@@ -631,6 +620,10 @@ fn scale(params: &KernelParams, wrapper_ns: f64) -> Result<Vec<ScalePoint>> {
                 tx_smac: LB_INT_MAC,
                 ..FlowEntry::default()
             };
+            entry.set_rewrite(
+                SocketAddrV4::new(SNAT, (j % 60000 + 1024) as u16),
+                SocketAddrV4::new(backend, 80),
+            );
             rig.harness.set_flow(key, entry)?;
         }
         let fill_s = fill_start.elapsed().as_secs_f64();
