@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod hash;
+pub mod tcp_state;
 #[cfg(feature = "user")]
 pub mod wire;
 
@@ -197,9 +198,15 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Flow states (`FlowEntry::state`).
+/// Flow states (`FlowEntry::state`). The values are part of the pinned `FLOWS` map that
+/// a restarted controller adopts: existing ones never change, new ones are appended.
+///
+/// TCP: `SYN_SEEN` (client SYN) → `SYN_ACK_SEEN` (server SYN+ACK, still half-open) →
+/// `ESTABLISHED` (the client's ACK) → `HALF_CLOSED_CLIENT` or `HALF_CLOSED_SERVER` (that side's FIN: half
+/// closed, the other side may still send) → `CLOSING` (the other side's FIN, or any RST).
 pub const FLOW_STATE_SYN_SEEN: u8 = 1;
 pub const FLOW_STATE_ESTABLISHED: u8 = 2;
+/// Both sides sent a FIN, or either sent an RST. Final: only a new SYN replaces the flow.
 pub const FLOW_STATE_CLOSING: u8 = 3;
 pub const FLOW_STATE_UDP: u8 = 4;
 /// Set by the controller when the backend failed and its service says
@@ -209,6 +216,12 @@ pub const FLOW_STATE_RESET: u8 = 5;
 /// being opened. `seq_delta`/`ts_delta` still hold the cookie and the timestamp the
 /// balancer sent the client; they become deltas on the server's SYN-ACK.
 pub const FLOW_STATE_SYNPROXY: u8 = 6;
+/// The server answered the client's SYN with its SYN+ACK; the client has not ACKed yet.
+pub const FLOW_STATE_SYN_ACK_SEEN: u8 = 7;
+/// Half closed by the client: its FIN was seen, the server may still send.
+pub const FLOW_STATE_HALF_CLOSED_CLIENT: u8 = 8;
+/// Half closed by the server: its FIN was seen, the client may still send.
+pub const FLOW_STATE_HALF_CLOSED_SERVER: u8 = 9;
 
 /// `FlowEntry::synproxy` bits (0: not a proxied connection, nothing is translated).
 pub const SYNPROXY_ACTIVE: u8 = 1;

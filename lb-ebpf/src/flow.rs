@@ -1,21 +1,17 @@
 //! The flow table: per-direction entries, TCP state for timeouts, coarse last-seen.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use lb_common::{
-    FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_SYN_SEEN,
-    FlowEntry, FlowKey, LAST_SEEN_GRANULARITY_NS,
-};
+use lb_common::{FlowEntry, FlowKey, LAST_SEEN_GRANULARITY_NS, tcp_state};
 
-use crate::{
-    maps::FLOWS,
-    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-};
+use crate::maps::FLOWS;
 
 /// Updates state and last-seen of a hit entry. `tcp_flags` is `None` for UDP.
 /// Returns true when it wrote the entry's last-seen (the cue to refresh its next hop).
 ///
-/// State changes are mirrored into the peer entry (one extra lookup, only on the few
-/// packets that change state) so the garbage collector can judge each entry alone.
+/// The TCP state follows `lb_common::tcp_state`; a plain segment of an established
+/// connection is ruled out by one test of its flags before the machine runs. State
+/// changes are mirrored into the peer entry (one extra lookup, only on the few packets
+/// that change state) so the garbage collector can judge each entry alone.
 ///
 /// # Safety
 /// `entry` must come from a lookup in `FLOWS` during this program run.
@@ -25,25 +21,17 @@ pub unsafe fn touch(entry: *mut FlowEntry, tcp_flags: Option<u8>, proto: u8, now
     unsafe {
         if let Some(flags) = tcp_flags {
             let state = (*entry).state;
-            let next = if flags & (TCP_FIN | TCP_RST) != 0 {
-                FLOW_STATE_CLOSING
-            } else if state == FLOW_STATE_SYN_SEEN
-                && (*entry).direction == FLOW_DIR_SERVER_TO_CLIENT
-                && flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK)
-            {
-                FLOW_STATE_ESTABLISHED
-            } else {
-                state
-            };
-            // CLOSING is final: only a new SYN (handled by the caller) replaces the flow.
-            if next != state && state != FLOW_STATE_CLOSING {
-                (*entry).state = next;
-                (*entry).last_seen_ns = now;
-                if let Some(peer) = FLOWS.get_ptr_mut((*entry).peer_key(proto)) {
-                    (*peer).state = next;
-                    (*peer).last_seen_ns = now;
+            if tcp_state::may_change(state, flags) {
+                let next = tcp_state::next(state, (*entry).direction, flags);
+                if next != state {
+                    (*entry).state = next;
+                    (*entry).last_seen_ns = now;
+                    if let Some(peer) = FLOWS.get_ptr_mut((*entry).peer_key(proto)) {
+                        (*peer).state = next;
+                        (*peer).last_seen_ns = now;
+                    }
+                    return true;
                 }
-                return true;
             }
         }
         if now.saturating_sub((*entry).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {

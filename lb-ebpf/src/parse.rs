@@ -58,10 +58,7 @@ pub struct TcpHdr {
     pub urg_ptr: u16,
 }
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+pub use lb_common::tcp_state::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 #[repr(C)]
 pub struct UdpHdr {

@@ -159,10 +159,12 @@ pub enum AttachedMode {
 /// Idle timeouts of the flow table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Half-open: SYN seen, no reply yet.
+    /// Half-open: SYN seen, the client has not ACKed the server's SYN+ACK yet.
     pub tcp_syn: Duration,
     pub tcp_established: Duration,
-    /// After FIN or RST.
+    /// One side's FIN seen: the other side may still send.
+    pub tcp_half_closed: Duration,
+    /// Both sides' FINs, or an RST.
     pub tcp_closing: Duration,
     pub udp: Duration,
 }
@@ -172,6 +174,7 @@ impl Default for Timeouts {
         Self {
             tcp_syn: Duration::from_secs(30),
             tcp_established: Duration::from_secs(3600),
+            tcp_half_closed: Duration::from_secs(3600),
             tcp_closing: Duration::from_secs(10),
             udp: Duration::from_secs(60),
         }

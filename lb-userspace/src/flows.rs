@@ -4,9 +4,10 @@
 use std::{collections::HashMap, time::Duration};
 
 use lb_common::{
-    FLOW_DIR_CLIENT_TO_SERVER, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED, FLOW_STATE_RESET,
-    FLOW_STATE_SYN_SEEN, FLOW_STATE_SYNPROXY, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP,
-    IPPROTO_UDP,
+    FLOW_DIR_CLIENT_TO_SERVER, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED,
+    FLOW_STATE_HALF_CLOSED_CLIENT, FLOW_STATE_HALF_CLOSED_SERVER, FLOW_STATE_RESET,
+    FLOW_STATE_SYN_ACK_SEEN, FLOW_STATE_SYN_SEEN, FLOW_STATE_SYNPROXY, FLOW_STATE_UDP, FlowEntry,
+    FlowKey, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,10 @@ use crate::{dataplane::Dataplane, domain::Timeouts};
 pub fn state_name(state: u8) -> &'static str {
     match state {
         FLOW_STATE_SYN_SEEN => "syn-seen",
+        FLOW_STATE_SYN_ACK_SEEN => "syn-ack-seen",
         FLOW_STATE_ESTABLISHED => "established",
+        FLOW_STATE_HALF_CLOSED_CLIENT => "half-closed-client",
+        FLOW_STATE_HALF_CLOSED_SERVER => "half-closed-server",
         FLOW_STATE_CLOSING => "closing",
         FLOW_STATE_UDP => "udp",
         FLOW_STATE_RESET => "reset",
@@ -26,14 +30,17 @@ pub fn state_name(state: u8) -> &'static str {
 
 /// How far a connection has got, for judging a pair whose two entries disagree: the
 /// higher rank is the one a packet moved it to last. Opening (a SYN seen, or the SYN
-/// proxy opening the server side) < established (TCP, or any UDP flow) < closing (a
-/// FIN or RST seen) < reset (marked by the controller: its next packet gets a RST).
+/// proxy opening the server side) < the server's SYN+ACK seen < established (TCP, or any
+/// UDP flow) < half closed (one side's FIN seen) < closing (both FINs, or an RST) < reset
+/// (marked by the controller: its next packet gets a RST).
 fn state_rank(state: u8) -> u8 {
     match state {
         FLOW_STATE_SYN_SEEN | FLOW_STATE_SYNPROXY => 0,
-        FLOW_STATE_ESTABLISHED | FLOW_STATE_UDP => 1,
-        FLOW_STATE_CLOSING => 2,
-        FLOW_STATE_RESET => 3,
+        FLOW_STATE_SYN_ACK_SEEN => 1,
+        FLOW_STATE_ESTABLISHED | FLOW_STATE_UDP => 2,
+        FLOW_STATE_HALF_CLOSED_CLIENT | FLOW_STATE_HALF_CLOSED_SERVER => 3,
+        FLOW_STATE_CLOSING => 4,
+        FLOW_STATE_RESET => 5,
         // Unknown to this controller: judged as the data path left it, never as
         // further than a state we know.
         _ => 0,
@@ -47,8 +54,9 @@ fn further_state(a: u8, b: u8) -> u8 {
 
 fn timeout_for(state: u8, timeouts: &Timeouts) -> Duration {
     match state {
-        FLOW_STATE_SYN_SEEN | FLOW_STATE_SYNPROXY => timeouts.tcp_syn,
+        FLOW_STATE_SYN_SEEN | FLOW_STATE_SYN_ACK_SEEN | FLOW_STATE_SYNPROXY => timeouts.tcp_syn,
         FLOW_STATE_ESTABLISHED => timeouts.tcp_established,
+        FLOW_STATE_HALF_CLOSED_CLIENT | FLOW_STATE_HALF_CLOSED_SERVER => timeouts.tcp_half_closed,
         FLOW_STATE_CLOSING | FLOW_STATE_RESET => timeouts.tcp_closing,
         _ => timeouts.udp,
     }
@@ -56,7 +64,7 @@ fn timeout_for(state: u8, timeouts: &Timeouts) -> Duration {
 
 /// Whether a connection is idle longer than its state allows: its idle time is that
 /// of the more recently used of its two entries, and its state the further advanced
-/// one (a FIN seen in either direction means closing), so a one-way stream does not
+/// one (a FIN seen in either direction means half closed), so a one-way stream does not
 /// lose its quiet direction.
 fn idle(entry: &FlowEntry, peer: Option<&FlowEntry>, now_ns: u64, timeouts: &Timeouts) -> bool {
     let (last_seen, state) = match peer {
@@ -229,6 +237,7 @@ mod tests {
         Timeouts {
             tcp_syn: Duration::from_secs(5),
             tcp_established: Duration::from_secs(100),
+            tcp_half_closed: Duration::from_secs(50),
             tcp_closing: Duration::from_secs(2),
             udp: Duration::from_secs(10),
         }
@@ -310,15 +319,19 @@ mod tests {
     #[test]
     fn a_pair_is_judged_by_its_further_advanced_entry() {
         use lb_common::{FLOW_STATE_RESET, FLOW_STATE_SYNPROXY};
-        let lifecycle = [
-            FLOW_STATE_SYN_SEEN,
-            FLOW_STATE_ESTABLISHED,
-            FLOW_STATE_CLOSING,
-            FLOW_STATE_RESET,
-        ];
-        for pair in lifecycle.windows(2) {
-            assert_eq!(further_state(pair[0], pair[1]), pair[1]);
-            assert_eq!(further_state(pair[1], pair[0]), pair[1]);
+        for half_closed in [FLOW_STATE_HALF_CLOSED_CLIENT, FLOW_STATE_HALF_CLOSED_SERVER] {
+            let lifecycle = [
+                FLOW_STATE_SYN_SEEN,
+                FLOW_STATE_SYN_ACK_SEEN,
+                FLOW_STATE_ESTABLISHED,
+                half_closed,
+                FLOW_STATE_CLOSING,
+                FLOW_STATE_RESET,
+            ];
+            for pair in lifecycle.windows(2) {
+                assert_eq!(further_state(pair[0], pair[1]), pair[1]);
+                assert_eq!(further_state(pair[1], pair[0]), pair[1]);
+            }
         }
         // The SYN proxy opening the server side is still opening: the established
         // entry (its peer already updated) decides.
@@ -339,6 +352,61 @@ mod tests {
         let entries = pair(FLOW_STATE_UDP, 0, 0);
         assert!(expired(&entries, 9 * SEC, &timeouts()).is_empty());
         assert_eq!(expired(&entries, 11 * SEC, &timeouts()).len(), 2);
+    }
+
+    /// The idle time after which a pair in `state` (both entries) is expired.
+    fn lifetime(state: u8) -> u64 {
+        let entries = pair(state, 0, 0);
+        let mut secs = 1;
+        while expired(&entries, secs * SEC + 1, &timeouts()).is_empty() {
+            secs += 1;
+            assert!(secs < 1000, "state {state} never expires");
+        }
+        secs
+    }
+
+    #[test]
+    fn each_tcp_state_has_its_timeout() {
+        let t = timeouts();
+        for (state, timeout) in [
+            (FLOW_STATE_SYN_SEEN, t.tcp_syn),
+            (FLOW_STATE_SYNPROXY, t.tcp_syn),
+            // The server answered, the client has not: still half-open.
+            (FLOW_STATE_SYN_ACK_SEEN, t.tcp_syn),
+            (FLOW_STATE_ESTABLISHED, t.tcp_established),
+            (FLOW_STATE_HALF_CLOSED_CLIENT, t.tcp_half_closed),
+            (FLOW_STATE_HALF_CLOSED_SERVER, t.tcp_half_closed),
+            (FLOW_STATE_CLOSING, t.tcp_closing),
+            (FLOW_STATE_RESET, t.tcp_closing),
+            (FLOW_STATE_UDP, t.udp),
+        ] {
+            assert_eq!(lifetime(state), timeout.as_secs(), "{}", state_name(state));
+        }
+    }
+
+    #[test]
+    fn a_half_closed_pair_outlives_closing_and_closes_on_the_second_fin() {
+        // Client FIN at 10 s: the server keeps the pair alive with its data.
+        let mut entries = pair(FLOW_STATE_HALF_CLOSED_CLIENT, 10 * SEC, 10 * SEC);
+        assert!(expired(&entries, 40 * SEC, &timeouts()).is_empty());
+        entries[1].1.last_seen_ns = 55 * SEC;
+        assert!(expired(&entries, 100 * SEC, &timeouts()).is_empty());
+        assert_eq!(expired(&entries, 106 * SEC, &timeouts()).len(), 2);
+        // The server's FIN at 55 s, written into one entry only (its peer missing the
+        // update) still closes the pair.
+        entries[1].1.state = FLOW_STATE_CLOSING;
+        assert!(expired(&entries, 57 * SEC, &timeouts()).is_empty());
+        assert_eq!(expired(&entries, 58 * SEC, &timeouts()).len(), 2);
+    }
+
+    #[test]
+    fn every_state_has_a_name() {
+        for state in 1..=9 {
+            assert_ne!(state_name(state), "unknown", "state {state}");
+        }
+        assert_eq!(state_name(FLOW_STATE_SYN_ACK_SEEN), "syn-ack-seen");
+        assert_eq!(state_name(FLOW_STATE_HALF_CLOSED_CLIENT), "half-closed-client");
+        assert_eq!(state_name(FLOW_STATE_HALF_CLOSED_SERVER), "half-closed-server");
     }
 
     impl FlowTable for HashMap<FlowKey, FlowEntry> {

@@ -56,6 +56,7 @@ pub(super) struct RawControl {
 pub(super) struct RawTimeouts {
     pub(super) tcp_syn: Option<Spanned<i64>>,
     pub(super) tcp_established: Option<Spanned<i64>>,
+    pub(super) tcp_half_closed: Option<Spanned<i64>>,
     pub(super) tcp_closing: Option<Spanned<i64>>,
     pub(super) udp: Option<Spanned<i64>>,
 }

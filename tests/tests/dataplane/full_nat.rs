@@ -73,15 +73,16 @@ fn server_reply_is_rewritten_back_to_the_vip() {
         .build(&[]);
         assert_eq!(out, expected);
         assert_checksums_valid(&out);
-        // SYN-ACK from the server establishes both directions.
+        // The server's SYN-ACK leaves both directions half-open until the client's ACK
+        // (flow_state.rs follows the whole handshake).
         let forward = h
             .flow(&flow_key(CLIENT, 40000, VIP, 80, IPPROTO_TCP))
             .unwrap();
         let reverse = h
             .flow(&flow_key(SERVER1, 8080, SNAT, port, IPPROTO_TCP))
             .unwrap();
-        assert_eq!(forward.state, FLOW_STATE_ESTABLISHED);
-        assert_eq!(reverse.state, FLOW_STATE_ESTABLISHED);
+        assert_eq!(forward.state, FLOW_STATE_SYN_ACK_SEEN);
+        assert_eq!(reverse.state, FLOW_STATE_SYN_ACK_SEEN);
     });
 }
 

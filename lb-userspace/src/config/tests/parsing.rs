@@ -15,6 +15,7 @@ socket = "/run/edge/api.sock"
 [timeouts]
 tcp_syn = 5
 tcp_established = 7200
+tcp_half_closed = 600
 tcp_closing = 20
 udp = 30
 
@@ -67,6 +68,7 @@ fn full_config_parses_into_expected_struct() {
         timeouts: Timeouts {
             tcp_syn: Duration::from_secs(5),
             tcp_established: Duration::from_secs(7200),
+            tcp_half_closed: Duration::from_secs(600),
             tcp_closing: Duration::from_secs(20),
             udp: Duration::from_secs(30),
         },
@@ -204,6 +206,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.socket, Path::new("/run/lb/lb.sock"));
     assert_eq!(config.timeouts.tcp_syn, Duration::from_secs(30));
     assert_eq!(config.timeouts.tcp_established, Duration::from_secs(3600));
+    assert_eq!(config.timeouts.tcp_half_closed, Duration::from_secs(3600));
     assert_eq!(config.timeouts.tcp_closing, Duration::from_secs(10));
     assert_eq!(config.timeouts.udp, Duration::from_secs(60));
     assert_eq!(

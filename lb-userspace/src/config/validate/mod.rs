@@ -171,6 +171,11 @@ impl Parser<'_> {
                 "timeouts.tcp_established",
                 defaults.tcp_established,
             )?,
+            tcp_half_closed: self.timeout(
+                raw_timeouts.tcp_half_closed.as_ref(),
+                "timeouts.tcp_half_closed",
+                defaults.tcp_half_closed,
+            )?,
             tcp_closing: self.timeout(
                 raw_timeouts.tcp_closing.as_ref(),
                 "timeouts.tcp_closing",
