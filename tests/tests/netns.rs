@@ -359,3 +359,77 @@ fn sigterm_detaches_and_unpins() {
     assert!(balancer.curl("/").is_err());
     let _ = SERVER_IPS;
 }
+
+/// A client that shuts its write side after its request (half close) while the server
+/// answers in two parts, pausing longer than `tcp_closing` (plus the collector's period)
+/// in between: the pair stays half-closed, every byte arrives, and both sides see EOF.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_half_closed_connection_outlives_tcp_closing() {
+    const PORT: u16 = 7000;
+    const PAUSE: Duration = Duration::from_secs(4);
+    let server_ip = SERVER_IPS[0];
+    let extra = format!(
+        "[timeouts]\ntcp_closing = 2\n\
+         [[service]]\nname = \"half-close\"\nvip = \"{}\"\nport = {PORT}\nsnat_ip = \"{}\"\n\
+         [[service.backend]]\naddress = \"{server_ip}\"\n",
+        testbed::VIP,
+        testbed::SNAT_IP
+    );
+    let balancer = start([1, 1, 1], &extra);
+    let listener = run_in_netns(&balancer.topo.ns(Role::Server(1)), move || {
+        TcpListener::bind(SocketAddrV4::new(server_ip, PORT))
+    })
+    .unwrap()
+    .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+        // The whole request, then the client's EOF.
+        let mut request = Vec::new();
+        conn.read_to_end(&mut request).unwrap();
+        conn.write_all(b"first part\n").unwrap();
+        std::thread::sleep(PAUSE);
+        conn.write_all(b"second part\n").unwrap();
+        // Dropping closes the server's side: the client's EOF.
+        request
+    });
+    let mut client = run_in_netns(&balancer.topo.ns(Role::Client), || {
+        TcpStream::connect_timeout(&Balancer::vip(PORT).into(), TIMEOUT)
+    })
+    .unwrap()
+    .unwrap();
+    client.set_read_timeout(Some(PAUSE + TIMEOUT)).unwrap();
+    client.write_all(b"request\n").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut first = [0u8; 11];
+    client.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"first part\n");
+    // In the middle of the pause, past tcp_closing: still listed, half closed.
+    std::thread::sleep(PAUSE / 2 + Duration::from_millis(500));
+    let flows = balancer.json("flows").unwrap();
+    let ours: Vec<_> = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["service"] == "half-close")
+        .collect();
+    assert_eq!(ours.len(), 1, "{flows}");
+    assert_eq!(ours[0]["state"], "half-closed-client", "{flows}");
+    let mut rest = Vec::new();
+    client
+        .read_to_end(&mut rest)
+        .expect("the rest of the answer and the server's EOF");
+    assert_eq!(rest, b"second part\n");
+    assert_eq!(server.join().unwrap(), b"request\n", "the server saw EOF");
+    let flows = balancer.json("flows").unwrap();
+    assert!(
+        flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["service"] == "half-close")
+            .all(|f| f["state"] == "closing"),
+        "{flows}"
+    );
+}
