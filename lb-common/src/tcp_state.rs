@@ -65,8 +65,8 @@ pub fn next(state: u8, direction: u8, flags: u8) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::FLOW_DIR_SERVER_TO_CLIENT as SERVER;
     use crate::FLOW_DIR_CLIENT_TO_SERVER as CLIENT;
+    use crate::FLOW_DIR_SERVER_TO_CLIENT as SERVER;
 
     /// Runs segments through the machine from a client SYN, checking `may_change`
     /// never hides a change.
@@ -109,7 +109,14 @@ mod tests {
             FLOW_STATE_HALF_CLOSED_CLIENT
         );
         assert_eq!(
-            run(&[SYN_ACK, ACK, fin(CLIENT), data(SERVER), fin(CLIENT), data(CLIENT)]),
+            run(&[
+                SYN_ACK,
+                ACK,
+                fin(CLIENT),
+                data(SERVER),
+                fin(CLIENT),
+                data(CLIENT)
+            ]),
             FLOW_STATE_HALF_CLOSED_CLIENT
         );
         assert_eq!(

@@ -10,7 +10,8 @@
 #![no_std]
 #![no_main]
 
-#[allow(dead_code)] // shared with the production program; only the layouts are used here
+// Shared with the production program; only the layouts are used here.
+#[allow(dead_code, unused_imports)]
 mod parse;
 
 use aya_ebpf::{

@@ -405,8 +405,14 @@ mod tests {
             assert_ne!(state_name(state), "unknown", "state {state}");
         }
         assert_eq!(state_name(FLOW_STATE_SYN_ACK_SEEN), "syn-ack-seen");
-        assert_eq!(state_name(FLOW_STATE_HALF_CLOSED_CLIENT), "half-closed-client");
-        assert_eq!(state_name(FLOW_STATE_HALF_CLOSED_SERVER), "half-closed-server");
+        assert_eq!(
+            state_name(FLOW_STATE_HALF_CLOSED_CLIENT),
+            "half-closed-client"
+        );
+        assert_eq!(
+            state_name(FLOW_STATE_HALF_CLOSED_SERVER),
+            "half-closed-server"
+        );
     }
 
     impl FlowTable for HashMap<FlowKey, FlowEntry> {

@@ -4,7 +4,13 @@ use super::*;
 
 #[test]
 fn zero_timeout_is_refused() {
-    for key in ["tcp_syn", "tcp_established", "tcp_half_closed", "tcp_closing", "udp"] {
+    for key in [
+        "tcp_syn",
+        "tcp_established",
+        "tcp_half_closed",
+        "tcp_closing",
+        "udp",
+    ] {
         assert_refused(
             &with_service(&format!("[timeouts]\n{key} = 0\n")),
             &format!("{key} = 0"),
