@@ -93,4 +93,7 @@ counters! {
     DROP_TCP_BAD_FLAGS = 37, "drop_tcp_bad_flags";
     /// UDP length field other than the IP payload length, to a balancer address: dropped.
     DROP_UDP_BAD_LENGTH = 38, "drop_udp_bad_length";
+    /// SYN or UDP datagram that would open a flow, with TTL <= 1: answered with an ICMP
+    /// time exceeded from the VIP (no flow entry).
+    TX_ICMP_TIME_EXCEEDED = 39, "tx_icmp_time_exceeded";
 }

@@ -16,6 +16,7 @@ mod csum;
 mod eligibility;
 mod flow;
 mod fwd;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -277,12 +278,17 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         }
     }
     // A packet that would expire on its way to the backend opens nothing: checked here,
-    // not only in egress, so that no flow entry outlives the dropped packet. (The SYN
+    // not only in egress, so that no flow entry outlives the dropped packet. It is
+    // answered like a router would, so a traceroute to the VIP shows this hop. (The SYN
     // proxy answers SYNs itself and sends the server a SYN of its own.)
     // SAFETY: bounds-checked by ptr_at.
     if unsafe { (*ip).ttl } <= 1 {
-        count(counters::DROP_TTL_EXPIRED);
         account_service_drop(service.id);
+        if let Some(verdict) = icmp::time_exceeded(ctx) {
+            count(counters::TX_ICMP_TIME_EXCEEDED);
+            return verdict;
+        }
+        count(counters::DROP_TTL_EXPIRED);
         return XDP_DROP;
     }
     let init = FlowInit {

@@ -32,8 +32,8 @@ use crate::{
     flow, fwd,
     maps::FLOWS,
     parse::{
-        ETH_HDR_LEN, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN, TCP_HDR_LEN,
-        TCP_RST, TCP_SYN, TcpHdr, ptr_at,
+        ETH_HDR_LEN, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_HDR_LEN, TCP_RST,
+        TCP_SYN, TcpHdr, ptr_at,
     },
     stats::{account, account_new_flow, count},
     tcpopt::{
