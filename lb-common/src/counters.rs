@@ -88,4 +88,12 @@ counters! {
     SYNPROXY_CLIENT_EARLY = 35, "synproxy_client_early";
     /// SYN proxy: SYNs that could not be answered (no room to build the SYN-ACK): dropped.
     SYNPROXY_SYN_DROPPED = 36, "synproxy_syn_dropped";
+    /// TCP SYN that also carries FIN or RST, to a service, with no flow entry: dropped
+    /// (it cannot open a connection).
+    DROP_TCP_BAD_FLAGS = 37, "drop_tcp_bad_flags";
+    /// UDP length field other than the IP payload length, to a balancer address: dropped.
+    DROP_UDP_BAD_LENGTH = 38, "drop_udp_bad_length";
+    /// SYN or UDP datagram that would open a flow, with TTL <= 1: answered with an ICMP
+    /// time exceeded from the VIP (no flow entry).
+    TX_ICMP_TIME_EXCEEDED = 39, "tx_icmp_time_exceeded";
 }

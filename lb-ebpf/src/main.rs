@@ -16,6 +16,7 @@ mod csum;
 mod eligibility;
 mod flow;
 mod fwd;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -141,7 +142,12 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
                 return malformed(daddr, counters::DROP_UDP_TRUNCATED);
             }
             // SAFETY: bounds-checked by ptr_at.
-            let (source, dest) = unsafe { ((*udp).source, (*udp).dest) };
+            let (source, dest, len) = unsafe { ((*udp).source, (*udp).dest, (*udp).len) };
+            // The UDP length must be the IP payload's: a shorter one hides trailing
+            // bytes the backend would see differently, a longer one lies.
+            if u16::from_be(len) as usize != l4_len {
+                return malformed(daddr, counters::DROP_UDP_BAD_LENGTH);
+            }
             (L4::Udp(udp), source, dest, None, 0)
         }
         _ => {
@@ -160,7 +166,8 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         _pad: [0; 3],
     };
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
-    let is_syn = matches!(tcp_flags, Some(flags) if flags & (TCP_SYN | TCP_ACK) == TCP_SYN);
+    // A SYN that can open a connection: no ACK, and neither FIN nor RST with it.
+    let is_syn = matches!(tcp_flags, Some(flags) if flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN);
 
     // Fast path: an established flow in either direction.
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
@@ -229,6 +236,16 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         }
         return XDP_PASS;
     };
+    // SYN+FIN and SYN+RST cannot open a connection: dropped before anything else looks
+    // at them (a refused client's SYN+RST gets no RST, RFC 793), and no entry is made.
+    if let Some(flags) = tcp_flags
+        && flags & TCP_SYN != 0
+        && flags & (TCP_FIN | TCP_RST) != 0
+    {
+        count(counters::DROP_TCP_BAD_FLAGS);
+        account_service_drop(service.id);
+        return XDP_DROP;
+    }
     // A SYN-proxied service opens flows on the client's cookie-carrying ACK, not its SYN.
     let syn_proxy = tcp_flags.is_some() && service.flags & SERVICE_FLAG_SYN_PROXY != 0;
     let proxy_ack = syn_proxy
@@ -249,16 +266,30 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         count(counters::DROP_NOT_ELIGIBLE);
         return XDP_DROP;
     }
-    if let (L4::Tcp(tcp), Some(flags)) = (l4, tcp_flags)
+    if let L4::Tcp(tcp) = l4
         && syn_proxy
     {
         // SAFETY: headers bounds-checked above; the handlers re-derive what they change.
         unsafe {
             if is_syn {
-                return synproxy::on_syn(ctx, &key, doff_bytes, flags);
+                return synproxy::on_syn(ctx, &key, doff_bytes);
             }
             return synproxy::on_ack(ctx, ip, tcp, &key, &service, doff_bytes, frame_len);
         }
+    }
+    // A packet that would expire on its way to the backend opens nothing: checked here,
+    // not only in egress, so that no flow entry outlives the dropped packet. It is
+    // answered like a router would, so a traceroute to the VIP shows this hop. (The SYN
+    // proxy answers SYNs itself and sends the server a SYN of its own.)
+    // SAFETY: bounds-checked by ptr_at.
+    if unsafe { (*ip).ttl } <= 1 {
+        account_service_drop(service.id);
+        if let Some(verdict) = icmp::time_exceeded(ctx) {
+            count(counters::TX_ICMP_TIME_EXCEEDED);
+            return verdict;
+        }
+        count(counters::DROP_TTL_EXPIRED);
+        return XDP_DROP;
     }
     let init = FlowInit {
         state: if tcp_flags.is_some() {

@@ -32,8 +32,8 @@ use crate::{
     flow, fwd,
     maps::FLOWS,
     parse::{
-        ETH_HDR_LEN, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN, TCP_HDR_LEN,
-        TCP_RST, TCP_SYN, TcpHdr, ptr_at,
+        ETH_HDR_LEN, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_HDR_LEN, TCP_RST,
+        TCP_SYN, TcpHdr, ptr_at,
     },
     stats::{account, account_new_flow, count},
     tcpopt::{
@@ -231,17 +231,14 @@ fn ts_now_ms() -> u32 {
 }
 
 /// A client SYN to a SYN-proxied service: answer with a SYN-ACK whose sequence number
-/// is the kernel's SYN cookie. Creates no state.
+/// is the kernel's SYN cookie. Creates no state. The classifier has already dropped a
+/// SYN with FIN or RST (`drop_tcp_bad_flags`).
 ///
 /// # Safety
 /// Headers up to the TCP header must be bounds-checked; all packet pointers are
 /// invalid afterwards.
 #[inline(always)]
-pub unsafe fn on_syn(ctx: &XdpContext, key: &FlowKey, doff_bytes: usize, flags: u8) -> u32 {
-    if flags & (TCP_RST | TCP_FIN) != 0 {
-        count(counters::SYNPROXY_SYN_DROPPED);
-        return XDP_DROP;
-    }
+pub unsafe fn on_syn(ctx: &XdpContext, key: &FlowKey, doff_bytes: usize) -> u32 {
     let opts = tcpopt::parse(ctx, doff_bytes);
     // The cookie helper reads `th_len` bytes of TCP header (th_len must equal the data
     // offset) and the verifier needs a constant bound on them. Copies of the headers on

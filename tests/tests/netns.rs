@@ -177,6 +177,50 @@ fn udp_request_response_through_the_vip() {
     );
 }
 
+/// A datagram whose TTL expires at the balancer comes back as an ICMP time exceeded
+/// that the client's kernel matches to its socket, and opens no flow.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_datagram_expiring_at_the_balancer_is_answered_with_time_exceeded() {
+    let balancer = start([1, 1, 1], "");
+    let ns = balancer.topo.ns(Role::Client);
+    let got = run_in_netns(&ns, || -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd as _;
+        let s = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+        s.connect(Balancer::vip(5353))?;
+        s.set_ttl(1)?;
+        // Without IP_RECVERR a UDP socket ignores ICMP time exceeded (a soft error).
+        let on: libc::c_int = 1;
+        // SAFETY: plain setsockopt on a valid socket with an int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_RECVERR,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.send(b"expires at the balancer")?;
+        let mut buf = [0u8; 64];
+        s.recv(&mut buf)
+    })
+    .unwrap();
+    let err = got.expect_err("no reply can come back");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EHOSTUNREACH),
+        "the client saw the time exceeded: {err}"
+    );
+    assert_eq!(balancer.counter("tx_icmp_time_exceeded").unwrap(), 1);
+    assert_eq!(balancer.counter("new_flows").unwrap(), 0);
+    assert_eq!(flow_count(&balancer), 0);
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn the_lb_host_itself_still_answers() {

@@ -31,6 +31,7 @@ use lb_testbed::{Netns, SERVER_IPS};
 
 mod allow_list;
 mod attach;
+mod cannot_open;
 mod dnat;
 mod flow_state;
 mod full_nat;

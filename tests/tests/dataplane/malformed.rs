@@ -110,6 +110,30 @@ fn malformed_packets_get_documented_verdicts() {
                 XDP_DROP,
                 counters::DROP_UDP_TRUNCATED,
             ),
+            (
+                "UDP length beyond the IP payload",
+                with(&udp, &|p| {
+                    p[34 + 4..34 + 6].copy_from_slice(&10u16.to_be_bytes())
+                }),
+                XDP_DROP,
+                counters::DROP_UDP_BAD_LENGTH,
+            ),
+            (
+                "UDP length short of the IP payload",
+                with(&udp, &|p| {
+                    p[34 + 4..34 + 6].copy_from_slice(&8u16.to_be_bytes())
+                }),
+                XDP_DROP,
+                counters::DROP_UDP_BAD_LENGTH,
+            ),
+            (
+                "UDP length below the UDP header",
+                with(&udp, &|p| {
+                    p[34 + 4..34 + 6].copy_from_slice(&0u16.to_be_bytes())
+                }),
+                XDP_DROP,
+                counters::DROP_UDP_BAD_LENGTH,
+            ),
         ];
         for (name, packet, verdict, counter) in cases {
             let before = h.counter(counter);
@@ -135,6 +159,15 @@ fn malformed_packets_for_other_hosts_pass() {
         assert_eq!(verdict, XDP_PASS);
         assert_eq!(out, options);
         assert_eq!(h.counter(counters::DROP_IP_OPTIONS), 0);
+
+        let mut bad_udp = udp_packet(
+            CLIENT_MAC, LB_EXT_MAC, CLIENT, 50000, OTHER_HOST, 5353, 64, b"q",
+        );
+        bad_udp[34 + 4..34 + 6].copy_from_slice(&200u16.to_be_bytes());
+        let (verdict, out) = h.run(&bad_udp);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, bad_udp);
+        assert_eq!(h.counter(counters::DROP_UDP_BAD_LENGTH), 0);
     });
 }
 
