@@ -35,7 +35,8 @@ counters! {
     DROP_TCP_BAD_DOFF = 9, "drop_tcp_bad_doff";
     /// UDP header cut short, to a balancer address: dropped.
     DROP_UDP_TRUNCATED = 10, "drop_udp_truncated";
-    /// TCP without SYN to a service, with no flow entry: dropped.
+    /// TCP without SYN to a service, with no flow entry: dropped (with
+    /// `unknown_segment = "reset"`, only RST segments are; the others are answered).
     DROP_NO_FLOW = 11, "drop_no_flow";
     /// New flow to a service that has no usable backend: dropped.
     DROP_NO_BACKEND = 12, "drop_no_backend";
@@ -96,4 +97,7 @@ counters! {
     /// SYN or UDP datagram that would open a flow, with TTL <= 1: answered with an ICMP
     /// time exceeded from the VIP (no flow entry).
     TX_ICMP_TIME_EXCEEDED = 39, "tx_icmp_time_exceeded";
+    /// TCP segment without SYN to a `unknown_segment = "reset"` service, with no flow
+    /// entry: answered with a RST (a RST segment is dropped, `drop_no_flow`).
+    TX_RST_NO_FLOW = 40, "tx_rst_no_flow";
 }

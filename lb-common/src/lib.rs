@@ -97,6 +97,10 @@ pub const SERVICE_FLAG_AFFINITY: u8 = 4;
 /// `Service::flags`: the balancer answers SYNs itself with a SYN cookie and opens the
 /// server side only for a client that completed the handshake (TCP only).
 pub const SERVICE_FLAG_SYN_PROXY: u8 = 8;
+/// `Service::flags`: a TCP segment without a flow entry that cannot open one (no SYN,
+/// not a SYN proxy's cookie ACK) is answered with a RST instead of dropped
+/// (`unknown_segment = "reset"`).
+pub const SERVICE_FLAG_NO_FLOW_RST: u8 = 16;
 
 /// Services map value: the policy for new flows of one service.
 #[repr(C)]

@@ -38,8 +38,8 @@ use aya_ebpf::{
 use lb_common::{
     FLOW_DIR_CLIENT_TO_SERVER, FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_RESET,
     FLOW_STATE_SYN_SEEN, FLOW_STATE_SYNPROXY, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP,
-    IPPROTO_UDP, MODE_DNAT, SERVICE_FLAG_AUTH_RST, SERVICE_FLAG_SYN_PROXY, Service, ServiceKey,
-    counters,
+    IPPROTO_UDP, MODE_DNAT, SERVICE_FLAG_AUTH_RST, SERVICE_FLAG_NO_FLOW_RST,
+    SERVICE_FLAG_SYN_PROXY, Service, ServiceKey, counters,
 };
 
 use crate::{
@@ -250,9 +250,24 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
     let syn_proxy = tcp_flags.is_some() && service.flags & SERVICE_FLAG_SYN_PROXY != 0;
     let proxy_ack = syn_proxy
         && matches!(tcp_flags, Some(flags) if flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK);
-    if tcp_flags.is_some() && !is_syn && !proxy_ack {
-        count(counters::DROP_NO_FLOW);
+    if let Some(flags) = tcp_flags
+        && !is_syn
+        && !proxy_ack
+    {
         account_service_drop(service.id);
+        // A segment of a connection this balancer does not know (its flow expired, or
+        // it belongs to another instance's) is answered only where the operator asked
+        // for it: with shared flow state the flow may be a moment from being installed
+        // here, and a RST would kill a live connection. A RST is never answered, and a
+        // client outside the allow-list learns nothing from its probes.
+        if service.flags & SERVICE_FLAG_NO_FLOW_RST != 0
+            && flags & TCP_RST == 0
+            && eligibility::allowed(&service, key.src_ip)
+        {
+            count(counters::TX_RST_NO_FLOW);
+            return reset::reply(ctx);
+        }
+        count(counters::DROP_NO_FLOW);
         return XDP_DROP;
     }
     // Authorization comes before the SYN proxy: a refused client gets its refusal, never

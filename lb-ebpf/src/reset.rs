@@ -1,5 +1,6 @@
-//! TCP resets made from the packet they answer: refused clients (allow-lists) and
-//! connections whose backend failed (`on_backend_down = "reset"`).
+//! TCP resets made from the packet they answer: refused clients (allow-lists),
+//! connections whose backend failed (`on_backend_down = "reset"`) and segments of
+//! connections without a flow entry (`unknown_segment = "reset"`).
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_DROP, helpers::bpf_xdp_adjust_tail, programs::XdpContext,

@@ -216,6 +216,19 @@ pub enum DenyAction {
     Reset,
 }
 
+/// What a TCP segment to a service gets when it has no flow entry and cannot open one
+/// (no SYN; on a SYN-proxied service, not an ACK carrying a cookie either).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSegment {
+    /// Dropped: safe when several balancers share flow state, since a segment may
+    /// arrive a moment before its flow is installed here and TCP retransmits it.
+    #[default]
+    Drop,
+    /// Answered with a RST (a RST itself is dropped), so the client fails fast.
+    Reset,
+}
+
 /// What happens to the established flows of a backend whose health check fails.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

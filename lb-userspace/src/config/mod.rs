@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::domain::{
-    BackendDown, DenyAction, HealthCheck, Limits, Mode, Prefix, Protocol, Timeouts, XdpMode,
+    BackendDown, DenyAction, HealthCheck, Limits, Mode, Prefix, Protocol, Timeouts, UnknownSegment,
+    XdpMode,
 };
 
 mod raw;
@@ -56,6 +57,9 @@ pub struct ServiceConfig {
     pub affinity_timeout: Option<Duration>,
     pub health_check: Option<HealthCheck>,
     pub on_backend_down: BackendDown,
+    /// What a TCP segment without a flow entry that cannot open one gets (always
+    /// [`UnknownSegment::Drop`] for UDP).
+    pub unknown_segment: UnknownSegment,
 }
 
 /// A validated configuration.

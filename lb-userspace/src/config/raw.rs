@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::domain::{BackendDown, DenyAction, Mode, Protocol, XdpMode};
+use crate::domain::{BackendDown, DenyAction, Mode, Protocol, UnknownSegment, XdpMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +91,7 @@ pub(super) struct RawService {
     pub(super) affinity_timeout: Option<Spanned<i64>>,
     pub(super) health_check: Option<Spanned<RawHealthCheck>>,
     pub(super) on_backend_down: Option<BackendDown>,
+    pub(super) unknown_segment: Option<Spanned<UnknownSegment>>,
     pub(super) syn_proxy: Option<Spanned<bool>>,
     #[serde(default)]
     pub(super) backend: Vec<Spanned<RawBackend>>,

@@ -357,5 +357,6 @@ fn placeholder_config(addr: ServiceAddr) -> ServiceConfig {
         affinity_timeout: None,
         health_check: None,
         on_backend_down: crate::domain::BackendDown::Keep,
+        unknown_segment: crate::domain::UnknownSegment::Drop,
     }
 }

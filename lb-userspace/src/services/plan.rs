@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use lb_common::{
     ADDR_KIND_SNAT, ADDR_KIND_VIP, Backend, MAX_ELIGIBILITY_PREFIXES, MODE_DNAT, MODE_FULL_NAT,
     SERVICE_FLAG_AFFINITY, SERVICE_FLAG_AUTH_REQUIRED, SERVICE_FLAG_AUTH_RST,
-    SERVICE_FLAG_SYN_PROXY, Service, ServiceKey, Settings,
+    SERVICE_FLAG_NO_FLOW_RST, SERVICE_FLAG_SYN_PROXY, Service, ServiceKey, Settings,
 };
 
 use super::{
@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     config::{Config, ServiceConfig},
-    domain::{DenyAction, Limits, Mode, Prefix},
+    domain::{DenyAction, Limits, Mode, Prefix, UnknownSegment},
     maglev::{self, MaglevBackend},
 };
 
@@ -529,6 +529,9 @@ fn service_flags(service: &ServiceConfig) -> u8 {
     }
     if service.syn_proxy {
         flags |= SERVICE_FLAG_SYN_PROXY;
+    }
+    if service.unknown_segment == UnknownSegment::Reset {
+        flags |= SERVICE_FLAG_NO_FLOW_RST;
     }
     flags
 }

@@ -47,6 +47,7 @@ mod snat_ports;
 mod syn_proxy;
 mod ttl;
 mod udp;
+mod unknown_segment;
 
 const CLIENT: Ipv4Addr = lb_testbed::CLIENT_IP;
 const VIP: Ipv4Addr = lb_testbed::VIP;

@@ -106,6 +106,7 @@ fn full_config_parses_into_expected_struct() {
                 affinity_timeout: None,
                 health_check: None,
                 on_backend_down: BackendDown::Keep,
+                unknown_segment: UnknownSegment::Drop,
             },
             ServiceConfig {
                 name: "dns".into(),
@@ -132,6 +133,7 @@ fn full_config_parses_into_expected_struct() {
                 affinity_timeout: None,
                 health_check: None,
                 on_backend_down: BackendDown::Keep,
+                unknown_segment: UnknownSegment::Drop,
             },
         ],
         cluster: None,
@@ -173,6 +175,8 @@ fn operator_keys_parse() {
     assert_eq!(service.deny, DenyAction::Reset);
     assert_eq!(service.affinity_timeout, Some(Duration::from_secs(30)));
     assert_eq!(service.on_backend_down, BackendDown::Reset);
+    // Not among the keys above: the default.
+    assert_eq!(service.unknown_segment, UnknownSegment::Drop);
     let check = service.health_check.as_ref().unwrap();
     assert_eq!(
         check.probe,

@@ -237,6 +237,8 @@ fn operator_keys_are_checked() {
     assert_key_refused("deny = \"reject\"", "unknown variant");
     assert_key_refused("affinity_timeout = 0", "affinity_timeout must be between 1");
     assert_key_refused("on_backend_down = \"drop\"", "unknown variant");
+    assert_key_refused("unknown_segment = \"rst\"", "unknown variant");
+    assert_key_refused("unknown_segment = true", "wanted string or table");
     assert_key_refused(
         "health_check = { type = \"tcp\", path = \"/\" }",
         "health_check.path is only for type = \"http\"",
@@ -258,5 +260,26 @@ fn operator_keys_are_checked() {
         "[interfaces]\nattach = [\"eth0\"]\n[control]\nmetrics = \"localhost\"\n",
         "metrics",
         "control.metrics must be an address:port",
+    );
+}
+
+#[test]
+fn unknown_segment_takes_drop_or_reset_on_tcp_only() {
+    for (value, expected) in [
+        ("drop", UnknownSegment::Drop),
+        ("reset", UnknownSegment::Reset),
+    ] {
+        let text = with_service_keys(&format!("unknown_segment = \"{value}\""));
+        assert_eq!(parse(&text).unwrap().services[0].unknown_segment, expected);
+    }
+    assert_eq!(
+        parse(&with_service_keys("")).unwrap().services[0].unknown_segment,
+        UnknownSegment::Drop
+    );
+    // UDP has no segments to answer: the key is refused there, even set to "drop".
+    assert_refused(
+        &with_service_keys("protocol = \"udp\"\nunknown_segment = \"drop\""),
+        "unknown_segment",
+        "service \"web\" is udp: unknown_segment is only for tcp",
     );
 }

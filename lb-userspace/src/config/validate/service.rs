@@ -11,7 +11,8 @@ use super::{MAX_TIMEOUT_SECS, Parser};
 use crate::config::raw::{RawHealthCheck, RawProbe, RawService};
 use crate::config::{BackendConfig, ConfigError, ServiceConfig, position};
 use crate::domain::{
-    DenyAction, HealthCheck, HealthProbe, Limits, Mode, PORTS, Prefix, Protocol, WEIGHTS,
+    DenyAction, HealthCheck, HealthProbe, Limits, Mode, PORTS, Prefix, Protocol, UnknownSegment,
+    WEIGHTS,
 };
 
 /// Service names show up in operator output and logs; keep them short.
@@ -98,6 +99,16 @@ impl Parser<'_> {
                 }
                 Some(flag) => *flag.get_ref(),
                 None => false,
+            };
+            let unknown_segment = match &service.unknown_segment {
+                Some(answer) if protocol != Protocol::Tcp => {
+                    return Err(self.error(
+                        answer.span(),
+                        format!("service {name:?} is {protocol}: unknown_segment is only for tcp"),
+                    ));
+                }
+                Some(answer) => *answer.get_ref(),
+                None => UnknownSegment::default(),
             };
             let mode = service.mode.unwrap_or_default();
             let snat_ip = match (mode, &service.snat_ip) {
@@ -264,6 +275,7 @@ impl Parser<'_> {
                 affinity_timeout,
                 health_check,
                 on_backend_down: service.on_backend_down.unwrap_or_default(),
+                unknown_segment,
             });
         }
         Ok(services)
