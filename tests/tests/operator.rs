@@ -1,6 +1,7 @@
 //! Operator-grade control, with real traffic through the XDP balancer in network
 //! namespaces: allow-lists, session affinity, health checks, drain, reloads under load,
-//! `kill -9` and adoption of the pinned data path, Prometheus metrics.
+//! `kill -9` and adoption of the pinned data path, Prometheus metrics, the answer to a
+//! segment of a connection whose flow expired.
 //!
 //! Needs root: run with `cargo xtask test` (or `cargo test -- --ignored --test-threads=1`).
 
@@ -661,4 +662,66 @@ fn unreachable_health_target_and_busy_metrics_port_are_clear_errors() {
         "{out:?}"
     );
     assert!(!std::path::Path::new("/sys/fs/bpf/lbsockdenied").exists());
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn an_expired_keep_alive_connection_fails_fast_when_the_service_says_so() {
+    let prefix = unique_prefix();
+    let timeouts = "[timeouts]\ntcp_established = 2\n";
+    let balancer = Balancer::start(&prefix, &config_with_web(&prefix, timeouts, ""))
+        .expect("start testbed and lb");
+    let flow_count = || balancer.json("flows").unwrap().as_array().unwrap().len();
+    // Two idle keep-alive connections outlive their flows (2 s plus the collector's
+    // 1 s period, on a clock refreshed once a second).
+    let mut dropped = KeepAlive::open(&balancer).unwrap();
+    let mut reset = KeepAlive::open(&balancer).unwrap();
+    dropped.get().unwrap();
+    reset.get().unwrap();
+    let started = Instant::now();
+    while flow_count() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "flows not expired"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // By default the next request goes into silence: the client waits out its own
+    // read timeout (5 s) while its segments are dropped.
+    let error = dropped
+        .get()
+        .expect_err("no answer without unknown_segment");
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{error}"
+    );
+    assert!(balancer.counter("drop_no_flow").unwrap() >= 1);
+    assert_eq!(balancer.counter("tx_rst_no_flow").unwrap(), 0);
+
+    // With unknown_segment = "reset" the other connection's request is refused at once.
+    balancer
+        .reload(&config_with_web(
+            &prefix,
+            timeouts,
+            "unknown_segment = \"reset\"",
+        ))
+        .unwrap();
+    let started = Instant::now();
+    let error = reset.get().expect_err("the stale connection is reset");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "reset, not a timeout"
+    );
+    assert!(balancer.counter("tx_rst_no_flow").unwrap() >= 1);
+    assert_eq!(flow_count(), 0, "the answered segments opened no flow");
+
+    // The client's next request, on a new connection, is served.
+    let mut fresh = KeepAlive::open(&balancer).unwrap();
+    assert!(fresh.get().is_ok());
+    assert!(hit(&balancer).is_ok());
 }

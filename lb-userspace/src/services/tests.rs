@@ -28,7 +28,9 @@ fn ids_freed_in_this_apply_are_handed_out_last() {
 
 use std::{net::Ipv4Addr, path::Path};
 
-use lb_common::{Backend, SERVICE_FLAG_AUTH_REQUIRED, Service, ServiceKey};
+use lb_common::{
+    Backend, SERVICE_FLAG_AUTH_REQUIRED, SERVICE_FLAG_NO_FLOW_RST, Service, ServiceKey,
+};
 
 use crate::domain::Limits;
 
@@ -612,4 +614,29 @@ fn after_a_failed_entry_write_the_next_apply_writes_the_entry_again() {
         .plan(&after_later_failure, &sticky, &Overrides::default())
         .expect("plan");
     assert!(!retry.ops.iter().any(is_service), "{:?}", retry.ops);
+}
+
+#[test]
+fn unknown_segment_reset_sets_the_service_flag_and_a_reload_clears_it() {
+    let mut model = Model::new(capacity());
+    let mut table = ServiceTable::default();
+    let with = |keys: &str| config(&[service("web", VIP, &[(SERVER1, 1)], keys)]);
+    model.apply(&mut table, &with(""), &Overrides::default());
+    assert_eq!(
+        model.entry(VIP).flags & SERVICE_FLAG_NO_FLOW_RST,
+        0,
+        "default: drop"
+    );
+    model.apply(
+        &mut table,
+        &with("unknown_segment = \"reset\""),
+        &Overrides::default(),
+    );
+    assert_ne!(model.entry(VIP).flags & SERVICE_FLAG_NO_FLOW_RST, 0);
+    model.apply(
+        &mut table,
+        &with("unknown_segment = \"drop\""),
+        &Overrides::default(),
+    );
+    assert_eq!(model.entry(VIP).flags & SERVICE_FLAG_NO_FLOW_RST, 0);
 }
