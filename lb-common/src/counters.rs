@@ -100,4 +100,7 @@ counters! {
     /// TCP segment without SYN to a `unknown_segment = "reset"` service, with no flow
     /// entry: answered with a RST (a RST segment is dropped, `drop_no_flow`).
     TX_RST_NO_FLOW = 40, "tx_rst_no_flow";
+    /// SYN proxy: SYNs to the server sent again (a client segment more than 1 s after
+    /// the last one, while the server side opens): the SYN or its SYN-ACK was lost.
+    SYNPROXY_SYN_RETRANSMITTED = 41, "synproxy_syn_retransmitted";
 }

@@ -269,8 +269,10 @@ pub struct FlowEntry {
     pub synproxy: u8,
     /// SYN proxy window shifts: low nibble the client's, high nibble the server's.
     pub wscales: u8,
-    /// SYN proxy: the balancer's initial sequence number toward the client (its SYN
-    /// cookie), kept for `lb flows`; 0 without it.
+    /// SYN proxy: while the server side opens (`FLOW_STATE_SYNPROXY`), the client's
+    /// initial sequence number, from which a lost SYN to the server is rebuilt; from
+    /// then on the balancer's initial sequence number toward the client (its SYN
+    /// cookie), kept for `lb flows`. 0 without it.
     pub proxy_isn: u32,
     /// Next-hop cache (set by the data path, 0 = none): the egress interface of the
     /// last `bpf_fib_lookup` for this entry's rewritten packets. A hit with a cache

@@ -316,6 +316,7 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         ts_delta: 0,
         synproxy: 0,
         wscales: 0,
+        proxy_isn: 0,
     };
     let Some(forward) = create_flow(&service, &key, &init) else {
         account_service_drop(service.id);
@@ -338,6 +339,7 @@ pub struct FlowInit {
     pub ts_delta: u32,
     pub synproxy: u8,
     pub wscales: u8,
+    pub proxy_isn: u32,
 }
 
 /// Creates both flow entries of a new connection and returns the forward one.
@@ -368,7 +370,7 @@ fn create_flow(service: &Service, key: &FlowKey, init: &FlowInit) -> Option<Flow
         direction: FLOW_DIR_SERVER_TO_CLIENT,
         synproxy: init.synproxy,
         wscales: init.wscales,
-        proxy_isn: init.seq_delta,
+        proxy_isn: init.proxy_isn,
         tx_ifindex: 0,
         created_ns: now,
         last_seen_ns: now,

@@ -58,6 +58,10 @@ const MSS_UNKNOWN: u16 = 536;
 const SYNACK_WINDOW: u16 = 65535;
 /// How long the server side may take to answer; a client packet after that gets an RST.
 pub const SERVER_TIMEOUT_NS: u64 = 3_000_000_000;
+/// How long after the last SYN to the server a client segment is still taken as the
+/// client's own retransmission; a later one sends the SYN again (the SYN or the
+/// server's SYN-ACK was lost).
+const SYN_RETRY_NS: u64 = 1_000_000_000;
 const TTL: u8 = 64;
 
 /// A TCP segment built on the stack: header and up to 20 bytes of options, every field
@@ -340,6 +344,88 @@ pub unsafe fn on_syn(ctx: &XdpContext, key: &FlowKey, doff_bytes: usize) -> u32 
     }
 }
 
+/// The options the client offered in its SYN, as the TSval of the balancer's SYN-ACK
+/// encodes them (`encoded`: its low `TS_OPT_BITS` bits, echoed in the client's TSecr).
+/// Without timestamps nothing is known: no window scale, no SACK, `MSS_UNKNOWN`.
+struct ClientOpts {
+    timestamps: bool,
+    /// `WSCALE_NONE` when the client did not offer window scaling.
+    wscale: u8,
+    sack_perm: bool,
+    mss: u16,
+}
+
+impl ClientOpts {
+    #[inline(always)]
+    fn decode(timestamps: bool, encoded: u32) -> Self {
+        let wscale = if timestamps && encoded & 0xf != TS_WSCALE_NONE {
+            let shift = (encoded & 0xf) as u8;
+            if shift > MAX_WSCALE {
+                MAX_WSCALE
+            } else {
+                shift
+            }
+        } else {
+            WSCALE_NONE
+        };
+        ClientOpts {
+            timestamps,
+            wscale,
+            sack_perm: timestamps && encoded & TS_SACK != 0,
+            mss: if timestamps {
+                MSS_TABLE[((encoded >> TS_MSS_SHIFT) & 3) as usize]
+            } else {
+                MSS_UNKNOWN
+            },
+        }
+    }
+}
+
+/// Turns the packet into the SYN that opens the server side of a proxied connection,
+/// from `forward`'s rewritten addresses, and sends it: sequence number `client_isn`,
+/// the client's options, its TSval `tsval`, and its `window` (in its scale) unscaled.
+/// Both the first SYN (`on_ack`) and its retransmissions (`on_handshake`) are built
+/// here, so they carry the same bytes. `None` when the frame has no room for it.
+///
+/// # Safety
+/// Invalidates every packet pointer the caller holds.
+#[inline(always)]
+unsafe fn syn_to_server(
+    ctx: &XdpContext,
+    forward: &FlowEntry,
+    client_isn: u32,
+    client: &ClientOpts,
+    tsval: u32,
+    window: u16,
+) -> Option<u32> {
+    // The SYN window is unscaled: the client's window in bytes, capped.
+    let syn_window = if client.wscale == WSCALE_NONE {
+        window
+    } else {
+        let bytes = u32::from(window) << client.wscale;
+        if bytes > 0xffff { 0xffff } else { bytes as u16 }
+    };
+    let mut seg = Segment::new(
+        forward.new_src_port,
+        forward.new_dst_port,
+        client_isn,
+        0,
+        TCP_SYN,
+        syn_window,
+    );
+    seg.push_mss(client.mss);
+    if client.timestamps {
+        seg.push_timestamps(client.sack_perm, tsval, 0);
+    }
+    if client.wscale != WSCALE_NONE {
+        seg.push_wscale(client.wscale);
+    }
+    // SAFETY: every pointer is re-derived by emit.
+    let (eth, ip) = unsafe { emit(ctx, forward.new_src_ip, forward.new_dst_ip, &mut seg) }?;
+    // SAFETY: bounds-checked by emit.
+    Some(unsafe { fwd::forward(ctx, eth, ip) })
+}
+
 /// A client ACK without a flow to a SYN-proxied service: if its cookie is valid, pick
 /// the backend, create both flow entries in `FLOW_STATE_SYNPROXY` and turn the packet
 /// into the SYN that opens the server side. Payload on that ACK is dropped; the client
@@ -375,23 +461,8 @@ pub unsafe fn on_ack(
     let opts = tcpopt::parse(ctx, doff_bytes);
     // The options the client offered, as echoed back from our SYN-ACK's TSval.
     let timestamps = opts.ts_off != 0;
-    let encoded = opts.tsecr & TS_OPT_MASK;
-    let client_wscale = if timestamps && encoded & 0xf != TS_WSCALE_NONE {
-        let shift = (encoded & 0xf) as u8;
-        if shift > MAX_WSCALE {
-            MAX_WSCALE
-        } else {
-            shift
-        }
-    } else {
-        WSCALE_NONE
-    };
-    let sack_perm = timestamps && encoded & TS_SACK != 0;
-    let mss = if timestamps {
-        MSS_TABLE[((encoded >> TS_MSS_SHIFT) & 3) as usize]
-    } else {
-        MSS_UNKNOWN
-    };
+    let client = ClientOpts::decode(timestamps, opts.tsecr & TS_OPT_MASK);
+    let client_wscale = client.wscale;
     let mut synproxy = SYNPROXY_ACTIVE;
     if timestamps {
         synproxy |= SYNPROXY_TIMESTAMPS;
@@ -409,6 +480,8 @@ pub unsafe fn on_ack(
         } else {
             client_wscale
         },
+        // The client's ISN until the server side is up, for a retransmitted SYN.
+        proxy_isn: seq.wrapping_sub(1),
     };
     let Some(forward) = crate::create_flow(service, key, &init) else {
         crate::stats::account_service_drop(service.id);
@@ -418,32 +491,18 @@ pub unsafe fn on_ack(
     account_new_flow(forward.service_id, forward.backend_id);
     account(forward.service_id, forward.backend_id, frame_len);
 
-    // The SYN window is unscaled: the client's window in bytes, capped.
-    let syn_window = if client_wscale == WSCALE_NONE {
-        window
-    } else {
-        let bytes = u32::from(window) << client_wscale;
-        if bytes > 0xffff { 0xffff } else { bytes as u16 }
-    };
-    let mut seg = Segment::new(
-        forward.new_src_port,
-        forward.new_dst_port,
-        seq.wrapping_sub(1),
-        0,
-        TCP_SYN,
-        syn_window,
-    );
-    seg.push_mss(mss);
-    if timestamps {
-        seg.push_timestamps(sack_perm, opts.tsval, 0);
-    }
-    if client_wscale != WSCALE_NONE {
-        seg.push_wscale(client_wscale);
-    }
-    // SAFETY: every pointer is re-derived by emit.
-    match unsafe { emit(ctx, forward.new_src_ip, forward.new_dst_ip, &mut seg) } {
-        // SAFETY: bounds-checked by emit.
-        Some((eth, ip)) => unsafe { fwd::forward(ctx, eth, ip) },
+    // SAFETY: no packet pointer is used afterwards.
+    match unsafe {
+        syn_to_server(
+            ctx,
+            &forward,
+            seq.wrapping_sub(1),
+            &client,
+            opts.tsval,
+            window,
+        )
+    } {
+        Some(verdict) => verdict,
         None => {
             // No room for the SYN: forget the pair, so that the client's next segment
             // (its cookie is still valid) opens the server side afresh.
@@ -460,8 +519,10 @@ pub unsafe fn on_ack(
 /// the server handshake and moves the pair to `established`; an RST is passed to the
 /// client with the sequence number it expects and ends the pair; anything else is
 /// dropped. Client → server: dropped for retransmission (`synproxy_client_early`) while
-/// the server has `SERVER_TIMEOUT_NS` to answer, then answered with an RST that ends
-/// the pair; a client RST ends the pair.
+/// the server has `SERVER_TIMEOUT_NS` to answer, except that a segment more than
+/// `SYN_RETRY_NS` after the last SYN is turned into that SYN again
+/// (`synproxy_syn_retransmitted`); after `SERVER_TIMEOUT_NS` it is answered with an RST
+/// that ends the pair; a client RST ends the pair.
 ///
 /// # Safety
 /// `entry` must come from a `FLOWS` lookup of `key` in this run; `eth`, `ip` and `tcp`
@@ -482,6 +543,10 @@ pub unsafe fn on_handshake(
     unsafe {
         let current = *entry;
         let (seq, ack) = (u32::from_be((*tcp).seq), u32::from_be((*tcp).ack_seq));
+        let window = u16::from_be((*tcp).window);
+        // One parse for both directions (a second copy of the parser's loop costs the
+        // verifier too much).
+        let opts = tcpopt::parse(ctx, doff_bytes);
         if current.direction == FLOW_DIR_SERVER_TO_CLIENT {
             if flags & TCP_RST != 0 {
                 // Refused: tell the client, in its sequence space.
@@ -498,7 +563,6 @@ pub unsafe fn on_handshake(
                 count(counters::SYNPROXY_CLIENT_EARLY);
                 return XDP_DROP;
             }
-            let opts = tcpopt::parse(ctx, doff_bytes);
             let seq_delta = current.seq_delta.wrapping_sub(seq);
             let mut synproxy = current.synproxy;
             let mut ts_delta = 0;
@@ -521,6 +585,8 @@ pub unsafe fn on_handshake(
                     .get_ptr_mut(current.peer_key(key.proto))
                     .unwrap_or(entry),
             ] {
+                // The cookie, for `lb flows`, in place of the client's ISN.
+                (*e).proxy_isn = current.seq_delta;
                 (*e).seq_delta = seq_delta;
                 (*e).ts_delta = ts_delta;
                 (*e).synproxy = synproxy;
@@ -559,9 +625,38 @@ pub unsafe fn on_handshake(
             count(counters::SYNPROXY_CLIENT_EARLY);
             return XDP_DROP;
         }
-        if flow::now().wrapping_sub(current.created_ns) <= SERVER_TIMEOUT_NS {
-            count(counters::SYNPROXY_CLIENT_EARLY);
-            return XDP_DROP;
+        let now = flow::now();
+        if now.wrapping_sub(current.created_ns) <= SERVER_TIMEOUT_NS {
+            // The last SYN (its time in last_seen_ns, which nothing else writes while
+            // the server side opens) is still young: the client is only retransmitting.
+            if now.wrapping_sub(current.last_seen_ns) <= SYN_RETRY_NS {
+                count(counters::SYNPROXY_CLIENT_EARLY);
+                return XDP_DROP;
+            }
+            // The SYN or the server's SYN-ACK was lost: send the SYN again, with the
+            // options the client's TSecr still echoes from the balancer's SYN-ACK.
+            let client = ClientOpts::decode(
+                current.synproxy & SYNPROXY_TIMESTAMPS != 0,
+                current.ts_delta & TS_OPT_MASK,
+            );
+            (*entry).last_seen_ns = now;
+            return match syn_to_server(
+                ctx,
+                &current,
+                current.proxy_isn,
+                &client,
+                opts.tsval,
+                window,
+            ) {
+                Some(verdict) => {
+                    count(counters::SYNPROXY_SYN_RETRANSMITTED);
+                    verdict
+                }
+                None => {
+                    count(counters::SYNPROXY_CLIENT_EARLY);
+                    XDP_DROP
+                }
+            };
         }
         // The server never answered: reset the client, forget the pair.
         flow::remove_pair(key, &current);

@@ -205,7 +205,13 @@ pub fn rows(
                 idle_secs: now_ns.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
                 backend_id: entry.backend_id,
                 proxy: (entry.synproxy != 0).then_some(ProxyColumns {
-                    seq: entry.proxy_isn,
+                    // Still opening the server side: proxy_isn holds the client's
+                    // ISN, seq_delta the cookie.
+                    seq: if entry.state == FLOW_STATE_SYNPROXY {
+                        entry.seq_delta
+                    } else {
+                        entry.proxy_isn
+                    },
                     // Still opening the server side: no delta yet.
                     delta: if entry.state == FLOW_STATE_SYNPROXY {
                         0

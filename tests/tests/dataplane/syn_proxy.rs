@@ -116,7 +116,10 @@ fn syn_proxy_handshake_and_translated_data_both_ways() {
             .unwrap();
         let port = u16::from_be(forward.new_src_port);
         assert_eq!(forward.state, lb_common::FLOW_STATE_SYNPROXY);
-        assert_eq!(forward.proxy_isn, cookie);
+        // While the server side opens: the cookie in seq_delta, the client's ISN kept
+        // for a retransmitted SYN.
+        assert_eq!(forward.seq_delta, cookie);
+        assert_eq!(forward.proxy_isn, 1000);
         let server_syn = Segment {
             src_mac: LB_INT_MAC,
             dst_mac: SERVER1_MAC,
@@ -181,6 +184,7 @@ fn syn_proxy_handshake_and_translated_data_both_ways() {
             assert_eq!(entry.state, FLOW_STATE_ESTABLISHED);
             assert_eq!(entry.seq_delta, seq_delta);
             assert_eq!(entry.ts_delta, ts_delta);
+            assert_eq!(entry.proxy_isn, cookie, "the cookie, for lb flows");
         }
 
         // 4. Server → client data: SEQ and TSval shifted, window rescaled from the
@@ -443,5 +447,75 @@ fn syn_proxy_silent_server_times_out_with_an_rst_to_the_client() {
         assert_eq!(out, expected, "RST exact bytes");
         assert!(h.flows().is_empty(), "pair removed");
         assert_eq!(h.counter(counters::SYNPROXY_SERVER_FAILED), 1);
+    });
+}
+
+/// Moves the timestamps of `key`'s entry `ns` into the past.
+fn age_flow(h: &mut Harness, key: FlowKey, ns: u64) {
+    let mut entry = h.flow(&key).unwrap();
+    entry.created_ns -= ns;
+    entry.last_seen_ns -= ns;
+    h.set_flow(key, entry).unwrap();
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn syn_proxy_retransmits_a_lost_server_syn_then_times_out() {
+    with_harness(|h| {
+        let (cookie, our_tsval, _) = proxy_syn(h, 40040, linux_syn_options(1000, 0, 7));
+        let ack = client_seg(
+            40040,
+            1001,
+            cookie.wrapping_add(1),
+            F_ACK,
+            [vec![1, 1], opt_ts(1010, our_tsval)].concat(),
+        );
+        let (verdict, first_syn) = h.run(&ack.bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "SYN toward the server");
+        let parsed = ParsedTcp::of(&first_syn);
+        assert_eq!(
+            (parsed.flags, parsed.seq),
+            (F_SYN, 1000),
+            "the client's ISN"
+        );
+        let key = flow_key(CLIENT, 40040, VIP, 443, IPPROTO_TCP);
+        assert_eq!(h.flows().len(), 2);
+
+        // Within 1 s of the SYN: the client's retransmission is dropped.
+        assert_eq!(h.run(&ack.bytes()).0, XDP_DROP);
+        assert_eq!(h.counter(counters::SYNPROXY_CLIENT_EARLY), 1);
+        assert_eq!(h.counter(counters::SYNPROXY_SYN_RETRANSMITTED), 0);
+
+        // 1.5 s later, still no SYN-ACK: the client's next segment (here with data,
+        // which is dropped) becomes the same SYN again.
+        age_flow(h, key, 1_500_000_000);
+        let data = Segment {
+            payload: b"GET /".to_vec(),
+            flags: F_ACK | F_PSH,
+            ..ack.clone()
+        };
+        let (verdict, out) = h.run(&data.bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "SYN sent again");
+        assert_eq!(out, first_syn, "the same SYN bytes: seq, ports, options");
+        assert_checksums_valid(&out);
+        assert_eq!(h.counter(counters::SYNPROXY_SYN_RETRANSMITTED), 1);
+        assert_eq!(h.counter(counters::NEW_FLOWS), 1, "no new pair");
+        assert_eq!(h.flows().len(), 2);
+        assert_eq!(h.flow(&key).unwrap().state, lb_common::FLOW_STATE_SYNPROXY);
+
+        // The retry's time is recorded: the next segment right after is dropped.
+        assert_eq!(h.run(&ack.bytes()).0, XDP_DROP);
+        assert_eq!(h.counter(counters::SYNPROXY_CLIENT_EARLY), 2);
+        assert_eq!(h.counter(counters::SYNPROXY_SYN_RETRANSMITTED), 1);
+
+        // 3 s after the pair was created the server is given up: RST, pair removed.
+        age_flow(h, key, 2_000_000_000);
+        let (verdict, out) = h.run(&ack.bytes());
+        assert_eq!(verdict, XDP_TX);
+        let expected = reset_to_client(443, 40040, cookie.wrapping_add(1), 0, F_RST);
+        assert_eq!(out, expected, "RST exact bytes");
+        assert!(h.flows().is_empty(), "pair removed");
+        assert_eq!(h.counter(counters::SYNPROXY_SERVER_FAILED), 1);
+        assert_eq!(h.counter(counters::SYNPROXY_SYN_RETRANSMITTED), 1);
     });
 }
