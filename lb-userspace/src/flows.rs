@@ -478,4 +478,22 @@ mod tests {
         assert_eq!(row.state, "established");
         assert_eq!((row.age_secs, row.idle_secs), (5, 2));
     }
+
+    #[test]
+    fn rows_show_the_cookie_as_seq_while_the_server_side_opens() {
+        use lb_common::{FLOW_STATE_SYNPROXY, SYNPROXY_ACTIVE};
+        // Opening: seq_delta holds the cookie, proxy_isn the client's ISN.
+        let mut entries = pair(FLOW_STATE_SYNPROXY, 0, 0);
+        for (_, e) in &mut entries {
+            (e.synproxy, e.seq_delta, e.ts_delta, e.proxy_isn) = (SYNPROXY_ACTIVE, 77, 9, 1000);
+        }
+        let proxy = rows(&entries, 0, |_| None)[0].proxy.unwrap();
+        assert_eq!((proxy.seq, proxy.delta, proxy.timestamp), (77, 0, 0));
+        // Spliced: proxy_isn holds the cookie, seq_delta the delta.
+        for (_, e) in &mut entries {
+            (e.state, e.seq_delta, e.proxy_isn) = (FLOW_STATE_ESTABLISHED, 5, 77);
+        }
+        let proxy = rows(&entries, 0, |_| None)[0].proxy.unwrap();
+        assert_eq!((proxy.seq, proxy.delta, proxy.timestamp), (77, 5, 9));
+    }
 }
