@@ -28,7 +28,7 @@ pub fn flow_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8)
 }
 
 /// A TCP/IPv4 frame as a client or server stack sends it: no TCP options, window
-/// 64240, IP id 0 and DF clear (etherparse's defaults).
+/// 64240, IP id 0 and DF set.
 #[derive(Clone, Copy, Debug)]
 pub struct Tcp {
     pub src_mac: [u8; 6],
@@ -64,25 +64,28 @@ impl Tcp {
         }
     }
 
+    /// The frame, built as the [`Segment`] with these fields, window 64240 and no options.
     pub fn build(&self, payload: &[u8]) -> Vec<u8> {
-        let mut builder = PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
-            .ipv4(self.src.octets(), self.dst.octets(), self.ttl)
-            .tcp(self.sport, self.dport, self.seq, 64240);
-        if self.syn {
-            builder = builder.syn();
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        Segment {
+            src_mac: self.src_mac,
+            dst_mac: self.dst_mac,
+            src: self.src,
+            dst: self.dst,
+            ttl: self.ttl,
+            sport: self.sport,
+            dport: self.dport,
+            seq: self.seq,
+            ack: self.ack.unwrap_or(0),
+            flags: flag(self.syn, F_SYN)
+                | flag(self.ack.is_some(), F_ACK)
+                | flag(self.fin, F_FIN)
+                | flag(self.rst, F_RST),
+            window: 64240,
+            options: Vec::new(),
+            payload: payload.to_vec(),
         }
-        if let Some(ack) = self.ack {
-            builder = builder.ack(ack);
-        }
-        if self.fin {
-            builder = builder.fin();
-        }
-        if self.rst {
-            builder = builder.rst();
-        }
-        let mut out = Vec::new();
-        builder.write(&mut out, payload).expect("build a TCP frame");
-        out
+        .bytes()
     }
 }
 
