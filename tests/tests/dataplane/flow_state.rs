@@ -85,6 +85,16 @@ fn pair_states(h: &Harness, port: u16) -> (u8, u8) {
     (forward.state, reverse.state)
 }
 
+/// Both entries of the connection are in `state` (a change is mirrored to the peer).
+#[track_caller]
+fn assert_pair_state(h: &Harness, port: u16, state: u8) {
+    assert_eq!(
+        pair_states(h, port),
+        (state, state),
+        "both entries of the pair"
+    );
+}
+
 /// A client segment (seq 1001, ACK of the server's SYN at 5000) on the connection.
 fn client_segment(fin: bool, rst: bool) -> Tcp {
     Tcp {
@@ -118,19 +128,12 @@ fn forwarded(h: &mut Harness, packet: &Tcp) {
 /// Client SYN, server SYN-ACK, client ACK: returns the SNAT port.
 fn establish(h: &mut Harness) -> u16 {
     let port = open_full_nat(h);
-    let syn_ack = Tcp {
-        ack: Some(1001),
-        seq: 5000,
-        ..server1_segment(port)
-    };
+    let syn_ack = server1_syn_ack(port);
     let (verdict, _) = h.run(&syn_ack.build(&[]));
     assert_eq!(verdict, XDP_REDIRECT);
     let (verdict, _) = h.run(&client_segment(false, false).build(&[]));
     assert_eq!(verdict, XDP_REDIRECT);
-    assert_eq!(
-        pair_states(h, port),
-        (FLOW_STATE_ESTABLISHED, FLOW_STATE_ESTABLISHED)
-    );
+    assert_pair_state(h, port, FLOW_STATE_ESTABLISHED);
     port
 }
 
@@ -139,35 +142,19 @@ fn establish(h: &mut Harness) -> u16 {
 fn the_pair_is_half_open_until_the_clients_ack() {
     with_harness(|h| {
         let port = open_full_nat(h);
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_SYN_SEEN, FLOW_STATE_SYN_SEEN)
-        );
-        let syn_ack = Tcp {
-            ack: Some(1001),
-            seq: 5000,
-            ..server1_segment(port)
-        };
+        assert_pair_state(h, port, FLOW_STATE_SYN_SEEN);
+        let syn_ack = server1_syn_ack(port);
         forwarded(h, &syn_ack);
         // The server answered, the client did not yet: a spoofed SYN stops here and
         // keeps the short half-open timeout.
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_SYN_ACK_SEEN, FLOW_STATE_SYN_ACK_SEEN)
-        );
+        assert_pair_state(h, port, FLOW_STATE_SYN_ACK_SEEN);
         // A retransmitted SYN and SYN-ACK change nothing.
         forwarded(h, &Tcp::syn(CLIENT, 40000, VIP, 80));
         forwarded(h, &syn_ack);
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_SYN_ACK_SEEN, FLOW_STATE_SYN_ACK_SEEN)
-        );
+        assert_pair_state(h, port, FLOW_STATE_SYN_ACK_SEEN);
         // The client's ACK completes the handshake.
         forwarded(h, &client_segment(false, false));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_ESTABLISHED, FLOW_STATE_ESTABLISHED)
-        );
+        assert_pair_state(h, port, FLOW_STATE_ESTABLISHED);
         assert_eq!(h.flows().len(), 2);
         assert_eq!(h.counter(counters::NEW_FLOWS), 1);
     });
@@ -179,30 +166,17 @@ fn a_client_fin_half_closes_and_the_servers_fin_closes() {
     with_harness(|h| {
         let port = establish(h);
         forwarded(h, &client_segment(true, false));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_HALF_CLOSED_CLIENT, FLOW_STATE_HALF_CLOSED_CLIENT),
-            "mirrored to the peer"
-        );
+        assert_pair_state(h, port, FLOW_STATE_HALF_CLOSED_CLIENT);
         // The server keeps sending; the client retransmits its FIN and ACKs the data.
         forwarded(h, &server_segment(port, false, false));
         forwarded(h, &client_segment(true, false));
         forwarded(h, &client_segment(false, false));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_HALF_CLOSED_CLIENT, FLOW_STATE_HALF_CLOSED_CLIENT)
-        );
+        assert_pair_state(h, port, FLOW_STATE_HALF_CLOSED_CLIENT);
         forwarded(h, &server_segment(port, true, false));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_CLOSING, FLOW_STATE_CLOSING)
-        );
+        assert_pair_state(h, port, FLOW_STATE_CLOSING);
         // The last ACK leaves it closing.
         forwarded(h, &client_segment(false, false));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_CLOSING, FLOW_STATE_CLOSING)
-        );
+        assert_pair_state(h, port, FLOW_STATE_CLOSING);
     });
 }
 
@@ -212,21 +186,12 @@ fn a_server_fin_half_closes_and_the_clients_fin_closes() {
     with_harness(|h| {
         let port = establish(h);
         forwarded(h, &server_segment(port, true, false));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_HALF_CLOSED_SERVER, FLOW_STATE_HALF_CLOSED_SERVER)
-        );
+        assert_pair_state(h, port, FLOW_STATE_HALF_CLOSED_SERVER);
         forwarded(h, &client_segment(false, false));
         forwarded(h, &server_segment(port, true, false));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_HALF_CLOSED_SERVER, FLOW_STATE_HALF_CLOSED_SERVER)
-        );
+        assert_pair_state(h, port, FLOW_STATE_HALF_CLOSED_SERVER);
         forwarded(h, &client_segment(true, false));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_CLOSING, FLOW_STATE_CLOSING)
-        );
+        assert_pair_state(h, port, FLOW_STATE_CLOSING);
     });
 }
 
@@ -237,40 +202,24 @@ fn an_rst_closes_from_any_state() {
         // Established, RST from the client.
         let port = establish(h);
         forwarded(h, &client_segment(false, true));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_CLOSING, FLOW_STATE_CLOSING)
-        );
+        assert_pair_state(h, port, FLOW_STATE_CLOSING);
     });
     with_harness(|h| {
         // Half closed by the client, RST from the server.
         let port = establish(h);
         forwarded(h, &client_segment(true, false));
         forwarded(h, &server_segment(port, false, true));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_CLOSING, FLOW_STATE_CLOSING)
-        );
+        assert_pair_state(h, port, FLOW_STATE_CLOSING);
     });
     with_harness(|h| {
         // Half-open: the server refuses with RST after its SYN-ACK.
         let port = open_full_nat(h);
-        let syn_ack = Tcp {
-            ack: Some(1001),
-            seq: 5000,
-            ..server1_segment(port)
-        };
+        let syn_ack = server1_syn_ack(port);
         forwarded(h, &syn_ack);
         forwarded(h, &server_segment(port, false, true));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_CLOSING, FLOW_STATE_CLOSING)
-        );
+        assert_pair_state(h, port, FLOW_STATE_CLOSING);
         // A late client ACK does not reopen it.
         forwarded(h, &client_segment(false, false));
-        assert_eq!(
-            pair_states(h, port),
-            (FLOW_STATE_CLOSING, FLOW_STATE_CLOSING)
-        );
+        assert_pair_state(h, port, FLOW_STATE_CLOSING);
     });
 }

@@ -50,11 +50,7 @@ fn tcp_syn_to_full_nat_vip_is_rewritten_and_creates_both_entries() {
 fn server_reply_is_rewritten_back_to_the_vip() {
     with_harness(|h| {
         let port = open_full_nat(h);
-        let syn_ack = Tcp {
-            ack: Some(1001),
-            seq: 5000,
-            ..server1_segment(port)
-        };
+        let syn_ack = server1_syn_ack(port);
         let (verdict, out) = h.run(&syn_ack.build(&[]));
         assert_eq!(
             verdict, XDP_REDIRECT,

@@ -188,6 +188,15 @@ fn server1_segment(snat_port: u16) -> Tcp {
     }
 }
 
+/// Server 1's SYN+ACK (seq 5000) to the client's SYN (seq 1000), to the SNAT port.
+fn server1_syn_ack(snat_port: u16) -> Tcp {
+    Tcp {
+        ack: Some(1001),
+        seq: 5000,
+        ..server1_segment(snat_port)
+    }
+}
+
 /// A reset the balancer writes itself from VIP:`vip_port` to the client: TTL 64,
 /// window 0, DF set and IP id 0.
 fn reset_to_client(vip_port: u16, client_port: u16, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
