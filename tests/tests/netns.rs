@@ -405,13 +405,16 @@ fn sigterm_detaches_and_unpins() {
 }
 
 /// A client that shuts its write side after its request (half close) while the server
-/// answers in two parts, pausing longer than `tcp_closing` (plus the collector's period)
-/// in between: the pair stays half-closed, every byte arrives, and both sides see EOF.
+/// answers in five parts with 15 s pauses, 60 s in all, each pause far longer than
+/// `tcp_closing` (plus the collector's period): the pair stays half-closed, every byte
+/// arrives, and both sides see EOF. (With the pair judged "closing" on the first FIN, it
+/// expired in the first pause and the server's next part met a RST.)
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
-fn a_half_closed_connection_outlives_tcp_closing() {
+fn a_half_closed_connection_outlives_long_pauses() {
     const PORT: u16 = 7000;
-    const PAUSE: Duration = Duration::from_secs(4);
+    const PAUSE: Duration = Duration::from_secs(15);
+    const PARTS: usize = 5;
     let server_ip = SERVER_IPS[0];
     let extra = format!(
         "[timeouts]\ntcp_closing = 2\n\
@@ -426,15 +429,19 @@ fn a_half_closed_connection_outlives_tcp_closing() {
     })
     .unwrap()
     .unwrap();
+    let part = |i: usize| format!("part {i} of {PARTS}\n").into_bytes();
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
         conn.set_read_timeout(Some(TIMEOUT)).unwrap();
         // The whole request, then the client's EOF.
         let mut request = Vec::new();
         conn.read_to_end(&mut request).unwrap();
-        conn.write_all(b"first part\n").unwrap();
-        std::thread::sleep(PAUSE);
-        conn.write_all(b"second part\n").unwrap();
+        for i in 0..PARTS {
+            if i > 0 {
+                std::thread::sleep(PAUSE);
+            }
+            conn.write_all(&part(i)).unwrap();
+        }
         // Dropping closes the server's side: the client's EOF.
         request
     });
@@ -446,34 +453,88 @@ fn a_half_closed_connection_outlives_tcp_closing() {
     client.set_read_timeout(Some(PAUSE + TIMEOUT)).unwrap();
     client.write_all(b"request\n").unwrap();
     client.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut first = [0u8; 11];
-    client.read_exact(&mut first).unwrap();
-    assert_eq!(&first, b"first part\n");
-    // In the middle of the pause, past tcp_closing: still listed, half closed.
-    std::thread::sleep(PAUSE / 2 + Duration::from_millis(500));
-    let flows = balancer.json("flows").unwrap();
-    let ours: Vec<_> = flows
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["service"] == "half-close")
-        .collect();
-    assert_eq!(ours.len(), 1, "{flows}");
-    assert_eq!(ours[0]["state"], "half-closed-client", "{flows}");
-    let mut rest = Vec::new();
-    client
-        .read_to_end(&mut rest)
-        .expect("the rest of the answer and the server's EOF");
-    assert_eq!(rest, b"second part\n");
-    assert_eq!(server.join().unwrap(), b"request\n", "the server saw EOF");
-    let flows = balancer.json("flows").unwrap();
-    assert!(
+    let half_close_rows = || -> Vec<serde_json::Value> {
+        let flows = balancer.json("flows").unwrap();
         flows
             .as_array()
             .unwrap()
             .iter()
             .filter(|f| f["service"] == "half-close")
-            .all(|f| f["state"] == "closing"),
-        "{flows}"
+            .cloned()
+            .collect()
+    };
+    for i in 0..PARTS {
+        let mut got = vec![0u8; part(i).len()];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, part(i), "part {i} arrived whole");
+        if i == 0 {
+            // In the middle of the first pause, past tcp_closing: listed, half closed.
+            std::thread::sleep(PAUSE / 2);
+            let rows = half_close_rows();
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            assert_eq!(rows[0]["state"], "half-closed-client", "{rows:?}");
+        }
+    }
+    let mut rest = Vec::new();
+    client
+        .read_to_end(&mut rest)
+        .expect("the server's EOF after the last part");
+    assert!(rest.is_empty(), "nothing after the last part: {rest:?}");
+    assert_eq!(server.join().unwrap(), b"request\n", "the server saw EOF");
+    let rows = half_close_rows();
+    assert!(rows.iter().all(|f| f["state"] == "closing"), "{rows:?}");
+}
+
+/// Runs `traceroute` from the client to the VIP with `args` (the probe method) and
+/// returns its hop lines.
+fn traceroute_hops(balancer: &Balancer, method: &[&str]) -> Vec<String> {
+    let vip = testbed::VIP.to_string();
+    let mut args = vec!["traceroute", "-n", "-q", "1", "-w", "2", "-m", "3"];
+    args.extend_from_slice(method);
+    args.push(&vip);
+    let out = balancer.client(&args).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("traceroute {method:?}:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "traceroute {method:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    stdout.lines().skip(1).map(str::to_owned).collect()
+}
+
+/// A traceroute to a TCP service (SYN probes) shows the balancer as the first hop,
+/// answering from the VIP with time exceeded, and ends at the service: the probe with
+/// one more hop opens a connection whose SYN-ACK comes back through the balancer.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn tcp_traceroute_to_the_vip_shows_the_balancer() {
+    let balancer = start([1, 1, 1], "");
+    let hops = traceroute_hops(&balancer, &["-T", "-p", "80"]);
+    let vip = testbed::VIP.to_string();
+    assert!(hops.len() >= 2, "{hops:?}");
+    assert!(
+        hops[0].split_whitespace().nth(1) == Some(vip.as_str()),
+        "hop 1 is the balancer answering for the VIP: {hops:?}"
+    );
+    assert!(
+        hops.last().unwrap().split_whitespace().nth(1) == Some(vip.as_str()),
+        "the trace reached the service: {hops:?}"
+    );
+    assert!(balancer.counter("tx_icmp_time_exceeded").unwrap() >= 1);
+}
+
+/// The same with UDP probes to a UDP service: hop 1 is the balancer.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn udp_traceroute_to_the_vip_shows_the_balancer() {
+    let balancer = start([1, 1, 1], "");
+    let port = testbed::UDP_PORT.to_string();
+    let hops = traceroute_hops(&balancer, &["-U", "-p", &port]);
+    let vip = testbed::VIP.to_string();
+    assert!(
+        hops.first().and_then(|hop| hop.split_whitespace().nth(1)) == Some(vip.as_str()),
+        "hop 1 is the balancer answering for the VIP: {hops:?}"
+    );
+    assert!(balancer.counter("tx_icmp_time_exceeded").unwrap() >= 1);
 }

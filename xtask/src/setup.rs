@@ -30,6 +30,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "netsniff-ng",
     "bpftool",
     "iputils-ping",
+    "traceroute",
 ];
 
 /// Where Debian's LLVM 22 lives; bpf-linker's build script finds it through
