@@ -53,8 +53,12 @@ enum Cmd {
         quick: bool,
         /// Only the test_run groups (per-packet cost, scale, Maglev install): no veth
         /// traffic, for iterating on the data path.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "e2e_only")]
         kernel_only: bool,
+        /// Only the end-to-end group and start-up times (veth traffic against the
+        /// baselines), for iterating on the testbed and the baselines.
+        #[arg(long)]
+        e2e_only: bool,
     },
 }
 
@@ -90,7 +94,11 @@ fn main() -> ExitCode {
         Cmd::Demo { requests, no_build } => demo(requests, no_build),
         Cmd::Test => test().map(|()| ExitCode::SUCCESS),
         Cmd::Lint => lint::run(&workspace_root()).map(|()| ExitCode::SUCCESS),
-        Cmd::Bench { quick, kernel_only } => bench(quick, kernel_only).map(|()| ExitCode::SUCCESS),
+        Cmd::Bench {
+            quick,
+            kernel_only,
+            e2e_only,
+        } => bench(quick, kernel_only, e2e_only).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -478,7 +486,7 @@ fn show_log(log: &Path) {
 
 /// Runs the benchmarks from a release build: `cargo xtask` is a debug build, so it
 /// builds the release binaries and re-executes the release xtask, which does the work.
-fn bench(quick: bool, kernel_only: bool) -> Result<()> {
+fn bench(quick: bool, kernel_only: bool, e2e_only: bool) -> Result<()> {
     let root = workspace_root();
     let target = target_dir(&root);
     if cfg!(debug_assertions) {
@@ -503,6 +511,9 @@ fn bench(quick: bool, kernel_only: bool) -> Result<()> {
         if kernel_only {
             cmd.arg("--kernel-only");
         }
+        if e2e_only {
+            cmd.arg("--e2e-only");
+        }
         let status = cmd.status().context("running the release xtask")?;
         if !status.success() {
             bail!("bench failed: {status}");
@@ -516,6 +527,7 @@ fn bench(quick: bool, kernel_only: bool) -> Result<()> {
     xtask::bench::run(&xtask::bench::BenchOptions {
         quick,
         kernel_only,
+        e2e_only,
         root: root.clone(),
         out_dir: target.join("bench"),
         lb_binary: target.join("release/lb"),

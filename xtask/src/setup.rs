@@ -31,6 +31,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "iputils-ping",
     "traceroute",
+    "nginx-light",
 ];
 
 /// Where Debian's LLVM 22 lives; bpf-linker's build script finds it through

@@ -4,14 +4,21 @@
 //! Configurations, all over the same servers in the same run:
 //! - kernel routing: the LB namespace only routes; the client addresses the servers
 //!   directly (no load balancing: the ceiling of this testbed);
-//! - nftables DNAT: `numgen inc mod 3` over the servers in the LB namespace;
+//! - nftables: what an operator would write for the same job as lb's full-NAT: DNAT by
+//!   `jhash` of the 5-tuple over the three servers, and SNAT to the balancer's internal
+//!   address, with conntrack;
 //! - lb native / lb generic: `lb run` (full-NAT) attached in that XDP mode.
 //!
-//! Tools: trafgen (64-byte UDP payloads, random source ports = many flows, counted as
-//! packets received on the servers' interfaces), iperf3 (servers spawned in s1, ended by
-//! PID; its service has s1 as only backend, since iperf3's streams must meet one server),
-//! wrk with `Connection: close` (one new TCP connection per request) against the
-//! testbed's HTTP servers.
+//! (IPVS would be a fourth baseline; it is left out where the kernel has no `ip_vs`, as
+//! this machine kind's kernel has not.)
+//!
+//! Tools: trafgen (64-byte UDP payloads over a fixed set of 1,004 source ports, so that
+//! conntrack-based baselines meet a steady set of flows rather than a new one per packet;
+//! counted as packets received on the servers' interfaces), iperf3 (servers spawned in
+//! s1, ended by PID; its service has s1 as only backend, since iperf3's streams must meet
+//! one server), wrk against nginx (Debian's nginx-light, one worker per server) serving a
+//! small file: with `Connection: close` (one new TCP connection per request) and with
+//! keep-alive.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +31,8 @@ use lb_testbed::{self as testbed, Role, SERVER_IPS, Topology, VIP, daemon};
 
 const UDP_SINK_PORT: u16 = 9;
 const IPERF_PORT: u16 = 5201;
+/// Port of the nginx backends (the testbed's own HTTP servers keep port 80).
+const NGINX_PORT: u16 = 8080;
 
 pub struct E2eParams {
     pub runs: usize,
@@ -45,7 +54,7 @@ impl Setup {
     fn label(self) -> &'static str {
         match self {
             Setup::Routing => "kernel routing",
-            Setup::Nftables => "nftables DNAT",
+            Setup::Nftables => "nftables full-NAT",
             Setup::LbNative => "lb native XDP",
             Setup::LbGeneric => "lb generic XDP",
         }
@@ -60,7 +69,7 @@ fn lb_config(name: &str, services_extra: &str) -> String {
     text.push_str(services_extra);
     for (svc, port, proto, servers) in [
         ("udp-sink", UDP_SINK_PORT, "udp", &SERVER_IPS[..]),
-        ("web", 80, "tcp", &SERVER_IPS[..]),
+        ("web", NGINX_PORT, "tcp", &SERVER_IPS[..]),
         ("iperf", IPERF_PORT, "tcp", &SERVER_IPS[..1]),
         ("dns-like", 5353, "udp", &SERVER_IPS[..]),
     ] {
@@ -75,18 +84,86 @@ fn lb_config(name: &str, services_extra: &str) -> String {
     text
 }
 
+/// The nftables baseline: DNAT spread by a hash of the 5-tuple (each connection keeps
+/// its server, as with lb's Maglev) and SNAT to the address lb uses toward the servers,
+/// i.e. the same full-NAT lb does, with conntrack doing the state.
 fn nft_ruleset() -> String {
-    let map = format!(
-        "numgen inc mod 3 map {{ 0 : {}, 1 : {}, 2 : {} }}",
-        SERVER_IPS[0], SERVER_IPS[1], SERVER_IPS[2]
-    );
+    let map = |l4: &str| {
+        format!(
+            "jhash ip saddr . {l4} sport . ip daddr . {l4} dport mod 3 map {{ 0 : {}, 1 : {}, 2 : {} }}",
+            SERVER_IPS[0], SERVER_IPS[1], SERVER_IPS[2]
+        )
+    };
     format!(
         "table ip lbbench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  \
-         ip daddr {VIP} udp dport {UDP_SINK_PORT} dnat to {map}\n  \
-         ip daddr {VIP} tcp dport 80 dnat to {map}\n  \
-         ip daddr {VIP} tcp dport {IPERF_PORT} dnat to {}\n }}\n}}\n",
-        SERVER_IPS[0]
+         ip daddr {VIP} udp dport {UDP_SINK_PORT} dnat to {}\n  \
+         ip daddr {VIP} tcp dport {NGINX_PORT} dnat to {}\n  \
+         ip daddr {VIP} tcp dport {IPERF_PORT} dnat to {}\n }}\n \
+         chain post {{\n  type nat hook postrouting priority srcnat;\n  \
+         ct status dnat oifname \"{}\" snat to {}\n }}\n}}\n",
+        map("udp"),
+        map("tcp"),
+        SERVER_IPS[0],
+        testbed::LB_INT_IF,
+        testbed::SNAT_IP
     )
+}
+
+/// Static file every nginx backend serves (a small page, as a health or API answer).
+const NGINX_BODY_BYTES: usize = 612;
+
+/// Starts nginx in each server namespace, listening on the server's address,
+/// one worker each (two cores for three servers, the balancer and the client). Returns
+/// the PIDs, to be ended by the caller.
+fn start_nginx(topo: &Topology, dir: &Path) -> Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for (i, ip) in SERVER_IPS.iter().enumerate() {
+        let root = dir.join(format!("nginx-s{}", i + 1));
+        let www = root.join("www");
+        std::fs::create_dir_all(&www)?;
+        std::fs::write(www.join("index.html"), vec![b'x'; NGINX_BODY_BYTES])?;
+        let root_s = root.to_string_lossy();
+        let conf = format!(
+            "worker_processes 1;\npid {root_s}/nginx.pid;\nerror_log {root_s}/error.log warn;\n\
+             events {{ worker_connections 8192; }}\n\
+             http {{\n access_log off;\n keepalive_requests 1000000;\n\
+             client_body_temp_path {root_s}/body;\n\
+             server {{\n  listen {ip}:{NGINX_PORT} backlog=4096;\n  root {root_s}/www;\n }}\n}}\n"
+        );
+        let conf_path = root.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let pid = topo.spawn_logged(
+            Role::Server(i + 1),
+            &[
+                "nginx",
+                "-p",
+                &root_s,
+                "-c",
+                &conf_path.to_string_lossy(),
+                "-g",
+                "daemon off;",
+            ],
+            &root.join("stdout.log"),
+        )?;
+        pids.push(pid);
+    }
+    // Answering on every server before any measurement starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for ip in SERVER_IPS {
+        let url = format!("http://{ip}:{NGINX_PORT}/");
+        loop {
+            let out = topo.exec_unchecked(
+                Role::Client,
+                &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &url],
+            )?;
+            if out.stdout == b"200" {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "nginx on {ip} does not answer");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(pids)
 }
 
 struct Daemon {
@@ -140,8 +217,10 @@ fn mac_of(topo: &Topology, role: Role, ifname: &str) -> Result<String> {
     Ok(v[0]["address"].as_str().context("no MAC")?.to_string())
 }
 
-/// trafgen config: Ethernet/IPv4/UDP, 64-byte payload, random source port (many flows),
-/// IP checksum recomputed per packet, UDP checksum 0 (none).
+/// trafgen config: Ethernet/IPv4/UDP, 64-byte payload, IP checksum recomputed per
+/// packet, UDP checksum 0 (none). The source port cycles through a fixed set: high byte
+/// 4..=7 and low byte 0..=250 step together, periods 4 and 251 (coprime), so 1,004 ports
+/// from 1024 on: a steady set of flows, as real clients give, not one new flow per packet.
 fn trafgen_conf(dst_mac: &str, src_mac: &str, dst: Option<std::net::Ipv4Addr>) -> String {
     let hex = |mac: &str| {
         mac.split(':')
@@ -160,7 +239,7 @@ fn trafgen_conf(dst_mac: &str, src_mac: &str, dst: Option<std::net::Ipv4Addr>) -
     };
     format!(
         "{{\n {}, {}, 0x08, 0x00,\n 0x45, 0x00, const16(92), const16(0), 0x40, 0x00, 64, 17, csumip(14, 33),\n \
-         {}, {}, {}, {}, {dst_bytes},\n drnd(2), const16({UDP_SINK_PORT}), const16(72), const16(0),\n fill(0x42, 64)\n}}\n",
+         {}, {}, {}, {}, {dst_bytes},\n dinc(4, 7, 1), dinc(0, 250, 1), const16({UDP_SINK_PORT}), const16(72), const16(0),\n fill(0x42, 64)\n}}\n",
         hex(dst_mac),
         hex(src_mac),
         c[0],
@@ -237,28 +316,22 @@ fn iperf(topo: &Topology, setup: Setup, seconds: u64, streams: u32) -> Result<f6
         .context("iperf3: no sum_received")
 }
 
-fn conn_rate(topo: &Topology, setup: Setup, seconds: u64) -> Result<f64> {
+/// HTTP requests per second by wrk against the web service: with `close`, every request
+/// opens a new TCP connection (the connection rate); without, connections are kept.
+fn http_rate(topo: &Topology, setup: Setup, seconds: u64, close: bool) -> Result<f64> {
     let target = if setup == Setup::Routing {
         SERVER_IPS[0]
     } else {
         VIP
     };
-    let url = format!("http://{target}/");
-    let out = topo.exec(
-        Role::Client,
-        &[
-            "wrk",
-            "-t",
-            "2",
-            "-c",
-            "32",
-            "-d",
-            &format!("{seconds}s"),
-            "-H",
-            "Connection: close",
-            &url,
-        ],
-    )?;
+    let url = format!("http://{target}:{NGINX_PORT}/");
+    let duration = format!("{seconds}s");
+    let mut args = vec!["wrk", "-t", "2", "-c", "32", "-d", &duration];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(&url);
+    let out = topo.exec(Role::Client, &args)?;
     let text = String::from_utf8_lossy(&out.stdout);
     let errors = text
         .lines()
@@ -277,9 +350,13 @@ fn conn_rate(topo: &Topology, setup: Setup, seconds: u64) -> Result<f64> {
 pub fn run(p: &E2eParams) -> Result<(E2eResults, Vec<Startup>)> {
     let prefix = testbed::unique_prefix();
     let mut topo = Topology::up(&prefix)?;
-    topo.start_servers()?;
     let dir = p.out_dir.join("e2e");
     std::fs::create_dir_all(&dir)?;
+    // The testbed's own HTTP servers (a thread per connection) would bound the connection
+    // rate before any balancer does: the web backends here are nginx, on their own port.
+    // The testbed's UDP echo serves the start-up measurement.
+    topo.start_servers()?;
+    let nginx_pids = start_nginx(&topo, &dir)?;
     let iperf_pid = topo.spawn_logged(
         Role::Server(1),
         &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
@@ -298,8 +375,9 @@ pub fn run(p: &E2eParams) -> Result<(E2eResults, Vec<Startup>)> {
         "TCP 1 stream",
         "TCP 4 streams",
         "new TCP connections",
+        "HTTP requests, keep-alive",
     ];
-    let units = ["packets/s", "bit/s", "bit/s", "conn/s"];
+    let units = ["packets/s", "bit/s", "bit/s", "conn/s", "req/s"];
     let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); setups.len()]; metrics.len()];
     let mut notes = Vec::new();
     let config_path = dir.join("lb.toml");
@@ -336,7 +414,8 @@ pub fn run(p: &E2eParams) -> Result<(E2eResults, Vec<Startup>)> {
                 udp_rate(&topo, setup, p.seconds, &dir),
                 iperf(&topo, setup, p.seconds, 1),
                 iperf(&topo, setup, p.seconds, 4),
-                conn_rate(&topo, setup, p.seconds),
+                http_rate(&topo, setup, p.seconds, true),
+                http_rate(&topo, setup, p.seconds, false),
             ];
             for (mi, r) in results.into_iter().enumerate() {
                 match r {
@@ -355,6 +434,9 @@ pub fn run(p: &E2eParams) -> Result<(E2eResults, Vec<Startup>)> {
         }
     }
     let _ = topo.stop_child(iperf_pid);
+    for pid in nginx_pids {
+        let _ = topo.stop_child(pid);
+    }
 
     let mut startup = Vec::new();
     for &(services, backends) in &p.startup {
