@@ -391,8 +391,10 @@ pub struct BenchPacket {
     pub len: u32,
     /// 0: restore as is. N > 0: with `j = i % N` for repeat i, source address
     /// `src_base + j / BENCH_PORTS_PER_ADDR` and source port
-    /// `BENCH_PORT_BASE + j % BENCH_PORTS_PER_ADDR` are written after the restore, so each
-    /// repeat is its own flow (checksums are not fixed up: the balancer never checks).
+    /// `BENCH_PORT_BASE + j % BENCH_PORTS_PER_ADDR` are written into these bytes before the
+    /// restore, so each
+    /// repeat is its own flow (the IPv4 and TCP/UDP checksums are updated to match, as a
+    /// balancer verifying them on its new-flow path requires).
     pub vary_count: u32,
     /// Source address base, host byte order.
     pub src_base: u32,

@@ -213,33 +213,49 @@ impl ParsedTcp {
 
 /// Independent check that the IPv4 and L4 checksums of `packet` are right.
 pub fn assert_checksums_valid(packet: &[u8]) {
-    let sliced = SlicedPacket::from_ethernet(packet).expect("parse output");
+    if let Err(problem) = checksums_valid(packet) {
+        panic!("{problem}");
+    }
+}
+
+/// The IPv4 and TCP/UDP checksums of `packet` recomputed and compared; the first wrong
+/// one, or why the packet could not be checked.
+pub fn checksums_valid(packet: &[u8]) -> Result<(), String> {
+    let sliced = SlicedPacket::from_ethernet(packet).map_err(|e| format!("parse output: {e}"))?;
     let Some(NetSlice::Ipv4(ip)) = &sliced.net else {
-        panic!("not IPv4");
+        return Err("not IPv4".into());
     };
     let header = ip.header().to_header();
-    assert_eq!(
-        header.header_checksum,
-        header.calc_header_checksum(),
-        "IPv4 checksum"
-    );
-    match &sliced.transport {
-        Some(TransportSlice::Tcp(tcp)) => {
-            let expected = tcp
-                .to_header()
-                .calc_checksum_ipv4(&header, tcp.payload())
-                .unwrap();
-            assert_eq!(tcp.checksum(), expected, "TCP checksum");
-        }
-        Some(TransportSlice::Udp(udp)) => {
-            let expected = udp
-                .to_header()
-                .calc_checksum_ipv4(&header, udp.payload())
-                .unwrap();
-            assert_eq!(udp.checksum(), expected, "UDP checksum");
-        }
-        _ => panic!("no TCP/UDP"),
+    let expected = header.calc_header_checksum();
+    if header.header_checksum != expected {
+        return Err(format!(
+            "IPv4 checksum {:#06x}, expected {expected:#06x}",
+            header.header_checksum
+        ));
     }
+    let (name, got, expected) = match &sliced.transport {
+        Some(TransportSlice::Tcp(tcp)) => (
+            "TCP",
+            tcp.checksum(),
+            tcp.to_header()
+                .calc_checksum_ipv4(&header, tcp.payload())
+                .map_err(|e| e.to_string())?,
+        ),
+        Some(TransportSlice::Udp(udp)) => (
+            "UDP",
+            udp.checksum(),
+            udp.to_header()
+                .calc_checksum_ipv4(&header, udp.payload())
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => return Err("no TCP/UDP".into()),
+    };
+    if got != expected {
+        return Err(format!(
+            "{name} checksum {got:#06x}, expected {expected:#06x}"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use lb_testbed::harness::{
     CLIENT_MAC, EXT_IF, Harness, INT_IF, LB_EXT_MAC, LB_INT_MAC, Neighbour, XDP_PASS, XDP_REDIRECT,
     XDP_TX, harness_netns, parse_config, verdict_name,
 };
-use lb_testbed::packet::{F_ACK, F_SYN, Tcp, udp_packet};
+use lb_testbed::packet::{F_ACK, F_SYN, Tcp, checksums_valid, udp_packet};
 use lb_testbed::{CLIENT_IP as CLIENT, Netns, SNAT_IP as SNAT, VIP};
 use lb_userspace::config::Config;
 use lb_userspace::{ebpf, sys};
@@ -531,6 +531,9 @@ pub fn run(params: &KernelParams) -> Result<KernelResults> {
                 src == SNAT && (0..BACKENDS).any(|i| backend_ip(i) == dst),
                 "{name}: bad rewrite"
             );
+            // The wrapper's new source came with updated checksums, so the rewritten
+            // packet is valid too.
+            checksums_valid(&m.last_out).map_err(|e| anyhow!("{name}: last output: {e}"))?;
             let flows = rig.harness.flow_count() as u64;
             ensure!(
                 flows == 2 * d[1],
