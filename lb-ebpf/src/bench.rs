@@ -25,8 +25,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BENCH_PACKET_MAX, BENCH_PORT_BASE, BENCH_PORTS_PER_ADDR, BenchPacket, IPPROTO_TCP,
-    IPPROTO_UDP,
+    BENCH_PACKET_MAX, BENCH_PORT_BASE, BENCH_PORTS_PER_ADDR, BenchPacket, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
