@@ -11,7 +11,6 @@
 //! of repeats, so the report says which path the repeats really took.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -25,7 +24,6 @@ use lb_testbed::harness::{
 };
 use lb_testbed::packet::{F_ACK, F_SYN, Tcp, checksums_valid, udp_packet};
 use lb_testbed::{CLIENT_IP as CLIENT, Netns, SNAT_IP as SNAT, VIP};
-use lb_userspace::config::Config;
 use lb_userspace::{ebpf, sys};
 
 use super::model::{KernelPath, MaglevTiming, ScalePoint, median};
@@ -46,15 +44,28 @@ fn backend_mac(i: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x03, i]
 }
 
+/// Port of the service with `syn_proxy = true`.
+const SYN_PROXY_PORT: u16 = 443;
+
+/// The options of a Linux client's SYN: MSS 1460, SACK permitted, timestamps, NOP,
+/// window scale 7 (20 bytes), which the SYN proxy reads and encodes in its cookie.
+const LINUX_SYN_OPTIONS: [u8; 20] = [
+    2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0, 1, 3, 3, 7,
+];
+
 fn config_text(max_flows: u32, backends: u8) -> String {
     let mut text = format!(
         "name = \"lbbench\"\n[interfaces]\nattach = [\"ext0\"]\n\
-         [limits]\nmax_flows = {max_flows}\nmax_services = 4\nmax_backends = 1100\n"
+         [limits]\nmax_flows = {max_flows}\nmax_services = 8\nmax_backends = 1100\n"
     );
-    for (name, port, proto) in [("web", 80, "tcp"), ("dns", 5353, "udp")] {
+    for (name, port, proto, extra) in [
+        ("web", 80, "tcp", ""),
+        ("dns", 5353, "udp", ""),
+        ("web-syn-proxy", SYN_PROXY_PORT, "tcp", "syn_proxy = true\n"),
+    ] {
         text.push_str(&format!(
             "[[service]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\n\
-             protocol = \"{proto}\"\nsnat_ip = \"{SNAT}\"\n"
+             protocol = \"{proto}\"\nsnat_ip = \"{SNAT}\"\n{extra}"
         ));
         for i in 0..backends {
             text.push_str(&format!(
@@ -562,7 +573,8 @@ pub fn run(params: &KernelParams) -> Result<KernelResults> {
         ));
     }
 
-    let syn_proxy = syn_proxy_presence();
+    let syn_proxy = "the SYN path is measured above (a Linux client's SYN, with options, answered with a cookie SYN-ACK; no state). The cookie-ACK path is not: its cookie depends on the time and a secret, so no stored packet can repeat it.".to_string();
+    paths.push(syn_proxy_syn(params, wrapper_ns, floor_ns)?);
     let scale = scale(params, wrapper_ns)?;
     let maglev = maglev(&params.maglev_backends)?;
     Ok(KernelResults {
@@ -575,19 +587,60 @@ pub fn run(params: &KernelParams) -> Result<KernelResults> {
     })
 }
 
-/// SYN proxy paths are measured only where the config knows the feature.
-fn syn_proxy_presence() -> String {
-    let text = format!(
-        "{}syn_proxy = true\n",
-        config_text(1024, 1)
-            .split("[[service.backend]]")
-            .next()
-            .unwrap_or("")
-    );
-    match Config::parse(&text, Path::new("probe.toml")) {
-        Ok(_) => "present in the config, but this harness has no SYN-proxy packets yet".into(),
-        Err(e) => format!("not present on this revision (config: {e})"),
+/// The SYN proxy's answer to a SYN: every repeat a new client (as in a flood), each
+/// answered with a cookie SYN-ACK out of the ingress interface, no entry made.
+fn syn_proxy_syn(params: &KernelParams, wrapper_ns: f64, floor_ns: f64) -> Result<KernelPath> {
+    let name = "SYN proxy: SYN answered with a cookie SYN-ACK";
+    let syn = lb_testbed::packet::Segment {
+        src_mac: CLIENT_MAC,
+        dst_mac: LB_EXT_MAC,
+        src: CLIENT,
+        dst: VIP,
+        ttl: 64,
+        sport: 40000,
+        dport: SYN_PROXY_PORT,
+        seq: 1000,
+        ack: 0,
+        flags: SYN,
+        window: 64240,
+        options: LINUX_SYN_OPTIONS.to_vec(),
+        payload: Vec::new(),
     }
+    .bytes();
+    let mut rig = Rig::new(1 << 16)?;
+    let sent_before = rig.counter(counters::SYNPROXY_SYNACK_SENT)?;
+    let (m, d) = deltas(&mut rig, |rig| {
+        rig.measure(
+            Target::Balancer,
+            &syn,
+            Some((params.repeat, GENERATED_SRC_BASE)),
+            params.repeat,
+            params.runs,
+        )
+    })?;
+    let sent = rig.counter(counters::SYNPROXY_SYNACK_SENT)? - sent_before;
+    let total = u64::from(params.repeat) * params.runs as u64;
+    ensure!(
+        m.verdict == XDP_TX || m.verdict == XDP_REDIRECT,
+        "{name}: {}",
+        verdict_name(m.verdict)
+    );
+    ensure!(
+        sent == total && d[1] == 0 && rig.harness.flow_count() == 0,
+        "{name}: synproxy_synack_sent +{sent}, new_flows +{} for {total} repeats",
+        d[1]
+    );
+    checksums_valid(&m.last_out).map_err(|e| anyhow!("{name}: last output: {e}"))?;
+    Ok(path(
+        name,
+        &m,
+        wrapper_ns,
+        floor_ns,
+        format!(
+            "{}; synproxy_synack_sent +{sent} = repeats, no flow entry",
+            verdict_name(m.verdict)
+        ),
+    ))
 }
 
 fn scale(params: &KernelParams, wrapper_ns: f64) -> Result<Vec<ScalePoint>> {
