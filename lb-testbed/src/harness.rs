@@ -266,6 +266,12 @@ impl Harness {
         self.dp.flow_entries()
     }
 
+    /// Every flow-table entry by batch lookups of `chunk` entries (no fallback).
+    pub fn flows_batched(&self, chunk: u32) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        self.dp.flow_entries_batched(chunk)
+    }
+
+    /// Number of flow-table entries, by walking the keys one at a time.
     pub fn flow_count(&self) -> usize {
         self.dp.flow_count()
     }

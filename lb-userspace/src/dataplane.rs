@@ -26,6 +26,7 @@ use crate::{
     ebpf,
 };
 
+mod batch;
 mod tables;
 
 pub use tables::possible_cpus;

@@ -78,6 +78,19 @@ fn idle(entry: &FlowEntry, peer: Option<&FlowEntry>, now_ns: u64, timeouts: &Tim
     idle > timeout_for(state, timeouts)
 }
 
+/// What status, `lb backends` and the metrics show of the flow table, taken from the
+/// collector's read of it once a second: copying millions of entries per request, under
+/// the controller's lock, cost more than everything else the daemon does.
+#[derive(Clone, Debug, Default)]
+pub struct FlowSummary {
+    /// Open connections per (service id, backend id).
+    pub connections: HashMap<(u32, u32), u64>,
+    /// Entries in the table after the pass.
+    pub entries: usize,
+    /// How long the collector's last pass took (read, judge, remove).
+    pub pass: Duration,
+}
+
 /// Open connections per (service id, backend id): each connection counted once, by its
 /// client-to-server entry.
 pub fn connections_per_backend(entries: &[(FlowKey, FlowEntry)]) -> HashMap<(u32, u32), u64> {
@@ -92,14 +105,26 @@ pub fn connections_per_backend(entries: &[(FlowKey, FlowEntry)]) -> HashMap<(u32
     connections
 }
 
-/// Keys of the entries whose connection has been idle longer than its state allows
-/// (judged on a snapshot: candidates for `remove_idle`).
+/// Keys of the entries whose connection may have been idle longer than its state
+/// allows, judged on a snapshot: the candidates `remove_idle` decides on with the live
+/// entries.
+///
+/// Only an entry idle past its own state's timeout is considered: of an expired pair,
+/// the entry holding the further advanced state always is (its idle time is at least
+/// the pair's, its timeout the pair's), and `remove_idle` takes its peer with it. So at
+/// millions of flows the pairs are matched among the few candidates instead of an index
+/// of the whole table. A candidate whose peer is not a candidate is returned when it is
+/// idle on its own: its peer is busy (the pair stays, as `remove_idle` finds) or gone.
 pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, timeouts: &Timeouts) -> Vec<FlowKey> {
-    let by_key: HashMap<FlowKey, &FlowEntry> = entries.iter().map(|(k, v)| (*k, v)).collect();
-    entries
+    let candidates: HashMap<FlowKey, &FlowEntry> = entries
+        .iter()
+        .filter(|(_, entry)| idle(entry, None, now_ns, timeouts))
+        .map(|(key, entry)| (*key, entry))
+        .collect();
+    candidates
         .iter()
         .filter(|(key, entry)| {
-            let peer = by_key.get(&entry.peer_key(key.proto)).copied();
+            let peer = candidates.get(&entry.peer_key(key.proto)).copied();
             idle(entry, peer, now_ns, timeouts)
         })
         .map(|(key, _)| *key)
@@ -283,6 +308,14 @@ mod tests {
         vec![(fwd_key, fwd), (rev_key, rev)]
     }
 
+    /// Entries the collector removes from a table holding `entries` at `now_ns`: its
+    /// snapshot judgement and its re-check of the live entries, together.
+    fn collected(entries: &[(FlowKey, FlowEntry)], now_ns: u64) -> usize {
+        let mut table: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
+        let candidates = expired(entries, now_ns, &timeouts());
+        remove_idle(&mut table, &candidates, now_ns, &timeouts())
+    }
+
     #[test]
     fn a_connection_counts_once_for_its_backend() {
         let mut entries = pair(FLOW_STATE_ESTABLISHED, 0, 0);
@@ -304,22 +337,42 @@ mod tests {
     #[test]
     fn idle_established_pair_expires_together() {
         let entries = pair(FLOW_STATE_ESTABLISHED, 10 * SEC, 20 * SEC);
-        assert!(expired(&entries, 110 * SEC, &timeouts()).is_empty());
-        assert_eq!(expired(&entries, 121 * SEC, &timeouts()).len(), 2);
+        assert_eq!(collected(&entries, 110 * SEC), 0);
+        assert_eq!(collected(&entries, 121 * SEC), 2);
+    }
+
+    #[test]
+    fn an_entry_whose_peer_is_gone_expires_alone() {
+        let entries = pair(FLOW_STATE_ESTABLISHED, 0, 0);
+        let orphan = &entries[..1];
+        assert_eq!(collected(orphan, 100 * SEC), 0);
+        assert_eq!(collected(orphan, 101 * SEC), 1);
+    }
+
+    /// Entries within their timeouts are not even candidates: the collector's work per
+    /// pass follows the idle connections, not the table's size.
+    #[test]
+    fn live_connections_are_not_candidates() {
+        let entries = pair(FLOW_STATE_ESTABLISHED, 10 * SEC, 0);
+        assert!(expired(&entries, 50 * SEC, &timeouts()).is_empty());
+        // The quiet direction of a one-way stream is a candidate; the live peer keeps it.
+        let candidates = expired(&entries, 105 * SEC, &timeouts());
+        assert_eq!(candidates, vec![entries[1].0]);
+        assert_eq!(collected(&entries, 105 * SEC), 0);
     }
 
     #[test]
     fn a_busy_direction_keeps_the_quiet_one() {
         let entries = pair(FLOW_STATE_ESTABLISHED, 0, 500 * SEC);
-        assert!(expired(&entries, 550 * SEC, &timeouts()).is_empty());
+        assert_eq!(collected(&entries, 550 * SEC), 0);
     }
 
     #[test]
     fn closing_uses_the_short_timeout_from_either_side() {
         let mut entries = pair(FLOW_STATE_ESTABLISHED, 10 * SEC, 10 * SEC);
         entries[1].1.state = FLOW_STATE_CLOSING;
-        assert!(expired(&entries, 11 * SEC, &timeouts()).is_empty());
-        assert_eq!(expired(&entries, 13 * SEC, &timeouts()).len(), 2);
+        assert_eq!(collected(&entries, 11 * SEC), 0);
+        assert_eq!(collected(&entries, 13 * SEC), 2);
     }
 
     #[test]
@@ -348,23 +401,23 @@ mod tests {
         // A RST-marked half of an established pair uses the closing timeout.
         let mut entries = pair(FLOW_STATE_ESTABLISHED, 10 * SEC, 10 * SEC);
         entries[0].1.state = FLOW_STATE_RESET;
-        assert_eq!(expired(&entries, 13 * SEC, &timeouts()).len(), 2);
+        assert_eq!(collected(&entries, 13 * SEC), 2);
     }
 
     #[test]
     fn half_open_and_udp_have_their_own_timeouts() {
         let entries = pair(FLOW_STATE_SYN_SEEN, 0, 0);
-        assert_eq!(expired(&entries, 6 * SEC, &timeouts()).len(), 2);
+        assert_eq!(collected(&entries, 6 * SEC), 2);
         let entries = pair(FLOW_STATE_UDP, 0, 0);
-        assert!(expired(&entries, 9 * SEC, &timeouts()).is_empty());
-        assert_eq!(expired(&entries, 11 * SEC, &timeouts()).len(), 2);
+        assert_eq!(collected(&entries, 9 * SEC), 0);
+        assert_eq!(collected(&entries, 11 * SEC), 2);
     }
 
     /// The idle time after which a pair in `state` (both entries) is expired.
     fn lifetime(state: u8) -> u64 {
         let entries = pair(state, 0, 0);
         let mut secs = 1;
-        while expired(&entries, secs * SEC + 1, &timeouts()).is_empty() {
+        while collected(&entries, secs * SEC + 1) == 0 {
             secs += 1;
             assert!(secs < 1000, "state {state} never expires");
         }
@@ -394,15 +447,15 @@ mod tests {
     fn a_half_closed_pair_outlives_closing_and_closes_on_the_second_fin() {
         // Client FIN at 10 s: the server keeps the pair alive with its data.
         let mut entries = pair(FLOW_STATE_HALF_CLOSED_CLIENT, 10 * SEC, 10 * SEC);
-        assert!(expired(&entries, 40 * SEC, &timeouts()).is_empty());
+        assert_eq!(collected(&entries, 40 * SEC), 0);
         entries[1].1.last_seen_ns = 55 * SEC;
-        assert!(expired(&entries, 100 * SEC, &timeouts()).is_empty());
-        assert_eq!(expired(&entries, 106 * SEC, &timeouts()).len(), 2);
+        assert_eq!(collected(&entries, 100 * SEC), 0);
+        assert_eq!(collected(&entries, 106 * SEC), 2);
         // The server's FIN at 55 s, written into one entry only (its peer missing the
         // update) still closes the pair.
         entries[1].1.state = FLOW_STATE_CLOSING;
-        assert!(expired(&entries, 57 * SEC, &timeouts()).is_empty());
-        assert_eq!(expired(&entries, 58 * SEC, &timeouts()).len(), 2);
+        assert_eq!(collected(&entries, 57 * SEC), 0);
+        assert_eq!(collected(&entries, 58 * SEC), 2);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Prometheus text endpoint: the controller's facts and the data path's counters,
 //! encoded by `prometheus-client`, served over plain HTTP/1.x.
 
+use std::sync::atomic::AtomicU64;
+
 use anyhow::Result;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -57,6 +59,10 @@ pub struct Scrape {
     pub config_generation: Gauge,
     pub last_reload_ok: Gauge,
     pub sessions: Gauge,
+    /// Flow-table entries after the collector's last pass.
+    pub flow_entries: Gauge,
+    /// Duration of the collector's last pass over the flow table.
+    pub gc_pass_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Scrape {
@@ -150,6 +156,16 @@ impl Scrape {
             s.last_reload_ok,
         );
         registry.register("sessions", "Live affinity sessions", s.sessions);
+        registry.register(
+            "flow_entries",
+            "Flow-table entries (two per connection) after the collector's last pass",
+            s.flow_entries,
+        );
+        registry.register(
+            "gc_pass_seconds",
+            "Duration of the flow collector's last pass",
+            s.gc_pass_seconds,
+        );
         let mut text = String::new();
         encode(&mut text, &registry)?;
         Ok(text)

@@ -203,7 +203,7 @@ impl Controller {
     }
 
     pub(super) fn backends(&self) -> Result<Vec<api::BackendRow>> {
-        let active = crate::flows::connections_per_backend(&self.dataplane.flow_entries());
+        let active = &self.flow_summary.connections;
         let mut rows = Vec::new();
         for service in self.table.services() {
             for (backend, id, effective) in service.members() {

@@ -58,6 +58,8 @@ pub struct Controller {
     last_reload: Option<String>,
     last_reload_ok: Option<bool>,
     flows_expired: u64,
+    /// The flow table as of the collector's last pass.
+    flow_summary: flows::FlowSummary,
     overrides: Overrides,
     /// Health of each checked (service, backend).
     health: BTreeMap<(String, BackendAddr), Health>,
@@ -127,6 +129,7 @@ impl Controller {
                 last_reload: None,
                 last_reload_ok: None,
                 flows_expired: 0,
+                flow_summary: flows::FlowSummary::default(),
                 overrides,
                 health: BTreeMap::new(),
                 handed_over: false,
@@ -266,10 +269,7 @@ impl Controller {
                 mode,
             })
             .collect();
-        let connections: u64 =
-            crate::flows::connections_per_backend(&self.dataplane.flow_entries())
-                .values()
-                .sum();
+        let connections: u64 = self.flow_summary.connections.values().sum();
         api::Status {
             name: self.config.name.clone(),
             config: self.config_path.display().to_string(),
@@ -377,6 +377,7 @@ impl Controller {
 
     /// Deletes the entries of connections idle beyond their timeout.
     pub fn expire_flows(&mut self) -> usize {
+        let started = Instant::now();
         let entries = self.dataplane.flow_entries();
         let expired = flows::expired(&entries, sys::monotonic_ns(), &self.config.timeouts);
         // The snapshot may be stale by now: each candidate is judged again as it goes.
@@ -387,6 +388,12 @@ impl Controller {
             &self.config.timeouts,
         );
         self.flows_expired += removed as u64;
+        // Connections counted on the snapshot: the few removed just now were idle.
+        self.flow_summary = flows::FlowSummary {
+            connections: flows::connections_per_backend(&entries),
+            entries: entries.len().saturating_sub(removed),
+            pass: started.elapsed(),
+        };
         removed
     }
 

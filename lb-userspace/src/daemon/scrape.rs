@@ -16,11 +16,12 @@ impl Controller {
                 .inc_by(value);
         }
         // Gauges are i64; a count of flow-table entries always fits.
-        let active: HashMap<(u32, u32), i64> =
-            crate::flows::connections_per_backend(&self.dataplane.flow_entries())
-                .into_iter()
-                .map(|(ids, n)| (ids, n as i64))
-                .collect();
+        let active: HashMap<(u32, u32), i64> = self
+            .flow_summary
+            .connections
+            .iter()
+            .map(|(ids, n)| (*ids, *n as i64))
+            .collect();
         for service in self.table.services() {
             let labels = ServiceLabels {
                 service: service.config.name.clone(),
@@ -121,6 +122,10 @@ impl Controller {
             .last_reload_ok
             .set(self.last_reload_ok.map_or(-1, i64::from));
         scrape.sessions.set(self.dataplane.session_count() as i64);
+        scrape.flow_entries.set(self.flow_summary.entries as i64);
+        scrape
+            .gc_pass_seconds
+            .set(self.flow_summary.pass.as_secs_f64());
         scrape.encode()
     }
 }

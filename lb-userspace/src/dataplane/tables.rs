@@ -176,10 +176,22 @@ impl Dataplane {
             .map(|value| value.if_index)
     }
 
-    /// Snapshot of the flow table.
+    /// Snapshot of the flow table, read in batches.
     pub fn flow_entries(&self) -> Vec<(FlowKey, FlowEntry)> {
-        // Entries can vanish between key iteration and lookup (LRU, GC): skip those.
-        self.flows.iter().filter_map(Result::ok).collect()
+        match self.flow_entries_batched(super::batch::BATCH_ENTRIES) {
+            Ok(entries) => entries,
+            Err(e) => {
+                // A kernel without batch lookups for this map type: one entry at a time.
+                // Entries can vanish between key iteration and lookup (LRU, GC): skipped.
+                log::debug!("batch read of FLOWS failed ({e}); walking it entry by entry");
+                self.flows.iter().filter_map(Result::ok).collect()
+            }
+        }
+    }
+
+    /// Snapshot of the flow table with `BPF_MAP_LOOKUP_BATCH`, `chunk` entries a call.
+    pub fn flow_entries_batched(&self, chunk: u32) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        Ok(super::batch::lookup_all(self.flow_map(), chunk)?)
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {

@@ -34,6 +34,7 @@ mod attach;
 mod cannot_open;
 mod dnat;
 mod flow_state;
+mod flow_table_read;
 mod full_nat;
 mod malformed;
 mod next_hop;
