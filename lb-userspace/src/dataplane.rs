@@ -26,7 +26,7 @@ use crate::{
     ebpf,
 };
 
-mod batch;
+pub mod batch;
 mod tables;
 
 pub use tables::possible_cpus;

@@ -78,6 +78,21 @@ fn idle(entry: &FlowEntry, peer: Option<&FlowEntry>, now_ns: u64, timeouts: &Tim
     idle > timeout_for(state, timeouts)
 }
 
+/// Shortest wait between two collector passes.
+pub const PASS_INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between two passes: no entry outlives its timeout by more.
+pub const PASS_INTERVAL_MAX: Duration = Duration::from_secs(10);
+/// A pass is followed by a wait of this many times its own duration (within the bounds
+/// above), so the collector keeps to about 5 % of a core however large the table: a
+/// million-entry table read every second would cost a third of one.
+const PASS_DUTY_FACTOR: u32 = 20;
+
+/// How long to wait after a pass that took `pass` before the next one (Cilium's
+/// conntrack GC paces itself the same way, by table size).
+pub fn next_pass_delay(pass: Duration) -> Duration {
+    (pass * PASS_DUTY_FACTOR).clamp(PASS_INTERVAL_MIN, PASS_INTERVAL_MAX)
+}
+
 /// What status, `lb backends` and the metrics show of the flow table, taken from the
 /// collector's read of it once a second: copying millions of entries per request, under
 /// the controller's lock, cost more than everything else the daemon does.
@@ -314,6 +329,16 @@ mod tests {
         let mut table: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
         let candidates = expired(entries, now_ns, &timeouts());
         remove_idle(&mut table, &candidates, now_ns, &timeouts())
+    }
+
+    #[test]
+    fn the_collector_paces_itself_by_its_pass() {
+        assert_eq!(next_pass_delay(Duration::from_millis(2)), PASS_INTERVAL_MIN);
+        assert_eq!(
+            next_pass_delay(Duration::from_millis(200)),
+            Duration::from_secs(4)
+        );
+        assert_eq!(next_pass_delay(Duration::from_secs(3)), PASS_INTERVAL_MAX);
     }
 
     #[test]

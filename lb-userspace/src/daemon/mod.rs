@@ -45,8 +45,9 @@ mod server;
 pub use cluster_router::{CLUSTER_POLL, ClusterRouter, known_services, prepare_cluster};
 pub use server::run;
 
-/// How often idle flows are looked for.
-const GC_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the daemon looks after its housekeeping: health-check tasks, session
+/// expiry, a hand-over. The flow collector paces itself (`flows::next_pass_delay`).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Controller {
     config_path: PathBuf,
@@ -376,6 +377,11 @@ impl Controller {
     }
 
     /// Deletes the entries of connections idle beyond their timeout.
+    /// How long the flow collector's last pass took.
+    pub fn last_flow_pass(&self) -> Duration {
+        self.flow_summary.pass
+    }
+
     pub fn expire_flows(&mut self) -> usize {
         let started = Instant::now();
         let entries = self.dataplane.flow_entries();

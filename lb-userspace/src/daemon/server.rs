@@ -214,7 +214,9 @@ pub(super) async fn serve(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let mut gc = tokio::time::interval(GC_INTERVAL);
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    let next_flow_pass = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(next_flow_pass);
     let has_cluster = lock(&controller).cluster.is_some();
     let mut cluster_poll = tokio::time::interval(CLUSTER_POLL);
     cluster_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -233,17 +235,26 @@ pub(super) async fn serve(
                     tokio::spawn(serve_metrics(controller.clone(), stream));
                 }
             }
-            _ = gc.tick() => {
+            () = &mut next_flow_pass => {
                 let c = controller.clone();
-                let (removed, handed_over) = tokio::task::spawn_blocking(move || {
+                let (removed, pass) = tokio::task::spawn_blocking(move || {
                     let mut c = lock(&c);
-                    let removed = c.expire_flows();
-                    c.expire_sessions();
-                    (removed, c.handed_over)
-                }).await.unwrap_or((0, false));
+                    (c.expire_flows(), c.last_flow_pass())
+                }).await.unwrap_or((0, Duration::ZERO));
                 if removed > 0 {
                     log::debug!("expired {removed} flow entries");
                 }
+                next_flow_pass
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + crate::flows::next_pass_delay(pass));
+            }
+            _ = housekeeping.tick() => {
+                let c = controller.clone();
+                let handed_over = tokio::task::spawn_blocking(move || {
+                    let mut c = lock(&c);
+                    c.expire_sessions();
+                    c.handed_over
+                }).await.unwrap_or(false);
                 if handed_over {
                     break Ok(());
                 }

@@ -8,8 +8,9 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::MapData;
 
-/// `enum bpf_cmd`: BPF_MAP_LOOKUP_BATCH.
+/// `enum bpf_cmd`: BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH.
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// Entries asked for per syscall: large enough that a million-entry table takes a few
 /// hundred calls, small enough that the buffers stay modest.
 pub const BATCH_ENTRIES: u32 = 16_384;
@@ -58,14 +59,7 @@ pub fn lookup_all<K: aya::Pod + Default, V: aya::Pod + Default>(
         };
         // SAFETY: `attr` points at buffers of `count` keys and values of the map's key
         // and value types, and at token buffers larger than any batch token.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
+        let rc = unsafe { bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let error = (rc < 0).then(io::Error::last_os_error);
         match error.as_ref().and_then(io::Error::raw_os_error) {
             // A bucket holds more entries than were asked for: ask for more.
@@ -86,5 +80,55 @@ pub fn lookup_all<K: aya::Pod + Default, V: aya::Pod + Default>(
         }
         token = next;
         first = false;
+    }
+}
+
+/// Writes `entries` into a hash map (`BPF_ANY`), `chunk` a syscall: how a large table is
+/// filled (the bench fills millions of flows this way).
+pub fn update_all<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    entries: &[(K, V)],
+    chunk: usize,
+) -> io::Result<()> {
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    for part in entries.chunks(chunk.max(1)) {
+        let keys: Vec<K> = part.iter().map(|(k, _)| *k).collect();
+        let values: Vec<V> = part.iter().map(|(_, v)| *v).collect();
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: part.len() as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points at `count` keys and values of the map's types.
+        if unsafe { bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if attr.count as usize != part.len() {
+            return Err(io::Error::other(format!(
+                "batch update wrote {} of {} entries",
+                attr.count,
+                part.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The bpf(2) syscall with a batch command.
+///
+/// # Safety
+/// The pointers in `attr` must be valid for the command, the map's key and value sizes
+/// and `attr.count` entries.
+unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> libc::c_long {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
     }
 }

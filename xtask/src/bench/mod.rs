@@ -3,6 +3,7 @@
 //! Nothing here fails on a number: every figure is printed next to its baselines of the
 //! same run.
 
+pub mod controller;
 pub mod e2e;
 pub mod kernel;
 pub mod model;
@@ -146,6 +147,15 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
         let (e2e, startup) = e2e::run(&eparams)?;
         report.e2e = e2e;
         report.startup = startup;
+        report.controller = controller::run(&controller::ControllerParams {
+            lb_binary: opts.lb_binary.clone(),
+            out_dir: opts.out_dir.clone(),
+            entries: if opts.quick {
+                vec![1_000, 1_000_000]
+            } else {
+                vec![1_000, 1_000_000, 4_000_000]
+            },
+        })?;
     }
     report.targets = targets(&report);
     report.notes.extend(notes(&report));
@@ -176,6 +186,27 @@ fn targets(r: &Report) -> Vec<Target> {
         3.0,
     ));
     t.extend(e2e_targets(&r.e2e));
+    let biggest = r.controller.iter().max_by_key(|c| c.entries);
+    for (name, goal, value) in [
+        ("idle daemon CPU", 5.0, biggest.map(|c| c.daemon_cpu_pct)),
+        ("`lb status` latency", 100.0, biggest.map(|c| c.status_ms)),
+        ("scrape latency", 100.0, biggest.map(|c| c.scrape_ms)),
+    ] {
+        let unit = if name.contains("CPU") {
+            "% of a core"
+        } else {
+            "ms"
+        };
+        t.push(Target {
+            name: format!(
+                "{name} at {} flow entries",
+                biggest.map_or(0, |c| c.entries)
+            ),
+            goal: format!("≤ {goal} {unit}"),
+            measured: value.map_or("–".into(), |v| format!("{v:.1} {unit}")),
+            met: value.map(|v| v <= goal),
+        });
+    }
     let small = r.scale.iter().find(|s| s.flows == 1_000);
     let big = r.scale.iter().find(|s| s.flows == 4_000_000);
     t.push(Target {

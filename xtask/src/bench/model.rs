@@ -105,6 +105,26 @@ pub struct Startup {
     pub note: String,
 }
 
+/// The controller with a filled flow table (group 3).
+#[derive(Clone, Debug)]
+pub struct ControllerPoint {
+    pub entries: usize,
+    pub capacity: usize,
+    /// Writing the entries with batch updates.
+    pub fill_s: f64,
+    /// The idle daemon's CPU, percent of one core, over a 10 s window.
+    pub daemon_cpu_pct: f64,
+    /// `lb status --json`, process start to exit, median.
+    pub status_ms: f64,
+    /// One metrics scrape (curl's total time), median.
+    pub scrape_ms: f64,
+    /// The collector's last pass, from `lb_gc_pass_seconds`.
+    pub gc_pass_ms: f64,
+    /// Reading the whole table from the bench process: batch lookups, per-entry walk.
+    pub batch_read_ms: f64,
+    pub walk_read_ms: f64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Target {
     pub name: String,
@@ -125,6 +145,7 @@ pub struct Report {
     pub scale: Vec<ScalePoint>,
     pub maglev: Vec<MaglevTiming>,
     pub startup: Vec<Startup>,
+    pub controller: Vec<ControllerPoint>,
     pub e2e: E2eResults,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
@@ -171,6 +192,12 @@ impl Report {
                 "maglev": self.maglev.iter().map(|m| json!({
                     "backends": m.backends, "build_s": m.build_s,
                     "build_and_install_s": m.build_and_install_s, "slots_written": m.slots_written, "ring_size": m.ring_size,
+                })).collect::<Vec<_>>(),
+                "controller": self.controller.iter().map(|c| json!({
+                    "entries": c.entries, "capacity": c.capacity, "fill_s": c.fill_s,
+                    "daemon_cpu_pct": c.daemon_cpu_pct, "status_ms": c.status_ms,
+                    "scrape_ms": c.scrape_ms, "gc_pass_ms": c.gc_pass_ms,
+                    "batch_read_ms": c.batch_read_ms, "walk_read_ms": c.walk_read_ms,
                 })).collect::<Vec<_>>(),
                 "startup": self.startup.iter().map(|s| json!({
                     "services": s.services, "backends": s.backends, "seconds": s.seconds,

@@ -171,6 +171,27 @@ pub fn markdown(r: &Report) -> String {
             s.services, s.backends, secs, s.note
         );
     }
+    if !r.controller.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nThe controller with a filled flow table (established entries, data path idle; the smallest table is the baseline):\n\n| flow entries | daemon CPU (% of a core) | `lb status` (ms) | scrape (ms) | collector pass (ms) | read: batch (ms) | read: per-entry walk (ms) | walk / batch | fill (s) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for c in &r.controller {
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {:.1} |",
+                c.entries,
+                c.daemon_cpu_pct,
+                c.status_ms,
+                c.scrape_ms,
+                c.gc_pass_ms,
+                c.batch_read_ms,
+                c.walk_read_ms,
+                ratio(c.walk_read_ms, c.batch_read_ms),
+                c.fill_s
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "\n## Targets (reported, not enforced)\n\n| target | goal | measured | met |\n|---|---|---|---|"
@@ -333,6 +354,17 @@ mod tests {
                 build_and_install_s: 0.1,
                 ring_size: 1021,
                 slots_written: 1021,
+            }],
+            controller: vec![ControllerPoint {
+                entries: 1000,
+                capacity: 16384,
+                fill_s: 0.1,
+                daemon_cpu_pct: 0.5,
+                status_ms: 3.0,
+                scrape_ms: 1.0,
+                gc_pass_ms: 1.0,
+                batch_read_ms: 1.0,
+                walk_read_ms: 2.0,
             }],
             startup: vec![Startup {
                 services: 10,
