@@ -35,6 +35,7 @@ mod cannot_open;
 mod dnat;
 mod flow_state;
 mod full_nat;
+mod icmp_errors;
 mod malformed;
 mod next_hop;
 mod not_ours;
