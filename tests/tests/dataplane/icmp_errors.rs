@@ -454,3 +454,53 @@ fn echo_and_other_informational_icmp_pass_as_before() {
         }
     });
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn syn_proxied_errors_reach_the_server_in_its_own_sequence_space() {
+    with_harness(|h| {
+        use super::syn_proxy::client_seg;
+        let (verdict, out) = h.run(&client_seg(40100, 1000, 0, F_SYN, vec![]).bytes());
+        assert_eq!(verdict, XDP_TX, "the balancer answers the SYN itself");
+        let cookie = ParsedTcp::of(&out).seq;
+        let ack = client_seg(40100, 1001, cookie.wrapping_add(1), F_ACK, vec![]);
+        assert_eq!(h.run(&ack.bytes()).0, XDP_REDIRECT);
+        let port = u16::from_be(
+            h.flow(&flow_key(CLIENT, 40100, VIP, 443, IPPROTO_TCP))
+                .unwrap()
+                .new_src_port,
+        );
+        let server = |ttl, seq, flags, payload: &[u8]| Segment {
+            src_mac: SERVER1_MAC,
+            dst_mac: LB_INT_MAC,
+            src: SERVER1,
+            dst: SNAT,
+            ttl,
+            sport: 8443,
+            dport: port,
+            seq,
+            ack: 1001,
+            flags,
+            window: 65160,
+            options: vec![],
+            payload: payload.to_vec(),
+        };
+        assert_eq!(
+            h.run(&server(64, 5000, F_SYN | F_ACK, b"").bytes()).0,
+            XDP_TX
+        );
+        let data = b"a server segment too big for the client's path";
+        let (verdict, to_client) = h.run(&server(64, 5001, F_ACK | F_PSH, data).bytes());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(ParsedTcp::of(&to_client).seq, cookie.wrapping_add(1));
+        // The server's stack ignores an error whose quoted SEQ it never sent.
+        relay_each_kind(
+            h,
+            "SYN proxy, server → client",
+            (ROUTER_EXT, VIP, LB_EXT_MAC),
+            &to_client,
+            &server(63, 5001, F_ACK | F_PSH, data).bytes(),
+            (SNAT, SERVER1, LB_INT_MAC, SERVER1_MAC),
+        );
+    });
+}
