@@ -12,7 +12,10 @@
 //! Only read here: no flow entry is created, changed or refreshed.
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
-use lb_common::{FLOW_DIR_CLIENT_TO_SERVER, FlowKey, IPPROTO_TCP, IPPROTO_UDP, counters};
+use lb_common::{
+    FLOW_DIR_CLIENT_TO_SERVER, IPPROTO_TCP, IPPROTO_UDP, counters,
+    icmp_relay::{is_relayed_error, quote_key, relay as plan},
+};
 
 use crate::{
     csum::CsumDelta,
@@ -23,9 +26,6 @@ use crate::{
 };
 
 pub const IPPROTO_ICMP: u8 = 1;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETER_PROB: u8 = 12;
 const ICMP_HDR_LEN: usize = 8;
 /// The quoted IPv4 header starts right after the error's ICMP header.
 const QUOTE_IP_OFFSET: usize = L4_OFFSET + ICMP_HDR_LEN;
@@ -71,7 +71,7 @@ pub unsafe fn relay(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr, l4_len
     // SAFETY: bounds-checked by ptr_at.
     let kind = unsafe { (*icmp).kind };
     // Echo and the other informational messages are the kernel's, as before.
-    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETER_PROB {
+    if !is_relayed_error(kind) {
         return not_ours();
     }
     let (Some(qip), Some(ql4)) = (
@@ -106,23 +106,18 @@ pub unsafe fn relay(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr, l4_len
     if (qproto != IPPROTO_TCP && qproto != IPPROTO_UDP) || qfrag & 0x1fffu16.to_be() != 0 {
         return unrelated(daddr, counters::PASS_ICMP_OTHER_QUOTE);
     }
-    let key = FlowKey {
-        src_ip: qdst,
-        dst_ip: qsrc,
-        src_port: dport,
-        dst_port: sport,
-        proto: qproto,
-        _pad: [0; 3],
-    };
+    let key = quote_key(qsrc, qdst, sport, dport, qproto);
     // SAFETY: read-only copy of a map value.
     let Some(entry) = (unsafe { FLOWS.get(key) }).copied() else {
         return unrelated(daddr, counters::PASS_ICMP_NO_FLOW);
     };
 
-    // The quote becomes the reverse of the entry's rewritten tuple: the packet its real
-    // sender sent.
-    let (new_qsrc, new_qdst) = (entry.new_dst_ip, entry.new_src_ip);
-    let (new_sport, new_dport) = (entry.new_dst_port, entry.new_src_port);
+    // The quote becomes the packet its real sender sent; the outer header is decided
+    // there too (lb_common::icmp_relay).
+    // SAFETY: bounds-checked by the caller.
+    let r = plan(&key, &entry, unsafe { (*ip).saddr });
+    let (new_qsrc, new_qdst) = (r.quote_src_ip, r.quote_dst_ip);
+    let (new_sport, new_dport) = (r.quote_src_port, r.quote_dst_port);
     let new_qcheck = CsumDelta::from_check(qcheck)
         .replace32(qsrc, new_qsrc)
         .replace32(qdst, new_qdst)
@@ -164,19 +159,14 @@ pub unsafe fn relay(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr, l4_len
         icmp_sum = unsafe { fix_quoted_tcp(ctx, ql4, &entry, l4_sum, quote_l4_len, icmp_sum) };
     }
 
-    // Outer header: to the entry's destination. In full NAT the far side knows only the
-    // balancer's address, so the error comes from it; in DNAT one address passes through
-    // unchanged, and the error keeps the reporting router as its source.
-    let dnat = entry.new_src_ip == key.src_ip || entry.new_dst_ip == key.dst_ip;
     // SAFETY: bounds-checked by the caller and ptr_at.
     unsafe {
         let (old_src, old_dst) = ((*ip).saddr, (*ip).daddr);
-        let new_src = if dnat { old_src } else { entry.new_src_ip };
-        (*ip).saddr = new_src;
-        (*ip).daddr = entry.new_dst_ip;
+        (*ip).saddr = r.outer_src_ip;
+        (*ip).daddr = r.outer_dst_ip;
         (*ip).check = CsumDelta::from_check((*ip).check)
-            .replace32(old_src, new_src)
-            .replace32(old_dst, entry.new_dst_ip)
+            .replace32(old_src, r.outer_src_ip)
+            .replace32(old_dst, r.outer_dst_ip)
             .finish();
         (*icmp).check = icmp_sum.finish();
     }
