@@ -30,9 +30,39 @@ fn prefix() -> String {
     )
 }
 
-fn start(weights: [u32; 3], site: RouterSite) -> Balancer {
+/// Forwarding mode of the web service under test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    FullNat,
+    Dnat,
+}
+
+/// `config_toml`'s services with `weights`, or in DNAT one web service over the servers
+/// whose weight is not 0 (the servers route back through the LB, their default gateway).
+fn config(prefix: &str, weights: [u32; 3], mode: Mode) -> String {
+    if mode == Mode::FullNat {
+        return config_toml(prefix, weights, "");
+    }
+    let mut text = format!(
+        "name = \"{prefix}\"\n\
+         [interfaces]\nattach = [\"lb-ext\", \"lb-int\"]\nxdp_mode = \"native\"\n\
+         [control]\nsocket = \"/run/lb/{prefix}.sock\"\n\
+         [[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\nmode = \"dnat\"\n",
+        testbed::VIP
+    );
+    for (ip, weight) in testbed::SERVER_IPS.iter().zip(weights) {
+        if weight > 0 {
+            text.push_str(&format!(
+                "[[service.backend]]\naddress = \"{ip}\"\nweight = {weight}\n"
+            ));
+        }
+    }
+    text
+}
+
+fn start(weights: [u32; 3], site: RouterSite, mode: Mode) -> Balancer {
     let prefix = prefix();
-    let config = config_toml(&prefix, weights, "");
+    let config = config(&prefix, weights, mode);
     let options = Options {
         router: Some(Router {
             site,
@@ -65,10 +95,10 @@ fn assert_vip_answers_ping(balancer: &Balancer) {
     assert!(out.status.success(), "ping to the VIP: {out:?}");
 }
 
-#[test]
-#[ignore = "needs root: run with cargo xtask test"]
-fn a_download_through_a_narrow_client_link_completes() {
-    let balancer = start([1, 1, 1], RouterSite::Client);
+/// A download through a router between the client and the LB: the router reports the
+/// servers' segments to the VIP.
+fn download_through_a_narrow_client_link(mode: Mode) {
+    let balancer = start([1, 1, 1], RouterSite::Client, mode);
     for i in 1..=3 {
         assert_needs_icmp(&balancer, Role::Server(i));
     }
@@ -93,11 +123,11 @@ fn a_download_through_a_narrow_client_link_completes() {
     assert_vip_answers_ping(&balancer);
 }
 
-#[test]
-#[ignore = "needs root: run with cargo xtask test"]
-fn an_upload_through_a_narrow_server_link_completes() {
-    // All traffic to server 1, the one behind the router.
-    let balancer = start([1, 0, 0], RouterSite::Server(1));
+/// An upload through a router between the switch and server 1 (the only backend):
+/// the router reports the client's segments to the SNAT address, or in DNAT to the
+/// client's own address through the LB.
+fn upload_through_a_narrow_server_link(mode: Mode) {
+    let balancer = start([1, 0, 0], RouterSite::Server(1), mode);
     assert_needs_icmp(&balancer, Role::Client);
     assert_vip_answers_ping(&balancer);
     let file = balancer.config_path.with_file_name("upload.bin");
@@ -134,4 +164,28 @@ fn an_upload_through_a_narrow_server_link_completes() {
         "the router's errors went through the balancer"
     );
     assert_vip_answers_ping(&balancer);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_download_through_a_narrow_client_link_completes() {
+    download_through_a_narrow_client_link(Mode::FullNat);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn an_upload_through_a_narrow_server_link_completes() {
+    upload_through_a_narrow_server_link(Mode::FullNat);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_dnat_download_through_a_narrow_client_link_completes() {
+    download_through_a_narrow_client_link(Mode::Dnat);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_dnat_upload_through_a_narrow_server_link_completes() {
+    upload_through_a_narrow_server_link(Mode::Dnat);
 }
