@@ -103,4 +103,20 @@ counters! {
     /// SYN proxy: SYNs to the server sent again (a client segment more than 1 s after
     /// the last one, while the server side opens): the SYN or its SYN-ACK was lost.
     SYNPROXY_SYN_RETRANSMITTED = 41, "synproxy_syn_retransmitted";
+    /// ICMP error (destination unreachable, time exceeded, parameter problem) quoting a
+    /// packet of a balanced connection: translated to the other side of the connection
+    /// and forwarded (docs/architecture.md, "ICMP errors").
+    ICMP_RELAYED = 42, "icmp_relayed";
+    /// ICMP error to a balancer address quoting a TCP/UDP packet of no flow entry: passed
+    /// to the kernel (the host's own connections get their errors).
+    PASS_ICMP_NO_FLOW = 43, "pass_icmp_no_flow";
+    /// ICMP error to a balancer address quoting neither TCP nor UDP, or a fragment's
+    /// tail: passed to the kernel (the balancer sends no such packets; the host may).
+    PASS_ICMP_OTHER_QUOTE = 44, "pass_icmp_other_quote";
+    /// ICMP error to a balancer address too short for its header, a quoted IPv4 header
+    /// and 8 bytes of the quoted payload: dropped.
+    DROP_ICMP_TRUNCATED = 45, "drop_icmp_truncated";
+    /// ICMP error to a balancer address whose quoted IPv4 header is not version 4 or has
+    /// options (the balancer never sends them): dropped.
+    DROP_ICMP_BAD_QUOTE = 46, "drop_icmp_bad_quote";
 }

@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod hash;
+pub mod icmp_relay;
 pub mod tcp_state;
 #[cfg(feature = "user")]
 pub mod wire;

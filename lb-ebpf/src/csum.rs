@@ -16,6 +16,19 @@ impl CsumDelta {
         CsumDelta(u32::from(!check))
     }
 
+    /// A change tied to no checksum yet, to be applied to one later (`apply`): for
+    /// the same words changing under several checksums.
+    #[inline(always)]
+    pub fn empty() -> Self {
+        CsumDelta(0)
+    }
+
+    /// The checksum field value `check` (as stored) with this change applied.
+    #[inline(always)]
+    pub fn apply(self, check: u16) -> u16 {
+        fold(self.0 + u32::from(!check))
+    }
+
     #[inline(always)]
     pub fn replace16(self, old: u16, new: u16) -> Self {
         CsumDelta(self.0 + u32::from(!old) + u32::from(new))

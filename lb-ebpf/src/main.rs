@@ -17,6 +17,7 @@ mod eligibility;
 mod flow;
 mod fwd;
 mod icmp;
+mod icmp_relay;
 mod maps;
 mod nat;
 mod parse;
@@ -150,6 +151,10 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
             }
             (L4::Udp(udp), source, dest, None, 0)
         }
+        // ICMP errors about balanced connections go to the connection's other side
+        // (docs/architecture.md, "ICMP errors"); the rest passes as before.
+        // SAFETY: headers bounds-checked above, no IPv4 options.
+        icmp_relay::IPPROTO_ICMP => return unsafe { icmp_relay::relay(ctx, eth, ip, l4_len) },
         _ => {
             count(counters::PASS_NOT_OURS);
             return XDP_PASS;

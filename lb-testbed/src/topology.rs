@@ -9,6 +9,10 @@
 //!                            SNAT 198.19.1.1/32
 //! ```
 //!
+//! [`Topology::up_with`] can put a router namespace `{p}-rt` with a narrow link
+//! ([`Router`]) between the client and the LB, or between the switch and one server,
+//! keeping every address above (see [`RouterSite`]).
+//!
 //! All addresses are in 198.18.0.0/15 (RFC 2544 benchmarking range), so
 //! nothing here can collide with a real network. Every namespace, veth and
 //! bridge is created by [`Topology::up`] and removed again on drop; the test
@@ -55,6 +59,20 @@ pub const HTTP_PORT: u16 = 80;
 /// UDP port of the test echo responders (and of the demo's `dns-like` service).
 pub const UDP_PORT: u16 = 5353;
 
+/// The router's address on its LB-facing link when it sits on the client side.
+pub const ROUTER_CLIENT_SIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+/// The router's address on its switch-facing link when it sits before a server.
+pub const ROUTER_SERVER_SIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 254);
+/// Addresses of the router's other link (towards the client or the server).
+const ROUTER_CLIENT_SIDE_FAR_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 253);
+const ROUTER_SERVER_SIDE_FAR_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 253);
+/// The router's interfaces: `rt-near` towards the LB (directly or through the
+/// switch), `rt-far` towards the client or the server, with the narrow MTU.
+pub const ROUTER_NEAR_IF: &str = "rt-near";
+pub const ROUTER_FAR_IF: &str = "rt-far";
+const ROUTER_NEAR_MAC: &str = "02:00:00:00:fe:01";
+const ROUTER_FAR_MAC: &str = "02:00:00:00:fe:02";
+
 /// Interface names (unique only inside their namespace).
 pub const CLIENT_IF: &str = "eth0";
 pub const LB_EXT_IF: &str = "lb-ext";
@@ -74,6 +92,8 @@ pub enum Role {
     Switch,
     /// Backend 1..=3.
     Server(usize),
+    /// The optional router of [`Topology::up_with`] (not in [`Role::ALL`]).
+    Router,
 }
 
 impl Role {
@@ -94,8 +114,49 @@ impl Role {
             Role::Lb => "lb".into(),
             Role::Switch => "sw".into(),
             Role::Server(i) => format!("s{i}"),
+            Role::Router => "rt".into(),
         }
     }
+}
+
+/// Every namespace a topology may have: [`Role::ALL`] and the optional router.
+const ALL_WITH_ROUTER: [Role; 7] = [
+    Role::Client,
+    Role::Lb,
+    Role::Switch,
+    Role::Server(1),
+    Role::Server(2),
+    Role::Server(3),
+    Role::Router,
+];
+
+/// Where [`Topology::up_with`] puts a router. Either way nobody's address changes:
+/// the hosts at both ends of the router keep their /24 and reach each other through
+/// it by permanent neighbour entries naming the router's MACs, so configs written for
+/// the plain topology work unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouterSite {
+    /// Between the client and the LB's `lb-ext` (which then faces the router).
+    Client,
+    /// Between the switch and server `n` (1..=3), whose bridge port keeps its name.
+    Server(usize),
+}
+
+/// A router namespace `{p}-rt` in the path, forwarding (and sending ICMP errors, not
+/// rate-limited) like any Linux router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Router {
+    pub site: RouterSite,
+    /// MTU of the router's link towards the client or server (`rt-far`, the router's
+    /// end only: the host behind it keeps 1500 and so advertises an MSS the link cannot
+    /// carry, which is what path MTU discovery must then find out).
+    pub far_mtu: u32,
+}
+
+/// Variations of the testbed; the default is the plain topology of [`Topology::up`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub router: Option<Router>,
 }
 
 /// State shared between a [`Topology`] and its [`TeardownHandle`]s.
@@ -167,7 +228,19 @@ impl Topology {
     /// (from a crashed run) are removed first. On error everything created
     /// so far is removed again.
     pub fn up(prefix: &str) -> Result<Topology> {
+        Topology::up_with(prefix, Options::default())
+    }
+
+    /// [`up`](Self::up) with variations (a router in the path).
+    pub fn up_with(prefix: &str, options: Options) -> Result<Topology> {
         validate_prefix(prefix)?;
+        if let Some(Router {
+            site: RouterSite::Server(idx),
+            ..
+        }) = options.router
+        {
+            check_server_idx(idx)?;
+        }
         destroy(prefix);
         let topo = Topology {
             prefix: prefix.to_string(),
@@ -179,14 +252,19 @@ impl Topology {
             }),
         };
         // On error `topo` is dropped here, which deletes what was created.
-        topo.build()
+        topo.build(options)
             .with_context(|| format!("building testbed {prefix}"))?;
         Ok(topo)
     }
 
-    fn build(&self) -> Result<()> {
+    fn build(&self, options: Options) -> Result<()> {
         let mut namespaces = lock(&self.shared.namespaces);
-        for role in Role::ALL {
+        let roles = if options.router.is_some() {
+            &ALL_WITH_ROUTER[..]
+        } else {
+            &Role::ALL[..]
+        };
+        for &role in roles {
             // Kept in `shared` at once, so an error below deletes what exists.
             namespaces.push(Netns::create(&self.ns(role))?);
             // No IPv6: keeps router solicitations, MLD and DAD off the wire
@@ -200,15 +278,41 @@ impl Topology {
                 true,
             )?;
         }
-        let [client, lb, sw, s1, s2, s3] = &namespaces[..] else {
+        let [client, lb, sw, s1, s2, s3] = &namespaces[..6] else {
             unreachable!("one namespace per role");
         };
         let servers = [s1, s2, s3];
+        let router = options.router.zip(namespaces.get(6));
 
-        add_veth_between(CLIENT_IF, client, LB_EXT_IF, lb)?;
+        if let Some((
+            Router {
+                site: RouterSite::Client,
+                ..
+            },
+            rt,
+        )) = router
+        {
+            add_veth_between(CLIENT_IF, client, ROUTER_FAR_IF, rt)?;
+            add_veth_between(ROUTER_NEAR_IF, rt, LB_EXT_IF, lb)?;
+        } else {
+            add_veth_between(CLIENT_IF, client, LB_EXT_IF, lb)?;
+        }
         add_veth_between(LB_INT_IF, lb, SWITCH_LB_PORT, sw)?;
         for (i, ns) in servers.iter().enumerate() {
-            add_veth_between(SERVER_IF, ns, &format!("sw-s{}", i + 1), sw)?;
+            let port = format!("sw-s{}", i + 1);
+            match router {
+                Some((
+                    Router {
+                        site: RouterSite::Server(n),
+                        ..
+                    },
+                    rt,
+                )) if n == i + 1 => {
+                    add_veth_between(SERVER_IF, ns, ROUTER_FAR_IF, rt)?;
+                    add_veth_between(ROUTER_NEAR_IF, rt, &port, sw)?;
+                }
+                _ => add_veth_between(SERVER_IF, ns, &port, sw)?,
+            }
         }
 
         // The switch: one bridge (STP off, the default, so ports forward at
@@ -252,6 +356,9 @@ impl Topology {
             ns.ip(&format!("link set {SERVER_IF} up"))?;
             ns.ip(&format!("route add default via {LB_INT_IP}"))?;
         }
+        if let Some((config, rt)) = router {
+            wire_router(config, rt, client, lb, &servers)?;
+        }
         drop(namespaces);
 
         // Senders compute real checksums (no tx offload, hence no TSO), so
@@ -269,6 +376,17 @@ impl Topology {
             Role::Switch,
             &["ethtool", "-K", SWITCH_LB_PORT, "gro", "on"],
         )?;
+        if let Some(Router {
+            site: RouterSite::Client,
+            ..
+        }) = options.router
+        {
+            // The router's end of lb-ext takes over that role from the client's.
+            self.exec(
+                Role::Router,
+                &["ethtool", "-K", ROUTER_NEAR_IF, "gro", "on"],
+            )?;
+        }
         Ok(())
     }
 
@@ -468,6 +586,72 @@ impl Drop for Topology {
     }
 }
 
+/// Addresses, routes and neighbours of the router of `config` and of the two hosts it
+/// stands between (links already made, the hosts' own addresses set).
+fn wire_router(
+    config: Router,
+    rt: &Netns,
+    client: &Netns,
+    lb: &Netns,
+    servers: &[&Netns; SERVER_COUNT],
+) -> Result<()> {
+    // (host behind the router, its address, its interface, the LB-side host and
+    // interface facing the router, the LB-side address, router addresses near/far)
+    let (far, far_ip, far_if, near, near_if, near_ip, rt_near_ip, rt_far_ip) = match config.site {
+        RouterSite::Client => (
+            client,
+            CLIENT_IP,
+            CLIENT_IF,
+            lb,
+            LB_EXT_IF,
+            LB_EXT_IP,
+            ROUTER_CLIENT_SIDE_IP,
+            ROUTER_CLIENT_SIDE_FAR_IP,
+        ),
+        RouterSite::Server(n) => (
+            servers[n - 1],
+            SERVER_IPS[n - 1],
+            SERVER_IF,
+            lb,
+            LB_INT_IF,
+            LB_INT_IP,
+            ROUTER_SERVER_SIDE_IP,
+            ROUTER_SERVER_SIDE_FAR_IP,
+        ),
+    };
+    let mut sysctls = vec![
+        ("net/ipv4/ip_forward".to_string(), "1"),
+        // Every error is sent: the tests count on the router's ICMP.
+        ("net/ipv4/icmp_ratelimit".to_string(), "0"),
+    ];
+    for dev in ["all", "default", ROUTER_NEAR_IF, ROUTER_FAR_IF] {
+        sysctls.push((format!("net/ipv4/conf/{dev}/rp_filter"), "0"));
+    }
+    let sysctls: Vec<(&str, &str)> = sysctls.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    rt.set_sysctls(&sysctls, false)?;
+    rt.ip_batch(&[
+        format!("link set {ROUTER_NEAR_IF} address {ROUTER_NEAR_MAC}"),
+        format!("link set {ROUTER_FAR_IF} address {ROUTER_FAR_MAC}"),
+        format!("link set {ROUTER_FAR_IF} mtu {}", config.far_mtu),
+        format!("addr add {rt_near_ip}/32 dev {ROUTER_NEAR_IF}"),
+        format!("addr add {rt_far_ip}/32 dev {ROUTER_FAR_IF}"),
+        format!("link set {ROUTER_NEAR_IF} up"),
+        format!("link set {ROUTER_FAR_IF} up"),
+        format!("route add {far_ip}/32 dev {ROUTER_FAR_IF}"),
+        format!("route add {near_ip}/32 dev {ROUTER_NEAR_IF}"),
+        // VIPs, SNAT addresses and the other side: all through the LB.
+        format!("route add default via {near_ip} dev {ROUTER_NEAR_IF}"),
+    ])?;
+    // Both ends reach each other through the router's MACs; their /24 stays on-link.
+    far.ip(&format!(
+        "neigh replace {near_ip} lladdr {ROUTER_FAR_MAC} dev {far_if} nud permanent"
+    ))?;
+    near.ip(&format!(
+        "neigh replace {far_ip} lladdr {ROUTER_NEAR_MAC} dev {near_if} nud permanent"
+    ))?;
+    Ok(())
+}
+
 fn check_server_idx(idx: usize) -> Result<()> {
     if !(1..=SERVER_COUNT).contains(&idx) {
         bail!("server index {idx} out of range 1..={SERVER_COUNT}");
@@ -490,7 +674,7 @@ fn validate_prefix(prefix: &str) -> Result<()> {
 /// still inside them are terminated first. Never panics.
 pub fn destroy(prefix: &str) {
     let existing = list_netns();
-    for role in Role::ALL.iter().rev() {
+    for role in ALL_WITH_ROUTER.iter().rev() {
         let ns = format!("{prefix}-{}", role.suffix());
         if existing.contains(&ns) {
             delete_netns(&ns);
@@ -499,10 +683,10 @@ pub fn destroy(prefix: &str) {
 }
 
 /// Delete leftover testbed namespaces whose names start with `prefix_start`
-/// and end in one of the role suffixes (`-client`, `-lb`, `-sw`, `-s1`..`-s3`),
+/// and end in one of the role suffixes (`-client`, `-lb`, `-sw`, `-s1`..`-s3`, `-rt`),
 /// so unrelated namespaces are never touched. Returns the deleted names.
 pub fn cleanup_stale(prefix_start: &str) -> Vec<String> {
-    let suffixes: Vec<String> = Role::ALL
+    let suffixes: Vec<String> = ALL_WITH_ROUTER
         .iter()
         .map(|r| format!("-{}", r.suffix()))
         .collect();

@@ -64,7 +64,12 @@ impl Balancer {
     /// Brings up the testbed, starts the servers and `lb run` with `config`
     /// (from `config_toml`, whose name must be the topology prefix).
     pub fn start(prefix: &str, config: &str) -> Result<Balancer> {
-        let mut topo = Topology::up(prefix)?;
+        Balancer::start_with(prefix, config, testbed::Options::default())
+    }
+
+    /// [`start`](Self::start) on a topology with `options` (e.g. a router in the path).
+    pub fn start_with(prefix: &str, config: &str, options: testbed::Options) -> Result<Balancer> {
+        let mut topo = Topology::up_with(prefix, options)?;
         topo.start_servers()?;
         let dir = lb_binary()
             .parent()

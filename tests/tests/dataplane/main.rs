@@ -36,6 +36,7 @@ mod dnat;
 mod flow_state;
 mod flow_table_read;
 mod full_nat;
+mod icmp_errors;
 mod malformed;
 mod next_hop;
 mod not_ours;
