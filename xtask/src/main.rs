@@ -59,6 +59,10 @@ enum Cmd {
         /// baselines), for iterating on the testbed and the baselines.
         #[arg(long)]
         e2e_only: bool,
+        /// Another `lb` binary (e.g. a previous revision's release build) to measure
+        /// beside this one in the controller-at-scale group, in the same run.
+        #[arg(long)]
+        baseline_lb: Option<PathBuf>,
     },
 }
 
@@ -98,7 +102,8 @@ fn main() -> ExitCode {
             quick,
             kernel_only,
             e2e_only,
-        } => bench(quick, kernel_only, e2e_only).map(|()| ExitCode::SUCCESS),
+            baseline_lb,
+        } => bench(quick, kernel_only, e2e_only, baseline_lb).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -486,7 +491,12 @@ fn show_log(log: &Path) {
 
 /// Runs the benchmarks from a release build: `cargo xtask` is a debug build, so it
 /// builds the release binaries and re-executes the release xtask, which does the work.
-fn bench(quick: bool, kernel_only: bool, e2e_only: bool) -> Result<()> {
+fn bench(
+    quick: bool,
+    kernel_only: bool,
+    e2e_only: bool,
+    baseline_lb: Option<PathBuf>,
+) -> Result<()> {
     let root = workspace_root();
     let target = target_dir(&root);
     if cfg!(debug_assertions) {
@@ -514,6 +524,9 @@ fn bench(quick: bool, kernel_only: bool, e2e_only: bool) -> Result<()> {
         if e2e_only {
             cmd.arg("--e2e-only");
         }
+        if let Some(path) = &baseline_lb {
+            cmd.arg("--baseline-lb").arg(path);
+        }
         let status = cmd.status().context("running the release xtask")?;
         if !status.success() {
             bail!("bench failed: {status}");
@@ -528,6 +541,7 @@ fn bench(quick: bool, kernel_only: bool, e2e_only: bool) -> Result<()> {
         quick,
         kernel_only,
         e2e_only,
+        baseline_lb,
         root: root.clone(),
         out_dir: target.join("bench"),
         lb_binary: target.join("release/lb"),

@@ -32,6 +32,9 @@ const CPU_WINDOW: Duration = Duration::from_secs(10);
 
 pub struct ControllerParams {
     pub lb_binary: PathBuf,
+    /// Another `lb` (a previous revision's) measured the same way right after, for a
+    /// same-run comparison.
+    pub baseline_lb: Option<PathBuf>,
     pub out_dir: PathBuf,
     /// Flow-table entries per point, smallest (the baseline) first.
     pub entries: Vec<usize>,
@@ -138,11 +141,16 @@ fn metric(body: &str, name: &str) -> Option<f64> {
 }
 
 /// Waits until the collector's summary counts `want` entries (its pass after the fill).
+/// A daemon without that metric (an older revision) gets a fixed 5 s.
 fn wait_for_pass(topo: &Topology, want: usize) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (_, body) = scrape(topo)?;
         if metric(&body, "lb_flow_entries").is_some_and(|n| n as usize >= want) {
+            return Ok(body);
+        }
+        if !body.contains("lb_flow_entries") {
+            std::thread::sleep(Duration::from_secs(5));
             return Ok(body);
         }
         ensure!(
@@ -157,6 +165,7 @@ fn wait_for_pass(topo: &Topology, want: usize) -> Result<String> {
 fn measure(
     topo: &Topology,
     p: &ControllerParams,
+    lb: &Path,
     prefix: &str,
     count: usize,
 ) -> Result<ControllerPoint> {
@@ -168,12 +177,12 @@ fn measure(
     std::fs::write(&config_path, config(prefix, capacity))?;
     let socket = format!("/run/lb/{prefix}.sock");
     let log = dir.join(format!("lb-{count}.log"));
-    let pid = daemon::spawn_lb_run(topo, &p.lb_binary, &config_path, "warn", &[], &log)?;
+    let pid = daemon::spawn_lb_run(topo, lb, &config_path, "warn", &[], &log)?;
     let result = (|| -> Result<ControllerPoint> {
         daemon::wait_until_answering(
             topo,
             pid,
-            &p.lb_binary,
+            lb,
             &socket,
             Duration::from_secs(120),
             Duration::from_millis(50),
@@ -201,7 +210,7 @@ fn measure(
         let mut scrapes = Vec::new();
         for _ in 0..LATENCY_SAMPLES {
             let t = Instant::now();
-            daemon::lb_cli(&p.lb_binary, &socket, &["status", "--json"])?;
+            daemon::lb_cli(lb, &socket, &["status", "--json"])?;
             status.push(t.elapsed().as_secs_f64() * 1e3);
             scrapes.push(scrape(topo)?.0);
         }
@@ -222,6 +231,11 @@ fn measure(
         let walk_read_ms = t.elapsed().as_secs_f64() * 1e3;
         ensure!(walked >= count * 99 / 100, "walk read {walked} of {count}");
         Ok(ControllerPoint {
+            binary: if lb == p.lb_binary {
+                "this revision".into()
+            } else {
+                lb.display().to_string()
+            },
             entries: count,
             capacity,
             fill_s,
@@ -244,13 +258,21 @@ pub fn run(p: &ControllerParams) -> Result<Vec<ControllerPoint>> {
     let mut topo = Topology::up(&prefix)?;
     let mut points = Vec::new();
     let mut failure = None;
-    for &count in &p.entries {
-        println!("bench: controller with {count} flow entries");
-        match measure(&topo, p, &prefix, count) {
-            Ok(point) => points.push(point),
-            Err(e) => {
-                failure = Some(e.context(format!("controller with {count} entries")));
-                break;
+    let binaries: Vec<&Path> = std::iter::once(p.lb_binary.as_path())
+        .chain(p.baseline_lb.as_deref())
+        .collect();
+    'points: for &count in &p.entries {
+        for lb in &binaries {
+            println!(
+                "bench: controller with {count} flow entries ({})",
+                lb.display()
+            );
+            match measure(&topo, p, lb, &prefix, count) {
+                Ok(point) => points.push(point),
+                Err(e) => {
+                    failure = Some(e.context(format!("controller with {count} entries")));
+                    break 'points;
+                }
             }
         }
     }

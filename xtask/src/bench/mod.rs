@@ -23,6 +23,8 @@ pub struct BenchOptions {
     pub kernel_only: bool,
     /// Skip group 1 and the scale group (test_run).
     pub e2e_only: bool,
+    /// A previous revision's `lb`, measured beside this one in the controller group.
+    pub baseline_lb: Option<PathBuf>,
     pub root: PathBuf,
     pub out_dir: PathBuf,
     pub lb_binary: PathBuf,
@@ -149,6 +151,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
         report.startup = startup;
         report.controller = controller::run(&controller::ControllerParams {
             lb_binary: opts.lb_binary.clone(),
+            baseline_lb: opts.baseline_lb.clone(),
             out_dir: opts.out_dir.clone(),
             entries: if opts.quick {
                 vec![1_000, 1_000_000]
@@ -186,7 +189,11 @@ fn targets(r: &Report) -> Vec<Target> {
         3.0,
     ));
     t.extend(e2e_targets(&r.e2e));
-    let biggest = r.controller.iter().max_by_key(|c| c.entries);
+    let biggest = r
+        .controller
+        .iter()
+        .filter(|c| c.binary == "this revision")
+        .max_by_key(|c| c.entries);
     for (name, goal, value) in [
         ("idle daemon CPU", 5.0, biggest.map(|c| c.daemon_cpu_pct)),
         ("`lb status` latency", 100.0, biggest.map(|c| c.status_ms)),

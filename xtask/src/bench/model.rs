@@ -108,6 +108,8 @@ pub struct Startup {
 /// The controller with a filled flow table (group 3).
 #[derive(Clone, Debug)]
 pub struct ControllerPoint {
+    /// "this revision", or the path of the baseline `lb`.
+    pub binary: String,
     pub entries: usize,
     pub capacity: usize,
     /// Writing the entries with batch updates.
@@ -194,7 +196,7 @@ impl Report {
                     "build_and_install_s": m.build_and_install_s, "slots_written": m.slots_written, "ring_size": m.ring_size,
                 })).collect::<Vec<_>>(),
                 "controller": self.controller.iter().map(|c| json!({
-                    "entries": c.entries, "capacity": c.capacity, "fill_s": c.fill_s,
+                    "binary": c.binary, "entries": c.entries, "capacity": c.capacity, "fill_s": c.fill_s,
                     "daemon_cpu_pct": c.daemon_cpu_pct, "status_ms": c.status_ms,
                     "scrape_ms": c.scrape_ms, "gc_pass_ms": c.gc_pass_ms,
                     "batch_read_ms": c.batch_read_ms, "walk_read_ms": c.walk_read_ms,

@@ -174,12 +174,13 @@ pub fn markdown(r: &Report) -> String {
     if !r.controller.is_empty() {
         let _ = writeln!(
             out,
-            "\nThe controller with a filled flow table (established entries, data path idle; the smallest table is the baseline):\n\n| flow entries | daemon CPU (% of a core) | `lb status` (ms) | scrape (ms) | collector pass (ms) | read: batch (ms) | read: per-entry walk (ms) | walk / batch | fill (s) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "\nThe controller with a filled flow table (established entries, data path idle; the smallest table is the baseline):\n\n| lb | flow entries | daemon CPU (% of a core) | `lb status` (ms) | scrape (ms) | collector pass (ms) | read: batch (ms) | read: per-entry walk (ms) | walk / batch | fill (s) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for c in &r.controller {
             let _ = writeln!(
                 out,
-                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {:.1} |",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {:.1} |",
+                c.binary,
                 c.entries,
                 c.daemon_cpu_pct,
                 c.status_ms,
@@ -356,6 +357,7 @@ mod tests {
                 slots_written: 1021,
             }],
             controller: vec![ControllerPoint {
+                binary: "this revision".into(),
                 entries: 1000,
                 capacity: 16384,
                 fill_s: 0.1,
