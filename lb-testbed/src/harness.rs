@@ -13,7 +13,10 @@ use aya::programs::links::{FdLink, PinnedLink};
 use anyhow::{Context, Result, anyhow};
 use aya::maps::MapData;
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
-use lb_common::{BackendStats, FlowEntry, FlowKey, ServiceStats, SessionEntry, SessionKey};
+use lb_common::{
+    BackendStats, FlowEntry, FlowKey, FragmentEntry, FragmentKey, ServiceStats, SessionEntry,
+    SessionKey,
+};
 use lb_userspace::config::Config;
 use lb_userspace::dataplane::{Dataplane, PinnedState};
 use lb_userspace::services::{ApplySummary, ServiceTable};
@@ -334,6 +337,11 @@ impl Harness {
 
     pub fn sessions(&self) -> Result<Vec<(SessionKey, SessionEntry)>> {
         Ok(self.dp.session_entries())
+    }
+
+    /// Every record of a fragmented datagram.
+    pub fn fragments(&self) -> Vec<(FragmentKey, FragmentEntry)> {
+        self.dp.fragment_entries()
     }
 }
 

@@ -17,8 +17,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, Service, ServiceKey, ServiceStats,
-    SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, map_names,
+    Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey, Service,
+    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, map_names,
 };
 
 use crate::{
@@ -114,6 +114,8 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, BackendStats>,
     eligibility: LpmTrie<MapData, EligibilityKey, u32>,
     sessions: HashMap<MapData, SessionKey, SessionEntry>,
+    /// Records of fragmented datagrams (the data path alone writes them).
+    fragments: HashMap<MapData, FragmentKey, FragmentEntry>,
     /// Interfaces the program is attached to: name → (ifindex, mode, link).
     attached: StdHashMap<String, (u32, AttachedMode, AttachedLink)>,
     pin_dir: Option<PathBuf>,
@@ -257,6 +259,7 @@ impl Dataplane {
             backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
             eligibility: take(&mut ebpf, map_names::ELIGIBILITY)?,
             sessions: take(&mut ebpf, map_names::SESSIONS)?,
+            fragments: take(&mut ebpf, map_names::FRAGMENTS)?,
             ebpf,
             attached: StdHashMap::new(),
             pin_dir: pin_dir.map(Path::to_path_buf),
