@@ -34,6 +34,7 @@ mod attach;
 mod cannot_open;
 mod dnat;
 mod flow_state;
+mod fragments;
 mod full_nat;
 mod malformed;
 mod next_hop;
