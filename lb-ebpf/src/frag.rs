@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FRAGMENT_TIMEOUT_NS, FLOW_STATE_RESET, FlowKey, FragmentEntry, FragmentKey, IPPROTO_TCP,
+    FLOW_STATE_RESET, FRAGMENT_TIMEOUT_NS, FlowKey, FragmentEntry, FragmentKey, IPPROTO_TCP,
     counters,
 };
 
@@ -70,8 +70,7 @@ pub unsafe fn later(
     l4_len: usize,
 ) -> u32 {
     // SAFETY: the caller guarantees the header is inside the packet.
-    let (saddr, daddr, id, proto) =
-        unsafe { ((*ip).saddr, (*ip).daddr, (*ip).id, (*ip).protocol) };
+    let (saddr, daddr, id, proto) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).id, (*ip).protocol) };
     let offset = usize::from(frag_off & IP_OFFSET_MASK) * 8;
     // RFC 1858: a TCP fragment at offset 8 can only be meant to rewrite the flags of a
     // header already let through.

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use lb_common::{
     Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RING_SLOTS,
     DEFAULT_MAX_SERVICES, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey,
-    MAX_ELIGIBILITY_PREFIXES, MAX_FRAGMENTS, MAX_INTERFACES, MAX_SESSIONS, Service, ServiceKey, ServiceStats, SessionEntry, SessionKey,
-    Settings, counters,
+    MAX_ELIGIBILITY_PREFIXES, MAX_FRAGMENTS, MAX_INTERFACES, MAX_SESSIONS, Service, ServiceKey,
+    ServiceStats, SessionEntry, SessionKey, Settings, counters,
 };
 
 /// (VIP, port, protocol) → policy for new flows.

@@ -96,8 +96,17 @@ fn a_dns_answer_larger_than_the_mtu_arrives_over_udp() {
     let dig = || {
         balancer
             .client(&[
-                "dig", &vip, "-p", "53", "big.test", "TXT", "+bufsize=4096", "+notcp",
-                "+ignore", "+tries=1", "+time=2",
+                "dig",
+                &vip,
+                "-p",
+                "53",
+                "big.test",
+                "TXT",
+                "+bufsize=4096",
+                "+notcp",
+                "+ignore",
+                "+tries=1",
+                "+time=2",
             ])
             .expect("run dig")
     };

@@ -139,7 +139,16 @@ fn udp_fragments_in_order_both_ways_full_nat() {
             .expect("the first fragment opened the flow");
         assert_eq!(forward.state, FLOW_STATE_UDP);
         let port = u16::from_be(forward.new_src_port);
-        let to_server = udp_packet(LB_INT_MAC, SERVER3_MAC, SNAT, port, SERVER3, 5353, 63, &data);
+        let to_server = udp_packet(
+            LB_INT_MAC,
+            SERVER3_MAC,
+            SNAT,
+            port,
+            SERVER3,
+            5353,
+            63,
+            &data,
+        );
         let expected = fragment(&to_server, 0x1234, &cuts);
         assert_same(&first_out, &expected[0], "first fragment");
         let key = fragment_key(CLIENT, VIP, 0x1234, IPPROTO_UDP);
@@ -157,7 +166,11 @@ fn udp_fragments_in_order_both_ways_full_nat() {
             outs.push(out);
         }
         assert_checksums_valid(&reassemble(&outs));
-        assert_same(&reassemble(&outs)[26..], &to_server[26..], "reassembled datagram");
+        assert_same(
+            &reassemble(&outs)[26..],
+            &to_server[26..],
+            "reassembled datagram",
+        );
         assert_eq!(h.counter(counters::FRAGMENTS_FOLLOWED), followed + 2);
         assert_eq!(record(h, &key).unwrap().end, 3008, "all data forwarded");
         let after = h.service_stats(forward.service_id).unwrap();
@@ -167,8 +180,19 @@ fn udp_fragments_in_order_both_ways_full_nat() {
 
         // The 2,000-byte answer, fragmented by the server to the SNAT address.
         let answer = payload(2000);
-        let reply = udp_packet(SERVER3_MAC, LB_INT_MAC, SERVER3, 5353, SNAT, port, 64, &answer);
-        let to_client = udp_packet(LB_EXT_MAC, CLIENT_MAC, VIP, 5353, CLIENT, 50000, 63, &answer);
+        let reply = udp_packet(
+            SERVER3_MAC,
+            LB_INT_MAC,
+            SERVER3,
+            5353,
+            SNAT,
+            port,
+            64,
+            &answer,
+        );
+        let to_client = udp_packet(
+            LB_EXT_MAC, CLIENT_MAC, VIP, 5353, CLIENT, 50000, 63, &answer,
+        );
         assert_fragments_forwarded(
             h,
             &fragment(&reply, 0xbeef, &[1480]),
@@ -344,7 +368,11 @@ fn tiny_fragments_are_dropped_and_leave_nothing() {
             let before = h.counter(counters::DROP_FRAGMENT_TINY);
             let (verdict, _) = h.run(&packet);
             assert_eq!(verdict, XDP_DROP, "{name}");
-            assert_eq!(h.counter(counters::DROP_FRAGMENT_TINY), before + 1, "{name}");
+            assert_eq!(
+                h.counter(counters::DROP_FRAGMENT_TINY),
+                before + 1,
+                "{name}"
+            );
         }
         // The UDP header cannot be cut by a legal fragment (offsets are multiples of
         // 8): a first fragment shorter than 8 bytes is hand-made.
