@@ -24,7 +24,7 @@ use lb_userspace::sys;
 
 /// lb-userspace types the harness's callers name, re-exported so they need no other
 /// path into lb-userspace.
-pub use lb_userspace::dataplane::possible_cpus;
+pub use lb_userspace::dataplane::{has_pinned_state, possible_cpus};
 pub use lb_userspace::domain::AttachedMode;
 pub use lb_userspace::services::Overrides;
 pub use lb_userspace::sys::ifindex;

@@ -182,6 +182,11 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+/// Maps that an adopting daemon creates (and pins) when the earlier one had none: they
+/// hold only short-lived state, so a daemon from before they existed can still be
+/// replaced in place (docs/architecture.md, "Fragments").
+const CREATED_ON_ADOPT: [&str; 1] = [map_names::FRAGMENTS];
+
 /// Whether an earlier daemon left attached, pinned state under `dir` to adopt.
 pub fn has_pinned_state(dir: &Path) -> bool {
     let links = pinned_links(dir);
@@ -189,7 +194,10 @@ pub fn has_pinned_state(dir: &Path) -> bool {
         && links
             .iter()
             .all(|(ifname, _, _)| crate::sys::interface_exists(ifname))
-        && map_names::ALL.iter().all(|name| dir.join(name).exists())
+        && map_names::ALL
+            .iter()
+            .filter(|name| !CREATED_ON_ADOPT.contains(name))
+            .all(|name| dir.join(name).exists())
 }
 
 impl Dataplane {

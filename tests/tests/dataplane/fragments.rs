@@ -415,3 +415,33 @@ fn first_udp_fragment_with_a_length_below_its_bytes_is_dropped() {
         assert!(h.fragments().is_empty());
     });
 }
+
+/// A daemon from before FRAGMENTS existed pinned no such map: the new one still adopts
+/// its state (`lb run --replace`) and creates and pins the map itself.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn state_pinned_without_fragments_is_adopted() {
+    let netns = test_netns();
+    netns.enter(|| {
+        let dir =
+            std::path::PathBuf::from(format!("/sys/fs/bpf/frdp-adopt-{}", std::process::id()));
+        let result = std::panic::catch_unwind(|| {
+            let mut old = Harness::load_pinned(CONFIG, &dir, false).expect("load");
+            old.attach(EXT_IF, Some(lb_testbed::harness::AttachedMode::Generic))
+                .expect("attach");
+            old.release();
+            drop(old);
+            let pin = dir.join(lb_common::map_names::FRAGMENTS);
+            std::fs::remove_file(&pin).expect("unpin FRAGMENTS");
+            assert!(lb_testbed::harness::has_pinned_state(&dir));
+            let mut new = Harness::load_pinned(CONFIG, &dir, true).expect("adopt");
+            assert!(pin.exists(), "FRAGMENTS pinned again");
+            new.adopt_links(true).expect("replace the program");
+            new.detach_all();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
