@@ -343,6 +343,11 @@ impl Harness {
     pub fn fragments(&self) -> Vec<(FragmentKey, FragmentEntry)> {
         self.dp.fragment_entries()
     }
+
+    /// Writes a record of a fragmented datagram (e.g. to age it).
+    pub fn set_fragment(&mut self, key: FragmentKey, entry: FragmentEntry) -> Result<()> {
+        self.dp.insert_fragment(key, entry)
+    }
 }
 
 /// (link id, program id) of the XDP link pinned at `path`.

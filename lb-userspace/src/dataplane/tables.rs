@@ -248,6 +248,12 @@ impl Dataplane {
         self.fragments.iter().filter_map(Result::ok).collect()
     }
 
+    /// Writes a FRAGMENTS record (the data path makes them; tests age them).
+    pub fn insert_fragment(&mut self, key: FragmentKey, entry: FragmentEntry) -> Result<()> {
+        self.fragments.insert(key, entry, BPF_ANY)?;
+        Ok(())
+    }
+
     /// Sum over CPUs of every global counter.
     pub fn global_counters(&self) -> Result<Vec<(&'static str, u64)>> {
         (0..counters::COUNT)

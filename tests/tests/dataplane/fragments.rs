@@ -416,6 +416,49 @@ fn first_udp_fragment_with_a_length_below_its_bytes_is_dropped() {
     });
 }
 
+/// A record older than 30 s (Linux's ipfrag_time) counts as absent; a younger one is
+/// followed.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_record_older_than_30_s_counts_as_absent() {
+    with_harness(|h| {
+        let request = udp_packet(
+            CLIENT_MAC,
+            LB_EXT_MAC,
+            CLIENT,
+            50006,
+            VIP,
+            5353,
+            64,
+            &payload(3000),
+        );
+        let sent = fragment(&request, 12, &[1480, 2960]);
+        let (verdict, _) = h.run(&sent[0]);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let key = fragment_key(CLIENT, VIP, 12, IPPROTO_UDP);
+        let fresh = record(h, &key).unwrap();
+        let aged = |seconds: u64| FragmentEntry {
+            created_ns: fresh.created_ns - seconds * 1_000_000_000,
+            ..fresh
+        };
+        h.set_fragment(key, aged(29)).unwrap();
+        let (verdict, _) = h.run(&sent[1]);
+        assert_eq!(verdict, XDP_REDIRECT, "29 s old: followed");
+        h.set_fragment(
+            key,
+            FragmentEntry {
+                end: 2960,
+                ..aged(31)
+            },
+        )
+        .unwrap();
+        let (verdict, _) = h.run(&sent[2]);
+        assert_eq!(verdict, XDP_DROP, "31 s old: absent");
+        assert_eq!(h.counter(counters::DROP_FRAGMENT_NO_FIRST), 1);
+        assert_eq!(h.counter(counters::FRAGMENTS_FOLLOWED), 1);
+    });
+}
+
 /// A daemon from before FRAGMENTS existed pinned no such map: the new one still adopts
 /// its state (`lb run --replace`) and creates and pins the map itself.
 #[test]
