@@ -229,6 +229,45 @@ fn tcp_fragments_follow_an_established_connection() {
     });
 }
 
+/// DNAT: the server answers the client's own address, which is not a balancer
+/// address; its fragments are still followed, since the first one hit a flow.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn dnat_server_fragments_to_the_client_are_followed() {
+    with_harness(|h| {
+        let syn = Tcp::syn(CLIENT, 41000, DNAT_VIP, 80);
+        let (verdict, _) = h.run(&syn.build(&[]));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let answer = Tcp {
+            src_mac: SERVER2_MAC,
+            dst_mac: LB_INT_MAC,
+            src: SERVER2,
+            dst: CLIENT,
+            sport: 80,
+            dport: 41000,
+            syn: false,
+            ack: Some(1001),
+            seq: 7001,
+            ..syn
+        };
+        let to_client = Tcp {
+            src_mac: LB_EXT_MAC,
+            dst_mac: CLIENT_MAC,
+            src: DNAT_VIP,
+            ttl: 63,
+            ..answer
+        };
+        let bytes = payload(2000);
+        assert_fragments_forwarded(
+            h,
+            &fragment(&answer.build(&bytes), 0x4242, &[1480]),
+            &fragment(&to_client.build(&bytes), 0x4242, &[1480]),
+        );
+        assert_eq!(h.counter(counters::FRAGMENTS_FOLLOWED), 1);
+        assert_eq!(h.flow_count(), 2);
+    });
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn later_fragment_before_its_first_is_dropped_and_leaves_nothing() {
