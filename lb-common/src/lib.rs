@@ -336,7 +336,10 @@ pub struct FragmentEntry {
     /// Where the contiguous data forwarded so far ends, in bytes of the IP payload: a
     /// fragment starting below it overlaps and is dropped.
     pub end: u16,
-    pub _pad: [u8; 6],
+    /// 1: the first fragment went to the local stack (`pass_local`, a balancer address
+    /// without a service on that port), and so do the later ones; `flow` is unused.
+    pub local: u8,
+    pub _pad: [u8; 5],
     /// CLOCK_MONOTONIC (coarse) of the first fragment; older than
     /// `FRAGMENT_TIMEOUT_NS` counts as absent.
     pub created_ns: u64,

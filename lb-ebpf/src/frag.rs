@@ -7,7 +7,10 @@
 //! the IP header.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, xdp_action::XDP_DROP},
+    bindings::{
+        BPF_ANY,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
     programs::XdpContext,
 };
 use lb_common::{
@@ -26,14 +29,15 @@ use crate::{
 /// Fragment offset bits of `frag_off` (host byte order), in units of 8 bytes.
 pub const IP_OFFSET_MASK: u16 = 0x1fff;
 
-/// Notes the datagram of a first fragment that is being forwarded along `flow`: its
-/// later fragments follow the same entry. `l4_len` is the fragment's IP payload length.
-/// Called before the rewrite, with the addresses the fragments arrive with.
+/// Notes the datagram of a first fragment that is being forwarded along `flow` (or,
+/// with `local`, passed to the local stack): its later fragments follow the same way.
+/// `l4_len` is the fragment's IP payload length. Called before any rewrite, with the
+/// addresses the fragments arrive with.
 ///
 /// # Safety
 /// `ip` must point at a bounds-checked IPv4 header.
 #[inline(always)]
-pub unsafe fn record(ip: *const Ipv4Hdr, flow: &FlowKey, l4_len: usize) {
+pub unsafe fn record(ip: *const Ipv4Hdr, flow: &FlowKey, l4_len: usize, local: bool) {
     // SAFETY: the caller guarantees the header is inside the packet.
     let id = unsafe { (*ip).id };
     let key = FragmentKey {
@@ -46,7 +50,8 @@ pub unsafe fn record(ip: *const Ipv4Hdr, flow: &FlowKey, l4_len: usize) {
     let entry = FragmentEntry {
         flow: *flow,
         end: l4_len as u16,
-        _pad: [0; 6],
+        local: u8::from(local),
+        _pad: [0; 5],
         created_ns: flow::now(),
     };
     // A full map evicts its oldest record; a failed insert only means the later
@@ -99,6 +104,11 @@ pub unsafe fn later(
     unsafe {
         if now.saturating_sub((*record).created_ns) > FRAGMENT_TIMEOUT_NS {
             return crate::malformed(daddr, counters::DROP_FRAGMENT_NO_FIRST);
+        }
+        // The kernel's own datagram: it reassembles and judges overlaps itself.
+        if (*record).local != 0 {
+            count(counters::PASS_LOCAL);
+            return XDP_PASS;
         }
         let end = usize::from((*record).end);
         if offset < end {

@@ -250,7 +250,7 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
                 count(counters::FLOW_HITS);
                 account((*entry).service_id, (*entry).backend_id, frame_len);
                 if first_fragment {
-                    frag::record(ip, &key, l4_len);
+                    frag::record(ip, &key, l4_len, false);
                 }
                 nat::rewrite(ip, l4, &*entry);
                 return fwd::forward_hit(ctx, eth, ip, entry, refresh);
@@ -268,6 +268,11 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
     // SAFETY: read-only copy of a map value.
     let Some(service) = (unsafe { SERVICES.get(service_key) }).copied() else {
         if LOCAL_ADDRS.get_ptr(daddr).is_some() {
+            // The kernel reassembles for its own services: the later fragments follow.
+            if first_fragment {
+                // SAFETY: bounds-checked by ptr_at.
+                unsafe { frag::record(ip, &key, l4_len, true) };
+            }
             count(counters::PASS_LOCAL);
         } else {
             count(counters::PASS_NOT_OURS);
@@ -368,7 +373,7 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
     // SAFETY: headers bounds-checked above.
     unsafe {
         if first_fragment {
-            frag::record(ip, &key, l4_len);
+            frag::record(ip, &key, l4_len, false);
         }
         nat::rewrite(ip, l4, &forward);
         fwd::forward(ctx, eth, ip)

@@ -317,6 +317,34 @@ fn later_fragment_before_its_first_is_dropped_and_leaves_nothing() {
     });
 }
 
+/// A datagram to a balancer address without a service on its port is the kernel's:
+/// its first fragment and the later ones all pass untouched, and no flow is made.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn fragments_to_the_local_stack_all_pass() {
+    with_harness(|h| {
+        let datagram = udp_packet(
+            CLIENT_MAC,
+            LB_EXT_MAC,
+            CLIENT,
+            50007,
+            VIP,
+            9999,
+            64,
+            &payload(3000),
+        );
+        for (i, fragment) in fragment(&datagram, 13, &[1480, 2960]).iter().enumerate() {
+            let (verdict, out) = h.run(fragment);
+            assert_eq!(verdict, XDP_PASS, "fragment {i}");
+            assert_same(&out, fragment, &format!("fragment {i} untouched"));
+        }
+        assert_eq!(h.counter(counters::PASS_LOCAL), 3);
+        assert_eq!(h.counter(counters::DROP_FRAGMENT_NO_FIRST), 0);
+        assert_eq!(h.counter(counters::FRAGMENTS_FOLLOWED), 0);
+        assert_eq!(h.flow_count(), 0, "no flow entry");
+    });
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn overlapping_fragments_are_dropped() {
