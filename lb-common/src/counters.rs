@@ -27,7 +27,8 @@ counters! {
     DROP_IP_BAD_LENGTH = 5, "drop_ip_bad_length";
     /// IPv4 options on a packet to a balancer address: dropped.
     DROP_IP_OPTIONS = 6, "drop_ip_options";
-    /// IPv4 fragment to a balancer address: dropped.
+    /// IPv4 fragment of a protocol other than TCP and UDP to a balancer address:
+    /// dropped (TCP and UDP fragments are followed, docs/architecture.md "Fragments").
     DROP_IP_FRAGMENT = 7, "drop_ip_fragment";
     /// TCP header cut short, to a balancer address: dropped.
     DROP_TCP_TRUNCATED = 8, "drop_tcp_truncated";
@@ -119,4 +120,18 @@ counters! {
     /// ICMP error to a balancer address whose quoted IPv4 header is not version 4 or has
     /// options (the balancer never sends them): dropped.
     DROP_ICMP_BAD_QUOTE = 46, "drop_icmp_bad_quote";
+    /// Later IPv4 fragment (offset > 0) of TCP/UDP to a balancer address with no live
+    /// record of its datagram's first fragment (it came first, was dropped, is older
+    /// than 30 s, or its flow is gone): dropped, nothing recorded.
+    DROP_FRAGMENT_NO_FIRST = 47, "drop_fragment_no_first";
+    /// Later IPv4 fragment starting below the data already forwarded for its datagram
+    /// (overlap, RFC 1858): dropped.
+    DROP_FRAGMENT_OVERLAP = 48, "drop_fragment_overlap";
+    /// First IPv4 fragment too short for the whole TCP header (options included) or
+    /// the UDP header, or a TCP fragment at offset 8 (RFC 1858), to a balancer
+    /// address: dropped, no flow entry, nothing recorded.
+    DROP_FRAGMENT_TINY = 49, "drop_fragment_tiny";
+    /// Later IPv4 fragments forwarded along their first fragment's flow (also counted
+    /// in `flow_hits`).
+    FRAGMENTS_FOLLOWED = 50, "fragments_followed";
 }

@@ -53,7 +53,8 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const ELIGIBILITY: &str = "ELIGIBILITY";
     pub const SESSIONS: &str = "SESSIONS";
-    pub const ALL: [&str; 12] = [
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const ALL: [&str; 13] = [
         SERVICES,
         BACKENDS,
         MAGLEV_RINGS,
@@ -66,6 +67,7 @@ pub mod map_names {
         BACKEND_STATS,
         ELIGIBILITY,
         SESSIONS,
+        FRAGMENTS,
     ];
 }
 
@@ -309,6 +311,48 @@ impl FlowEntry {
     }
 }
 
+/// FRAGMENTS (LRU hash) key: one IPv4 datagram being fragmented, as its fragments
+/// arrive (before any rewrite). docs/architecture.md, "Fragments".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragmentKey {
+    /// Network byte order, as in the IPv4 header.
+    pub src_ip: u32,
+    pub dst_ip: u32,
+    /// IP identification, network byte order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// FRAGMENTS value: what the later fragments of a datagram need, recorded when its
+/// first fragment was balanced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragmentEntry {
+    /// The first fragment's flow key: later fragments are rewritten by this FLOWS entry.
+    pub flow: FlowKey,
+    /// Where the contiguous data forwarded so far ends, in bytes of the IP payload: a
+    /// fragment starting below it overlaps and is dropped.
+    pub end: u16,
+    /// 1: the first fragment went to the local stack (`pass_local`, a balancer address
+    /// without a service on that port), and so do the later ones; `flow` is unused.
+    pub local: u8,
+    pub _pad: [u8; 5],
+    /// CLOCK_MONOTONIC (coarse) of the first fragment; older than
+    /// `FRAGMENT_TIMEOUT_NS` counts as absent.
+    pub created_ns: u64,
+}
+
+/// Capacity of FRAGMENTS (datagrams whose later fragments are awaited).
+pub const MAX_FRAGMENTS: u32 = 32_768;
+
+/// Lifetime of a FRAGMENTS record: Linux's default ipfrag_time (30 s), the longest a
+/// receiver waits for the rest of a datagram.
+pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
+
 /// LOCAL_ADDRS values: which of the balancer's own roles an address plays.
 pub const ADDR_KIND_VIP: u32 = 1;
 pub const ADDR_KIND_SNAT: u32 = 2;
@@ -430,6 +474,8 @@ mod pod {
     unsafe impl aya::Pod for super::SessionKey {}
     unsafe impl aya::Pod for super::SessionEntry {}
     unsafe impl aya::Pod for super::BenchPacket {}
+    unsafe impl aya::Pod for super::FragmentKey {}
+    unsafe impl aya::Pod for super::FragmentEntry {}
 }
 
 #[cfg(test)]
@@ -451,5 +497,7 @@ mod tests {
         assert_eq!(size_of::<SessionEntry>(), 24);
         assert_eq!(size_of::<BackendStats>(), 32);
         assert_eq!(size_of::<BenchPacket>(), 16 + BENCH_PACKET_MAX);
+        assert_eq!(size_of::<FragmentKey>(), 12);
+        assert_eq!(size_of::<FragmentEntry>(), 32);
     }
 }

@@ -15,6 +15,7 @@
 mod csum;
 mod eligibility;
 mod flow;
+mod frag;
 mod fwd;
 mod icmp;
 mod icmp_relay;
@@ -72,6 +73,20 @@ fn malformed(daddr: u32, counter: u32) -> u32 {
     }
 }
 
+/// `malformed` for an L4 header cut short, which in a first fragment is a tiny
+/// fragment (RFC 1858): the header must not be completed by a fragment without ports.
+#[inline(always)]
+fn truncated(daddr: u32, first_fragment: bool, counter: u32) -> u32 {
+    malformed(
+        daddr,
+        if first_fragment {
+            counters::DROP_FRAGMENT_TINY
+        } else {
+            counter
+        },
+    )
+}
+
 #[inline(always)]
 unsafe fn process(ctx: &XdpContext) -> u32 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
@@ -107,46 +122,66 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         count(counters::DROP_IP_BAD_LENGTH);
         return XDP_DROP;
     }
-    // Options and fragments are refused for balancer traffic (a fragment's tail has no
-    // ports to look up); other hosts' packets pass.
+    // Options are refused for balancer traffic; other hosts' packets pass.
     if ihl_bytes != IPV4_HDR_LEN {
         return malformed(daddr, counters::DROP_IP_OPTIONS);
     }
+    let l4_len = tot_len - IPV4_HDR_LEN;
+    // Fragments (docs/architecture.md, "Fragments"): the first carries the ports and
+    // takes the normal path below, noting its datagram once the flow is known; later
+    // ones follow that note. Everything fragment-specific hides behind this one branch,
+    // or behind checks that already failed, so unfragmented packets pay nothing more.
+    let mut first_fragment = false;
     // SAFETY: bounds-checked by ptr_at.
     if unsafe { (*ip).is_fragment() } {
-        return malformed(daddr, counters::DROP_IP_FRAGMENT);
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+            return malformed(daddr, counters::DROP_IP_FRAGMENT);
+        }
+        // SAFETY: bounds-checked by ptr_at.
+        let frag_off = u16::from_be(unsafe { (*ip).frag_off });
+        if frag_off & frag::IP_OFFSET_MASK != 0 {
+            // SAFETY: headers bounds-checked, no options, length within the frame.
+            return unsafe { frag::later(ctx, eth, ip, frag_off, l4_len) };
+        }
+        first_fragment = true;
     }
 
-    let l4_len = tot_len - IPV4_HDR_LEN;
     let (l4, src_port, dst_port, tcp_flags, doff_bytes) = match proto {
         IPPROTO_TCP => {
             let Some(tcp) = ptr_at::<TcpHdr>(ctx, L4_OFFSET) else {
-                return malformed(daddr, counters::DROP_TCP_TRUNCATED);
+                return truncated(daddr, first_fragment, counters::DROP_TCP_TRUNCATED);
             };
             if l4_len < TCP_HDR_LEN {
-                return malformed(daddr, counters::DROP_TCP_TRUNCATED);
+                return truncated(daddr, first_fragment, counters::DROP_TCP_TRUNCATED);
             }
             // SAFETY: bounds-checked by ptr_at.
             let (doff_res, source, dest, flags) =
                 unsafe { ((*tcp).doff_res, (*tcp).source, (*tcp).dest, (*tcp).flags) };
             let doff_bytes = ((doff_res >> 4) as usize) * 4;
             if doff_bytes < TCP_HDR_LEN || doff_bytes > l4_len {
+                // A first fragment must hold the whole header, options included (RFC
+                // 1858): the rest would come unchecked in a fragment without ports.
+                if doff_bytes >= TCP_HDR_LEN {
+                    return truncated(daddr, first_fragment, counters::DROP_TCP_BAD_DOFF);
+                }
                 return malformed(daddr, counters::DROP_TCP_BAD_DOFF);
             }
             (L4::Tcp(tcp), source, dest, Some(flags), doff_bytes)
         }
         IPPROTO_UDP => {
             let Some(udp) = ptr_at::<UdpHdr>(ctx, L4_OFFSET) else {
-                return malformed(daddr, counters::DROP_UDP_TRUNCATED);
+                return truncated(daddr, first_fragment, counters::DROP_UDP_TRUNCATED);
             };
             if l4_len < UDP_HDR_LEN {
-                return malformed(daddr, counters::DROP_UDP_TRUNCATED);
+                return truncated(daddr, first_fragment, counters::DROP_UDP_TRUNCATED);
             }
             // SAFETY: bounds-checked by ptr_at.
             let (source, dest, len) = unsafe { ((*udp).source, (*udp).dest, (*udp).len) };
             // The UDP length must be the IP payload's: a shorter one hides trailing
-            // bytes the backend would see differently, a longer one lies.
-            if u16::from_be(len) as usize != l4_len {
+            // bytes the backend would see differently, a longer one lies. A first
+            // fragment's is its whole datagram's, so only at least its own bytes.
+            let len = u16::from_be(len) as usize;
+            if len != l4_len && !(first_fragment && len > l4_len) {
                 return malformed(daddr, counters::DROP_UDP_BAD_LENGTH);
             }
             (L4::Udp(udp), source, dest, None, 0)
@@ -219,6 +254,9 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
                 let refresh = flow::touch(entry, tcp_flags, proto, flow::now());
                 count(counters::FLOW_HITS);
                 account((*entry).service_id, (*entry).backend_id, frame_len);
+                if first_fragment {
+                    frag::record(ip, &key, l4_len, false);
+                }
                 nat::rewrite(ip, l4, &*entry);
                 return fwd::forward_hit(ctx, eth, ip, entry, refresh);
             }
@@ -235,6 +273,11 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
     // SAFETY: read-only copy of a map value.
     let Some(service) = (unsafe { SERVICES.get(service_key) }).copied() else {
         if LOCAL_ADDRS.get_ptr(daddr).is_some() {
+            // The kernel reassembles for its own services: the later fragments follow.
+            if first_fragment {
+                // SAFETY: bounds-checked by ptr_at.
+                unsafe { frag::record(ip, &key, l4_len, true) };
+            }
             count(counters::PASS_LOCAL);
         } else {
             count(counters::PASS_NOT_OURS);
@@ -323,6 +366,8 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         wscales: 0,
         proxy_isn: 0,
     };
+    // (Whatever verifies an L4 checksum on this path must skip a first fragment: the
+    // checksum covers the whole datagram, most of which is still to come.)
     let Some(forward) = create_flow(&service, &key, &init) else {
         account_service_drop(service.id);
         return XDP_DROP;
@@ -332,6 +377,9 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
     account(forward.service_id, forward.backend_id, frame_len);
     // SAFETY: headers bounds-checked above.
     unsafe {
+        if first_fragment {
+            frag::record(ip, &key, l4_len, false);
+        }
         nat::rewrite(ip, l4, &forward);
         fwd::forward(ctx, eth, ip)
     }

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RING_SLOTS,
-    DEFAULT_MAX_SERVICES, EligibilityKey, FlowEntry, FlowKey, MAX_ELIGIBILITY_PREFIXES,
-    MAX_INTERFACES, MAX_SESSIONS, Service, ServiceKey, ServiceStats, SessionEntry, SessionKey,
-    Settings, counters,
+    DEFAULT_MAX_SERVICES, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey,
+    MAX_ELIGIBILITY_PREFIXES, MAX_FRAGMENTS, MAX_INTERFACES, MAX_SESSIONS, Service, ServiceKey,
+    ServiceStats, SessionEntry, SessionKey, Settings, counters,
 };
 
 /// (VIP, port, protocol) → policy for new flows.
@@ -33,6 +33,13 @@ pub static MAGLEV_RINGS: Array<u32> =
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
     LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Datagrams whose first fragment was balanced → the flow their later fragments follow
+/// (docs/architecture.md, "Fragments"). Short-lived: records older than
+/// `FRAGMENT_TIMEOUT_NS` count as absent, and the least recently used go first.
+#[map]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentEntry> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTS, 0);
 
 /// Addresses the balancer answers for (VIPs and SNAT addresses) → `ADDR_KIND_*`.
 /// Consulted only off the fast path, to tell "ours but malformed" from "not ours".

@@ -64,6 +64,26 @@ pub unsafe fn rewrite(ip: *mut Ipv4Hdr, l4: L4, entry: &FlowEntry) {
     }
 }
 
+/// Rewrites only the addresses, fixing the IPv4 header checksum: for a later fragment,
+/// which has no L4 header (its datagram's L4 checksum was fixed in the first fragment).
+///
+/// # Safety
+/// `ip` must point at a bounds-checked IPv4 header.
+#[inline(always)]
+pub unsafe fn rewrite_ip(ip: *mut Ipv4Hdr, entry: &FlowEntry) {
+    // SAFETY: the caller guarantees the header is inside the packet.
+    unsafe {
+        let old_src = (*ip).saddr;
+        let old_dst = (*ip).daddr;
+        (*ip).saddr = entry.new_src_ip;
+        (*ip).daddr = entry.new_dst_ip;
+        (*ip).check = CsumDelta::from_check((*ip).check)
+            .replace32(old_src, entry.new_src_ip)
+            .replace32(old_dst, entry.new_dst_ip)
+            .finish();
+    }
+}
+
 /// Decrements the TTL and patches the header checksum.
 ///
 /// # Safety

@@ -13,7 +13,10 @@ use aya::programs::links::{FdLink, PinnedLink};
 use anyhow::{Context, Result, anyhow};
 use aya::maps::MapData;
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
-use lb_common::{BackendStats, FlowEntry, FlowKey, ServiceStats, SessionEntry, SessionKey};
+use lb_common::{
+    BackendStats, FlowEntry, FlowKey, FragmentEntry, FragmentKey, ServiceStats, SessionEntry,
+    SessionKey,
+};
 use lb_userspace::config::Config;
 use lb_userspace::dataplane::{Dataplane, PinnedState};
 use lb_userspace::services::{ApplySummary, ServiceTable};
@@ -21,7 +24,7 @@ use lb_userspace::sys;
 
 /// lb-userspace types the harness's callers name, re-exported so they need no other
 /// path into lb-userspace.
-pub use lb_userspace::dataplane::possible_cpus;
+pub use lb_userspace::dataplane::{has_pinned_state, possible_cpus};
 pub use lb_userspace::domain::AttachedMode;
 pub use lb_userspace::services::Overrides;
 pub use lb_userspace::sys::ifindex;
@@ -340,6 +343,16 @@ impl Harness {
 
     pub fn sessions(&self) -> Result<Vec<(SessionKey, SessionEntry)>> {
         Ok(self.dp.session_entries())
+    }
+
+    /// Every record of a fragmented datagram.
+    pub fn fragments(&self) -> Vec<(FragmentKey, FragmentEntry)> {
+        self.dp.fragment_entries()
+    }
+
+    /// Writes a record of a fragmented datagram (e.g. to age it).
+    pub fn set_fragment(&mut self, key: FragmentKey, entry: FragmentEntry) -> Result<()> {
+        self.dp.insert_fragment(key, entry)
     }
 }
 

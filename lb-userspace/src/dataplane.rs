@@ -17,8 +17,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, Service, ServiceKey, ServiceStats,
-    SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, map_names,
+    Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey, Service,
+    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, map_names,
 };
 
 use crate::{
@@ -115,6 +115,8 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, BackendStats>,
     eligibility: LpmTrie<MapData, EligibilityKey, u32>,
     sessions: HashMap<MapData, SessionKey, SessionEntry>,
+    /// Records of fragmented datagrams (the data path alone writes them).
+    fragments: HashMap<MapData, FragmentKey, FragmentEntry>,
     /// Interfaces the program is attached to: name → (ifindex, mode, link).
     attached: StdHashMap<String, (u32, AttachedMode, AttachedLink)>,
     pin_dir: Option<PathBuf>,
@@ -181,6 +183,11 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+/// Maps that an adopting daemon creates (and pins) when the earlier one had none: they
+/// hold only short-lived state, so a daemon from before they existed can still be
+/// replaced in place (docs/architecture.md, "Fragments").
+const CREATED_ON_ADOPT: [&str; 1] = [map_names::FRAGMENTS];
+
 /// Whether an earlier daemon left attached, pinned state under `dir` to adopt.
 pub fn has_pinned_state(dir: &Path) -> bool {
     let links = pinned_links(dir);
@@ -188,7 +195,10 @@ pub fn has_pinned_state(dir: &Path) -> bool {
         && links
             .iter()
             .all(|(ifname, _, _)| crate::sys::interface_exists(ifname))
-        && map_names::ALL.iter().all(|name| dir.join(name).exists())
+        && map_names::ALL
+            .iter()
+            .filter(|name| !CREATED_ON_ADOPT.contains(name))
+            .all(|name| dir.join(name).exists())
 }
 
 impl Dataplane {
@@ -258,6 +268,7 @@ impl Dataplane {
             backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
             eligibility: take(&mut ebpf, map_names::ELIGIBILITY)?,
             sessions: take(&mut ebpf, map_names::SESSIONS)?,
+            fragments: take(&mut ebpf, map_names::FRAGMENTS)?,
             ebpf,
             attached: StdHashMap::new(),
             pin_dir: pin_dir.map(Path::to_path_buf),

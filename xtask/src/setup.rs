@@ -32,6 +32,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "traceroute",
     "nginx-light",
+    // A real DNS server and client for the fragment tests (tests/tests/fragments.rs);
+    // dnsmasq-base brings no system service.
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 /// Where Debian's LLVM 22 lives; bpf-linker's build script finds it through

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 use anyhow::{Result, anyhow};
 use aya::maps::{MapData, PerCpuValues, lpm_trie::Key};
 use lb_common::{
-    Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, Service, ServiceKey, ServiceStats,
-    SessionEntry, SessionKey, Settings, counters,
+    Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey, Service,
+    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, counters,
     wire::{self, eligibility_client_len, eligibility_prefix_len},
 };
 
@@ -253,6 +253,17 @@ impl Dataplane {
         keys.iter()
             .filter(|key| self.sessions.remove(key).is_ok())
             .count()
+    }
+
+    /// Snapshot of FRAGMENTS: datagrams whose later fragments follow their first's flow.
+    pub fn fragment_entries(&self) -> Vec<(FragmentKey, FragmentEntry)> {
+        self.fragments.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Writes a FRAGMENTS record (the data path makes them; tests age them).
+    pub fn insert_fragment(&mut self, key: FragmentKey, entry: FragmentEntry) -> Result<()> {
+        self.fragments.insert(key, entry, BPF_ANY)?;
+        Ok(())
     }
 
     /// Sum over CPUs of every global counter.

@@ -35,6 +35,7 @@ mod cannot_open;
 mod dnat;
 mod flow_state;
 mod flow_table_read;
+mod fragments;
 mod full_nat;
 mod icmp_errors;
 mod malformed;

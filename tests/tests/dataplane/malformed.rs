@@ -69,10 +69,11 @@ fn malformed_packets_get_documented_verdicts() {
                 counters::DROP_IP_OPTIONS,
             ),
             (
-                "fragment",
+                "fragment of a protocol other than TCP and UDP",
                 with(&syn, &|p| {
                     p[20] = 0x20; // more fragments
                     p[21] = 0;
+                    p[23] = 1; // ICMP
                     fix_ip_checksum(p);
                 }),
                 XDP_DROP,
