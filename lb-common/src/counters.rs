@@ -103,4 +103,13 @@ counters! {
     /// SYN proxy: SYNs to the server sent again (a client segment more than 1 s after
     /// the last one, while the server side opens): the SYN or its SYN-ACK was lost.
     SYNPROXY_SYN_RETRANSMITTED = 41, "synproxy_syn_retransmitted";
+    /// SYN, SYN-proxy cookie ACK or UDP datagram that would open a flow, with a wrong
+    /// IPv4 header checksum: dropped (no flow entry).
+    DROP_IP_BAD_CHECKSUM = 42, "drop_ip_bad_checksum";
+    /// SYN or SYN-proxy cookie ACK that would open a flow, with a wrong TCP checksum:
+    /// dropped (no flow entry).
+    DROP_TCP_BAD_CHECKSUM = 43, "drop_tcp_bad_checksum";
+    /// UDP datagram that would open a flow, with a wrong (non-zero) UDP checksum:
+    /// dropped (no flow entry).
+    DROP_UDP_BAD_CHECKSUM = 44, "drop_udp_bad_checksum";
 }

@@ -26,6 +26,7 @@ mod session;
 mod stats;
 mod synproxy;
 mod tcpopt;
+mod verify;
 
 use aya_ebpf::{
     bindings::{
@@ -270,6 +271,15 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         count(counters::DROP_NO_FLOW);
         return XDP_DROP;
     }
+    // A packet that would open a flow must be intact: a corrupted SYN, cookie ACK or
+    // first datagram makes no entry, gets no cookie and no answer (its source may be
+    // wrong). Checked here, off the fast path (docs/architecture.md, "Checksums").
+    // SAFETY: IPv4 header (no options) and L4 header bounds-checked above.
+    if let Some(counter) = unsafe { bad_checksum(ctx, ip, l4) } {
+        count(counter);
+        account_service_drop(service.id);
+        return XDP_DROP;
+    }
     // Authorization comes before the SYN proxy: a refused client gets its refusal, never
     // a cookie, and an ACK from outside the allow-list spends no cookie check.
     if !eligibility::allowed(&service, key.src_ip) {
@@ -330,6 +340,29 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         nat::rewrite(ip, l4, &forward);
         fwd::forward(ctx, eth, ip)
     }
+}
+
+/// The counter of the checksum a would-be new flow's packet fails, if any. A path that
+/// cannot verify the segment (a first fragment) calls `verify::ip_header_ok` alone.
+///
+/// # Safety
+/// `ip` must point to a bounds-checked IPv4 header without options, followed by the
+/// bounds-checked TCP or UDP header `l4` whose segment fits in the frame.
+#[inline(always)]
+unsafe fn bad_checksum(ctx: &XdpContext, ip: *const Ipv4Hdr, l4: L4) -> Option<u32> {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if !verify::ip_header_ok(ip) {
+            return Some(counters::DROP_IP_BAD_CHECKSUM);
+        }
+        if !verify::segment_ok(ctx) {
+            return Some(match l4 {
+                L4::Tcp(_) => counters::DROP_TCP_BAD_CHECKSUM,
+                L4::Udp(_) => counters::DROP_UDP_BAD_CHECKSUM,
+            });
+        }
+    }
+    None
 }
 
 /// Initial state and SYN-proxy fields of a new connection's entries.

@@ -32,6 +32,7 @@ use lb_testbed::{Netns, SERVER_IPS};
 mod allow_list;
 mod attach;
 mod cannot_open;
+mod checksums;
 mod dnat;
 mod flow_state;
 mod full_nat;
