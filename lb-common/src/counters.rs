@@ -13,7 +13,7 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Not IPv4 (ARP, IPv6, VLAN...): passed untouched.
+    /// Not IPv4 (ARP, IPv6...): passed untouched (VLAN-tagged frames: `PASS_VLAN`).
     PASS_NOT_IPV4 = 0, "pass_not_ipv4";
     /// IPv4 not addressed to a VIP service or a live flow: passed untouched.
     PASS_NOT_OURS = 1, "pass_not_ours";
@@ -112,4 +112,7 @@ counters! {
     /// UDP datagram that would open a flow, with a wrong (non-zero) UDP checksum:
     /// dropped (no flow entry).
     DROP_UDP_BAD_CHECKSUM = 44, "drop_udp_bad_checksum";
+    /// VLAN-tagged frame (802.1Q 0x8100 or 802.1ad 0x88a8 in the frame): passed untouched,
+    /// never balanced.
+    PASS_VLAN = 45, "pass_vlan";
 }

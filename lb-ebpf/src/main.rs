@@ -47,7 +47,7 @@ use crate::{
     maps::{FLOWS, LOCAL_ADDRS, SERVICES},
     nat::L4,
     parse::{
-        ETH_HDR_LEN, ETH_P_IP_WIRE, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN,
+        ETH_HDR_LEN, ETH_P_8021AD_WIRE, ETH_P_8021Q_WIRE, ETH_P_IP_WIRE, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN,
         TCP_HDR_LEN, TCP_RST, TCP_SYN, TcpHdr, UDP_HDR_LEN, UdpHdr, ptr_at,
     },
     stats::{account, account_new_flow, account_service_denied, account_service_drop, count},
@@ -79,8 +79,16 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         return XDP_DROP;
     };
     // SAFETY: bounds-checked by ptr_at.
-    if unsafe { (*eth).ether_type } != ETH_P_IP_WIRE {
-        count(counters::PASS_NOT_IPV4);
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type != ETH_P_IP_WIRE {
+        // A tagged frame belongs to a VLAN the balancer does not serve: the kernel's VLAN
+        // device gets it, untouched (README, "VLANs"). A tag the device stripped into the
+        // receive metadata is not visible here.
+        if ether_type == ETH_P_8021Q_WIRE || ether_type == ETH_P_8021AD_WIRE {
+            count(counters::PASS_VLAN);
+        } else {
+            count(counters::PASS_NOT_IPV4);
+        }
         return XDP_PASS;
     }
     // A truncated, IHL<5 or over-long IPv4 header is dropped whoever it is for: the

@@ -49,6 +49,7 @@ mod syn_proxy;
 mod ttl;
 mod udp;
 mod unknown_segment;
+mod vlan;
 
 const CLIENT: Ipv4Addr = lb_testbed::CLIENT_IP;
 const VIP: Ipv4Addr = lb_testbed::VIP;
