@@ -47,8 +47,9 @@ use crate::{
     maps::{FLOWS, LOCAL_ADDRS, SERVICES},
     nat::L4,
     parse::{
-        ETH_HDR_LEN, ETH_P_8021AD_WIRE, ETH_P_8021Q_WIRE, ETH_P_IP_WIRE, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN,
-        TCP_HDR_LEN, TCP_RST, TCP_SYN, TcpHdr, UDP_HDR_LEN, UdpHdr, ptr_at,
+        ETH_HDR_LEN, ETH_P_8021AD_WIRE, ETH_P_8021Q_WIRE, ETH_P_IP_WIRE, EthHdr, IPV4_HDR_LEN,
+        Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN, TCP_HDR_LEN, TCP_RST, TCP_SYN, TcpHdr, UDP_HDR_LEN,
+        UdpHdr, ptr_at,
     },
     stats::{account, account_new_flow, account_service_denied, account_service_drop, count},
 };
