@@ -13,7 +13,7 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Not IPv4 (ARP, IPv6, VLAN...): passed untouched.
+    /// Not IPv4 (ARP, IPv6...): passed untouched (VLAN-tagged frames: `PASS_VLAN`).
     PASS_NOT_IPV4 = 0, "pass_not_ipv4";
     /// IPv4 not addressed to a VIP service or a live flow: passed untouched.
     PASS_NOT_OURS = 1, "pass_not_ours";
@@ -134,4 +134,16 @@ counters! {
     /// Later IPv4 fragments forwarded along their first fragment's flow (also counted
     /// in `flow_hits`).
     FRAGMENTS_FOLLOWED = 50, "fragments_followed";
+    /// SYN, SYN-proxy cookie ACK or UDP datagram that would open a flow, with a wrong
+    /// IPv4 header checksum: dropped (no flow entry).
+    DROP_IP_BAD_CHECKSUM = 51, "drop_ip_bad_checksum";
+    /// SYN or SYN-proxy cookie ACK that would open a flow, with a wrong TCP checksum:
+    /// dropped (no flow entry).
+    DROP_TCP_BAD_CHECKSUM = 52, "drop_tcp_bad_checksum";
+    /// UDP datagram that would open a flow, with a wrong (non-zero) UDP checksum:
+    /// dropped (no flow entry).
+    DROP_UDP_BAD_CHECKSUM = 53, "drop_udp_bad_checksum";
+    /// VLAN-tagged frame (802.1Q 0x8100 or 802.1ad 0x88a8 in the frame): passed untouched,
+    /// never balanced.
+    PASS_VLAN = 54, "pass_vlan";
 }

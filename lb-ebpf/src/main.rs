@@ -28,6 +28,7 @@ mod session;
 mod stats;
 mod synproxy;
 mod tcpopt;
+mod verify;
 
 use aya_ebpf::{
     bindings::{
@@ -48,8 +49,9 @@ use crate::{
     maps::{FLOWS, LOCAL_ADDRS, SERVICES},
     nat::L4,
     parse::{
-        ETH_HDR_LEN, ETH_P_IP_WIRE, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN,
-        TCP_HDR_LEN, TCP_RST, TCP_SYN, TcpHdr, UDP_HDR_LEN, UdpHdr, ptr_at,
+        ETH_HDR_LEN, ETH_P_8021AD_WIRE, ETH_P_8021Q_WIRE, ETH_P_IP_WIRE, EthHdr, IPV4_HDR_LEN,
+        Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN, TCP_HDR_LEN, TCP_RST, TCP_SYN, TcpHdr, UDP_HDR_LEN,
+        UdpHdr, ptr_at,
     },
     stats::{account, account_new_flow, account_service_denied, account_service_drop, count},
 };
@@ -94,8 +96,16 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         return XDP_DROP;
     };
     // SAFETY: bounds-checked by ptr_at.
-    if unsafe { (*eth).ether_type } != ETH_P_IP_WIRE {
-        count(counters::PASS_NOT_IPV4);
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type != ETH_P_IP_WIRE {
+        // A tagged frame belongs to a VLAN the balancer does not serve: the kernel's VLAN
+        // device gets it, untouched (README, "VLANs"). A tag the device stripped into the
+        // receive metadata is not visible here.
+        if ether_type == ETH_P_8021Q_WIRE || ether_type == ETH_P_8021AD_WIRE {
+            count(counters::PASS_VLAN);
+        } else {
+            count(counters::PASS_NOT_IPV4);
+        }
         return XDP_PASS;
     }
     // A truncated, IHL<5 or over-long IPv4 header is dropped whoever it is for: the
@@ -318,6 +328,17 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         count(counters::DROP_NO_FLOW);
         return XDP_DROP;
     }
+    // A packet that would open a flow must be intact: a corrupted SYN, cookie ACK or
+    // first datagram makes no entry, gets no cookie and no answer (its source may be
+    // wrong). Checked here, off the fast path (docs/architecture.md, "Checksums").
+    // SAFETY: IPv4 header (no options) and L4 header bounds-checked above.
+    // A first fragment holds part of the segment its L4 checksum covers: only its IP
+    // header can be checked.
+    if let Some(counter) = unsafe { bad_checksum(ctx, ip, l4, !first_fragment) } {
+        count(counter);
+        account_service_drop(service.id);
+        return XDP_DROP;
+    }
     // Authorization comes before the SYN proxy: a refused client gets its refusal, never
     // a cookie, and an ACK from outside the allow-list spends no cookie check.
     if !eligibility::allowed(&service, key.src_ip) {
@@ -383,6 +404,34 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         nat::rewrite(ip, l4, &forward);
         fwd::forward(ctx, eth, ip)
     }
+}
+
+/// The counter of the checksum a would-be new flow's packet fails, if any; the L4
+/// checksum only with `whole_segment` (not for a first fragment).
+///
+/// # Safety
+/// `ip` must point to a bounds-checked IPv4 header without options, followed by the
+/// bounds-checked TCP or UDP header `l4` whose segment fits in the frame.
+#[inline(always)]
+unsafe fn bad_checksum(
+    ctx: &XdpContext,
+    ip: *const Ipv4Hdr,
+    l4: L4,
+    whole_segment: bool,
+) -> Option<u32> {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if !verify::ip_header_ok(ip) {
+            return Some(counters::DROP_IP_BAD_CHECKSUM);
+        }
+        if whole_segment && !verify::segment_ok(ctx) {
+            return Some(match l4 {
+                L4::Tcp(_) => counters::DROP_TCP_BAD_CHECKSUM,
+                L4::Udp(_) => counters::DROP_UDP_BAD_CHECKSUM,
+            });
+        }
+    }
+    None
 }
 
 /// Initial state and SYN-proxy fields of a new connection's entries.

@@ -14,6 +14,9 @@ pub const L4_OFFSET: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
 
 /// EtherType IPv4 as it sits in memory (network byte order read as a native u16).
 pub const ETH_P_IP_WIRE: u16 = 0x0800u16.to_be();
+/// EtherTypes of a VLAN tag (802.1Q, 802.1ad) as they sit in memory.
+pub const ETH_P_8021Q_WIRE: u16 = 0x8100u16.to_be();
+pub const ETH_P_8021AD_WIRE: u16 = 0x88a8u16.to_be();
 
 #[repr(C)]
 pub struct EthHdr {

@@ -363,7 +363,11 @@ impl Topology {
 
         // Senders compute real checksums (no tx offload, hence no TSO), so
         // the XDP program sees MTU-sized frames with valid checksums that it
-        // can rewrite incrementally.
+        // can rewrite incrementally, and verify on new flows: with offload on,
+        // a veth delivers a socket's packet with only the pseudo-header sum
+        // in its L4 checksum field (CHECKSUM_PARTIAL), which the balancer
+        // drops as corrupt (docs/architecture.md, "Checksums"). A frame from
+        // a wire always carries its full checksum.
         self.exec(Role::Client, &["ethtool", "-K", CLIENT_IF, "tx", "off"])?;
         for i in 1..=SERVER_COUNT {
             self.exec(Role::Server(i), &["ethtool", "-K", SERVER_IF, "tx", "off"])?;

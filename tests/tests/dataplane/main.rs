@@ -32,6 +32,7 @@ use lb_testbed::{Netns, SERVER_IPS};
 mod allow_list;
 mod attach;
 mod cannot_open;
+mod checksums;
 mod dnat;
 mod flow_state;
 mod flow_table_read;
@@ -51,6 +52,7 @@ mod syn_proxy;
 mod ttl;
 mod udp;
 mod unknown_segment;
+mod vlan;
 
 const CLIENT: Ipv4Addr = lb_testbed::CLIENT_IP;
 const VIP: Ipv4Addr = lb_testbed::VIP;
