@@ -101,6 +101,15 @@ pub const SERVICE_FLAG_SYN_PROXY: u8 = 8;
 /// not a SYN proxy's cookie ACK) is answered with a RST instead of dropped
 /// (`unknown_segment = "reset"`).
 pub const SERVICE_FLAG_NO_FLOW_RST: u8 = 16;
+/// `Service::flags`: automatic SYN cookies are on (set and cleared by the controller
+/// under a SYN flood, `syn_cookies = "auto"`): SYNs are answered as with
+/// `SERVICE_FLAG_SYN_PROXY`. Always set together with `SERVICE_FLAG_COOKIE_ACKS`.
+pub const SERVICE_FLAG_SYN_COOKIES: u8 = 32;
+/// `Service::flags`: an ACK without a flow entry is checked for a SYN cookie and, if it
+/// carries a valid one, opens the connection as with `SERVICE_FLAG_SYN_PROXY`; any
+/// other such ACK is treated as without the flag. Kept for the cookies' lifetime after
+/// automatic SYN cookies switch off, so handshakes answered while on still complete.
+pub const SERVICE_FLAG_COOKIE_ACKS: u8 = 64;
 
 /// Services map value: the policy for new flows of one service.
 #[repr(C)]
@@ -347,6 +356,8 @@ pub struct ServiceStats {
     pub drops: u64,
     /// New flows refused because the client is not in the allow-list (also in `drops`).
     pub denied: u64,
+    /// SYNs answered with a SYN cookie (SYN proxy or automatic SYN cookies).
+    pub syn_cookies: u64,
 }
 
 /// Per-backend counters (per-CPU array indexed by backend id).
@@ -442,7 +453,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<FlowEntry>(), 72);
         assert_eq!(size_of::<Settings>(), 8);
-        assert_eq!(size_of::<ServiceStats>(), 40);
+        assert_eq!(size_of::<ServiceStats>(), 48);
         assert_eq!(size_of::<EligibilityKey>(), 8);
         assert_eq!(size_of::<SessionKey>(), 8);
         assert_eq!(size_of::<SessionEntry>(), 24);

@@ -38,8 +38,8 @@ use aya_ebpf::{
 use lb_common::{
     FLOW_DIR_CLIENT_TO_SERVER, FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_RESET,
     FLOW_STATE_SYN_SEEN, FLOW_STATE_SYNPROXY, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP,
-    IPPROTO_UDP, MODE_DNAT, SERVICE_FLAG_AUTH_RST, SERVICE_FLAG_NO_FLOW_RST,
-    SERVICE_FLAG_SYN_PROXY, Service, ServiceKey, counters,
+    IPPROTO_UDP, MODE_DNAT, SERVICE_FLAG_AUTH_RST, SERVICE_FLAG_COOKIE_ACKS,
+    SERVICE_FLAG_NO_FLOW_RST, SERVICE_FLAG_SYN_COOKIES, SERVICE_FLAG_SYN_PROXY, Service, ServiceKey, counters,
 };
 
 use crate::{
@@ -49,7 +49,10 @@ use crate::{
         ETH_HDR_LEN, ETH_P_IP_WIRE, EthHdr, IPV4_HDR_LEN, Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN,
         TCP_HDR_LEN, TCP_RST, TCP_SYN, TcpHdr, UDP_HDR_LEN, UdpHdr, ptr_at,
     },
-    stats::{account, account_new_flow, account_service_denied, account_service_drop, count},
+    stats::{
+        account, account_new_flow, account_service_cookie, account_service_denied,
+        account_service_drop, count,
+    },
 };
 
 #[xdp]
@@ -246,29 +249,18 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         account_service_drop(service.id);
         return XDP_DROP;
     }
-    // A SYN-proxied service opens flows on the client's cookie-carrying ACK, not its SYN.
-    let syn_proxy = tcp_flags.is_some() && service.flags & SERVICE_FLAG_SYN_PROXY != 0;
-    let proxy_ack = syn_proxy
+    // A SYN-proxied service (or one under automatic SYN cookies) answers SYNs with a
+    // cookie and opens flows on the client's cookie-carrying ACK; after automatic
+    // cookies switch off, such ACKs are still accepted for the cookies' lifetime
+    // (docs/architecture.md, "SYN floods").
+    let cookie_syn = is_syn && service.flags & (SERVICE_FLAG_SYN_PROXY | SERVICE_FLAG_SYN_COOKIES) != 0;
+    let proxy_ack = service.flags & (SERVICE_FLAG_SYN_PROXY | SERVICE_FLAG_COOKIE_ACKS) != 0
         && matches!(tcp_flags, Some(flags) if flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK);
     if let Some(flags) = tcp_flags
         && !is_syn
         && !proxy_ack
     {
-        account_service_drop(service.id);
-        // A segment of a connection this balancer does not know (its flow expired, or
-        // it belongs to another instance's) is answered only where the operator asked
-        // for it: with shared flow state the flow may be a moment from being installed
-        // here, and a RST would kill a live connection. A RST is never answered, and a
-        // client outside the allow-list learns nothing from its probes.
-        if service.flags & SERVICE_FLAG_NO_FLOW_RST != 0
-            && flags & TCP_RST == 0
-            && eligibility::allowed(&service, key.src_ip)
-        {
-            count(counters::TX_RST_NO_FLOW);
-            return reset::reply(ctx);
-        }
-        count(counters::DROP_NO_FLOW);
-        return XDP_DROP;
+        return no_flow(ctx, &service, &key, flags);
     }
     // Authorization comes before the SYN proxy: a refused client gets its refusal, never
     // a cookie, and an ACK from outside the allow-list spends no cookie check.
@@ -281,15 +273,25 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         count(counters::DROP_NOT_ELIGIBLE);
         return XDP_DROP;
     }
-    if let L4::Tcp(tcp) = l4
-        && syn_proxy
-    {
+    if let L4::Tcp(tcp) = l4 {
         // SAFETY: headers bounds-checked above; the handlers re-derive what they change.
         unsafe {
-            if is_syn {
+            if cookie_syn {
+                account_service_cookie(service.id);
                 return synproxy::on_syn(ctx, &key, doff_bytes);
             }
-            return synproxy::on_ack(ctx, ip, tcp, &key, &service, doff_bytes, frame_len);
+            if proxy_ack {
+                if let Some(verdict) =
+                    synproxy::on_ack(ctx, ip, tcp, &key, &service, doff_bytes, frame_len)
+                {
+                    return verdict;
+                }
+                // No valid cookie, on a service that only accepts cookie ACKs for a
+                // while: an ordinary segment without a flow. The check only read it.
+                if let Some(flags) = tcp_flags {
+                    return no_flow(ctx, &service, &key, flags);
+                }
+            }
         }
     }
     // A packet that would expire on its way to the backend opens nothing: checked here,
@@ -330,6 +332,26 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         nat::rewrite(ip, l4, &forward);
         fwd::forward(ctx, eth, ip)
     }
+}
+
+/// A TCP segment to a service, without a flow entry, that cannot open one.
+#[inline(always)]
+fn no_flow(ctx: &XdpContext, service: &Service, key: &FlowKey, flags: u8) -> u32 {
+    account_service_drop(service.id);
+    // A segment of a connection this balancer does not know (its flow expired, or
+    // it belongs to another instance's) is answered only where the operator asked
+    // for it: with shared flow state the flow may be a moment from being installed
+    // here, and a RST would kill a live connection. A RST is never answered, and a
+    // client outside the allow-list learns nothing from its probes.
+    if service.flags & SERVICE_FLAG_NO_FLOW_RST != 0
+        && flags & TCP_RST == 0
+        && eligibility::allowed(service, key.src_ip)
+    {
+        count(counters::TX_RST_NO_FLOW);
+        return reset::reply(ctx);
+    }
+    count(counters::DROP_NO_FLOW);
+    XDP_DROP
 }
 
 /// Initial state and SYN-proxy fields of a new connection's entries.

@@ -170,6 +170,9 @@ fn render_stats(stats: &Stats) -> String {
             service.bytes.to_string(),
             service.new_flows.to_string(),
             service.drops.to_string(),
+            service.syn_cookies.mode.clone(),
+            service.syn_cookies.sent.to_string(),
+            service.syn_cookies.switched_on.to_string(),
         ]);
         for backend in &service.backends {
             backends.push(vec![
@@ -191,6 +194,9 @@ fn render_stats(stats: &Stats) -> String {
             "BYTES",
             "NEW FLOWS",
             "DROPS",
+            "SYN COOKIES",
+            "COOKIES SENT",
+            "SWITCHED ON",
         ],
         &services,
     ));

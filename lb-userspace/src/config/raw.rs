@@ -8,7 +8,9 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::domain::{BackendDown, DenyAction, Mode, Protocol, UnknownSegment, XdpMode};
+use crate::domain::{
+    BackendDown, DenyAction, Mode, Protocol, SynCookies, UnknownSegment, XdpMode,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +95,8 @@ pub(super) struct RawService {
     pub(super) on_backend_down: Option<BackendDown>,
     pub(super) unknown_segment: Option<Spanned<UnknownSegment>>,
     pub(super) syn_proxy: Option<Spanned<bool>>,
+    pub(super) syn_cookies: Option<Spanned<SynCookies>>,
+    pub(super) syn_cookie_threshold: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) backend: Vec<Spanned<RawBackend>>,
 }

@@ -38,6 +38,7 @@ use crate::{
 
 mod backends;
 mod cluster_router;
+mod flood;
 mod health_results;
 mod scrape;
 mod server;
@@ -61,6 +62,8 @@ pub struct Controller {
     overrides: Overrides,
     /// Health of each checked (service, backend).
     health: BTreeMap<(String, BackendAddr), Health>,
+    /// Automatic SYN cookies of each `syn_cookies = "auto"` service, by name.
+    syn_cookies: BTreeMap<String, crate::syn_cookies::AutoCookies>,
     /// Set when a new daemon takes over: exit without detaching.
     pub handed_over: bool,
     /// The router side of the cluster protocol, with `[cluster]`.
@@ -117,7 +120,8 @@ impl Controller {
         };
         let mut dataplane = Dataplane::load_with(config.limits, Some(&dir), pinned)?;
         match Self::program_and_attach(&mut dataplane, &config, mode_override, adopt, replace) {
-            Ok((table, overrides)) => Ok(Controller {
+            Ok((table, overrides)) => {
+                let mut controller = Controller {
                 config_path: config_path.to_path_buf(),
                 config,
                 dataplane,
@@ -129,9 +133,13 @@ impl Controller {
                 flows_expired: 0,
                 overrides,
                 health: BTreeMap::new(),
+                syn_cookies: BTreeMap::new(),
                 handed_over: false,
                 cluster: None,
-            }),
+                };
+                controller.resume_syn_cookies();
+                Ok(controller)
+            }
             Err(e) => {
                 if adopt {
                     // Whatever failed, the adopted data path keeps forwarding.
@@ -154,8 +162,10 @@ impl Controller {
         } else {
             ServiceTable::default()
         };
+        // A restart keeps the drains and the automatic SYN cookies it finds.
         let overrides = Overrides {
             drained: table.draining(),
+            syn_cookies: table.syn_cookie_flags(),
             ..Overrides::default()
         };
         let summary = table.apply_with(dataplane, config, &overrides)?;
@@ -320,6 +330,7 @@ impl Controller {
                 new_flows: stats.new_flows,
                 drops: stats.drops,
                 denied: stats.denied,
+                syn_cookies: self.syn_cookie_stats(&service.config, stats.syn_cookies),
                 backends,
             });
         }
@@ -378,6 +389,7 @@ impl Controller {
     /// Deletes the entries of connections idle beyond their timeout.
     pub fn expire_flows(&mut self) -> usize {
         let entries = self.dataplane.flow_entries();
+        self.update_syn_cookies(&entries);
         let expired = flows::expired(&entries, sys::monotonic_ns(), &self.config.timeouts);
         // The snapshot may be stale by now: each candidate is judged again as it goes.
         let removed = flows::remove_idle(

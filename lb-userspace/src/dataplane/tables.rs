@@ -263,6 +263,7 @@ impl Dataplane {
                 new_flows: sum.new_flows + v.new_flows,
                 drops: sum.drops + v.drops,
                 denied: sum.denied + v.denied,
+                syn_cookies: sum.syn_cookies + v.syn_cookies,
             }))
     }
 

@@ -295,11 +295,13 @@ pub fn plan(
             .iter()
             .map(|b| overrides.effective_weight(&service.name, (b.address, b.port), b.weight))
             .collect();
+        let syn_cookie_flags = overrides.syn_cookie_flags(service);
         let existing = next.services.get(&addr);
         if let Some(existing) = existing
             && existing.config == *service
             && existing.backend_ids == backend_ids
             && existing.effective_weights == effective_weights
+            && existing.syn_cookie_flags == syn_cookie_flags
         {
             continue;
         }
@@ -361,7 +363,7 @@ pub fn plan(
                 Mode::FullNat => MODE_FULL_NAT,
                 Mode::Dnat => MODE_DNAT,
             },
-            flags: service_flags(service),
+            flags: service_flags(service) | syn_cookie_flags,
             session_timeout_s: service
                 .affinity_timeout
                 .map_or(0, |t| t.as_secs().min(u64::from(u32::MAX)) as u32),
@@ -398,6 +400,7 @@ pub fn plan(
                 live_half: half,
                 backend_ids,
                 effective_weights,
+                syn_cookie_flags,
             },
         );
     }

@@ -38,6 +38,13 @@ pub fn stats() -> Stats {
             new_flows: 4,
             drops: 3,
             denied: 1,
+            syn_cookies: SynCookieStats {
+                mode: "on".into(),
+                sent: 7000,
+                switched_on: 1,
+                switched_off: 0,
+                pressure: 6500,
+            },
             backends: vec![BackendStats {
                 address: "198.19.0.11:8080".parse().unwrap(),
                 id: 2,

@@ -63,6 +63,13 @@ fn stats() {
                 "new_flows": 4,
                 "drops": 3,
                 "denied": 1,
+                "syn_cookies": {
+                    "mode": "on",
+                    "sent": 7000,
+                    "switched_on": 1,
+                    "switched_off": 0,
+                    "pressure": 6500,
+                },
                 "backends": [{
                     "address": "198.19.0.11:8080",
                     "id": 2,

@@ -89,6 +89,8 @@ fn full_config_parses_into_expected_struct() {
                 mode: Mode::FullNat,
                 snat_ip: Some(Ipv4Addr::new(198, 19, 1, 1)),
                 syn_proxy: false,
+                syn_cookies: SynCookies::Auto,
+                syn_cookie_threshold: crate::domain::DEFAULT_SYN_COOKIE_THRESHOLD,
                 backends: vec![
                     BackendConfig {
                         address: Ipv4Addr::new(198, 19, 0, 11),
@@ -116,6 +118,8 @@ fn full_config_parses_into_expected_struct() {
                 mode: Mode::Dnat,
                 snat_ip: None,
                 syn_proxy: false,
+                syn_cookies: SynCookies::Off,
+                syn_cookie_threshold: crate::domain::DEFAULT_SYN_COOKIE_THRESHOLD,
                 backends: vec![
                     BackendConfig {
                         address: Ipv4Addr::new(198, 19, 0, 21),

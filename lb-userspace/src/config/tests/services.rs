@@ -283,3 +283,51 @@ fn unknown_segment_takes_drop_or_reset_on_tcp_only() {
         "service \"web\" is udp: unknown_segment is only for tcp",
     );
 }
+
+#[test]
+fn syn_cookies_are_automatic_on_tcp_by_default() {
+    let service = &parse(&with_service_keys("")).unwrap().services[0];
+    assert_eq!(service.syn_cookies, SynCookies::Auto);
+    assert_eq!(
+        service.syn_cookie_threshold,
+        crate::domain::DEFAULT_SYN_COOKIE_THRESHOLD
+    );
+    let text = with_service_keys("syn_cookies = \"off\"");
+    assert_eq!(parse(&text).unwrap().services[0].syn_cookies, SynCookies::Off);
+    let text = with_service_keys("syn_cookie_threshold = 100");
+    assert_eq!(parse(&text).unwrap().services[0].syn_cookie_threshold, 100);
+    // A SYN proxy or a UDP service has nothing to switch.
+    let text = with_service_keys("syn_proxy = true");
+    assert_eq!(parse(&text).unwrap().services[0].syn_cookies, SynCookies::Off);
+    let text = with_service_keys("protocol = \"udp\"");
+    assert_eq!(parse(&text).unwrap().services[0].syn_cookies, SynCookies::Off);
+}
+
+#[test]
+fn syn_cookie_keys_are_checked() {
+    assert_refused(
+        &with_service_keys("protocol = \"udp\"\nsyn_cookies = \"off\""),
+        "syn_cookies",
+        "service \"web\" is udp: syn_cookies is only for tcp",
+    );
+    assert_refused(
+        &with_service_keys("syn_proxy = true\nsyn_cookies = \"auto\""),
+        "syn_cookies",
+        "syn_proxy = true, which answers every SYN with a cookie",
+    );
+    assert_refused(
+        &with_service_keys("syn_cookies = \"off\"\nsyn_cookie_threshold = 10"),
+        "syn_cookie_threshold",
+        "syn_cookie_threshold does not apply",
+    );
+    assert_refused(
+        &with_service_keys("syn_cookie_threshold = 0"),
+        "syn_cookie_threshold",
+        "syn_cookie_threshold",
+    );
+    assert_refused(
+        &with_service_keys("syn_cookies = \"sometimes\""),
+        "syn_cookies",
+        "sometimes",
+    );
+}

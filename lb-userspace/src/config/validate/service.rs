@@ -11,12 +11,16 @@ use super::{MAX_TIMEOUT_SECS, Parser};
 use crate::config::raw::{RawHealthCheck, RawProbe, RawService};
 use crate::config::{BackendConfig, ConfigError, ServiceConfig, position};
 use crate::domain::{
-    DenyAction, HealthCheck, HealthProbe, Limits, Mode, PORTS, Prefix, Protocol, UnknownSegment,
-    WEIGHTS,
+    DEFAULT_SYN_COOKIE_THRESHOLD, DenyAction, HealthCheck, HealthProbe, Limits, Mode, PORTS,
+    Prefix, Protocol, SynCookies, UnknownSegment, WEIGHTS,
 };
 
 /// Service names show up in operator output and logs; keep them short.
 const MAX_SERVICE_NAME_LEN: usize = 64;
+
+/// Largest `syn_cookie_threshold`: as many half-open connections as the default flow
+/// table holds pairs.
+const MAX_SYN_COOKIE_THRESHOLD: i64 = (lb_common::DEFAULT_MAX_FLOWS / 2) as i64;
 
 impl Parser<'_> {
     /// With a cluster, a service may start without configured backends: nodes announce
@@ -100,6 +104,43 @@ impl Parser<'_> {
                 Some(flag) => *flag.get_ref(),
                 None => false,
             };
+            let syn_cookies = match &service.syn_cookies {
+                Some(choice) if protocol != Protocol::Tcp => {
+                    return Err(self.error(
+                        choice.span(),
+                        format!("service {name:?} is {protocol}: syn_cookies is only for tcp"),
+                    ));
+                }
+                Some(choice) if syn_proxy && *choice.get_ref() == SynCookies::Auto => {
+                    return Err(self.error(
+                        choice.span(),
+                        format!(
+                            "service {name:?} has syn_proxy = true, which answers every SYN \
+                             with a cookie: syn_cookies = \"auto\" would never switch anything"
+                        ),
+                    ));
+                }
+                Some(choice) => *choice.get_ref(),
+                None if protocol == Protocol::Tcp && !syn_proxy => SynCookies::Auto,
+                None => SynCookies::Off,
+            };
+            if let Some(threshold) = &service.syn_cookie_threshold
+                && syn_cookies == SynCookies::Off
+            {
+                return Err(self.error(
+                    threshold.span(),
+                    format!(
+                        "service {name:?} has no automatic SYN cookies (syn_cookies = \"off\", \
+                         syn_proxy or udp): syn_cookie_threshold does not apply"
+                    ),
+                ));
+            }
+            let syn_cookie_threshold = self.int_or(
+                service.syn_cookie_threshold.as_ref(),
+                "syn_cookie_threshold",
+                1..=MAX_SYN_COOKIE_THRESHOLD,
+                DEFAULT_SYN_COOKIE_THRESHOLD,
+            )?;
             let unknown_segment = match &service.unknown_segment {
                 Some(answer) if protocol != Protocol::Tcp => {
                     return Err(self.error(
@@ -269,6 +310,8 @@ impl Parser<'_> {
                 mode,
                 snat_ip,
                 syn_proxy,
+                syn_cookies,
+                syn_cookie_threshold,
                 backends,
                 allow,
                 deny,
