@@ -640,3 +640,50 @@ fn unknown_segment_reset_sets_the_service_flag_and_a_reload_clears_it() {
     );
     assert_eq!(model.entry(VIP).flags & SERVICE_FLAG_NO_FLOW_RST, 0);
 }
+
+#[test]
+fn automatic_syn_cookies_are_an_override_that_a_reload_keeps() {
+    use lb_common::{SERVICE_FLAG_COOKIE_ACKS, SERVICE_FLAG_SYN_COOKIES};
+    let on = SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS;
+    let mut model = Model::new(capacity());
+    let mut table = ServiceTable::default();
+    let plain = web(&[(SERVER1, 1)]);
+    model.apply(&mut table, &plain, &Overrides::default());
+    assert_eq!(model.entry(VIP).flags & on, 0, "off until a flood");
+
+    // Switching on writes the service entry, and nothing else.
+    let flooded = Overrides {
+        syn_cookies: [("web".to_string(), on)].into(),
+        ..Overrides::default()
+    };
+    model.apply(&mut table, &plain, &flooded);
+    assert_eq!(model.entry(VIP).flags & on, on);
+    assert!(model.ops.iter().all(is_service), "{:?}", model.ops);
+    assert_eq!(table.syn_cookie_flags(), flooded.syn_cookies);
+
+    // A reload with the same overrides, even one that changes the service, keeps it.
+    let summary = model.apply(&mut table, &plain, &flooded);
+    assert_eq!(summary, ApplySummary::default(), "nothing to write");
+    let changed = web(&[(SERVER1, 1), (SERVER2, 1)]);
+    model.apply(&mut table, &changed, &flooded);
+    assert_eq!(model.entry(VIP).flags & on, on);
+
+    // Draining: only cookie ACKs.
+    let draining = Overrides {
+        syn_cookies: [("web".to_string(), SERVICE_FLAG_COOKIE_ACKS)].into(),
+        ..Overrides::default()
+    };
+    model.apply(&mut table, &changed, &draining);
+    assert_eq!(model.entry(VIP).flags & on, SERVICE_FLAG_COOKIE_ACKS);
+
+    // A service that turned automatic cookies off never gets the flags.
+    let off = config(&[service(
+        "web",
+        VIP,
+        &[(SERVER1, 1), (SERVER2, 1)],
+        "syn_cookies = \"off\"",
+    )]);
+    model.apply(&mut table, &off, &flooded);
+    assert_eq!(model.entry(VIP).flags & on, 0);
+    assert!(table.syn_cookie_flags().is_empty());
+}

@@ -44,6 +44,7 @@ mod reload_ids;
 mod reset;
 mod rings;
 mod snat_ports;
+mod syn_cookies;
 mod syn_proxy;
 mod ttl;
 mod udp;
