@@ -64,8 +64,20 @@ impl Balancer {
     /// Brings up the testbed, starts the servers and `lb run` with `config`
     /// (from `config_toml`, whose name must be the topology prefix).
     pub fn start(prefix: &str, config: &str) -> Result<Balancer> {
+        Self::start_with(prefix, config, |_| Ok(())).map(|((), balancer)| balancer)
+    }
+
+    /// Like [`start`](Self::start), with `prepare` run on the topology before the
+    /// daemon starts (e.g. to add an interface it attaches to); returns what `prepare`
+    /// made first, so that a caller's `let (made, balancer)` drops the balancer first.
+    pub fn start_with<T>(
+        prefix: &str,
+        config: &str,
+        prepare: impl FnOnce(&Topology) -> Result<T>,
+    ) -> Result<(T, Balancer)> {
         let mut topo = Topology::up(prefix)?;
         topo.start_servers()?;
+        let made = prepare(&topo)?;
         let dir = lb_binary()
             .parent()
             .expect("profile dir")
@@ -82,7 +94,7 @@ impl Balancer {
             pid: None,
         };
         balancer.spawn_daemon()?;
-        Ok(balancer)
+        Ok((made, balancer))
     }
 
     /// Kills the daemon with SIGKILL (no cleanup at all) and reaps it.
