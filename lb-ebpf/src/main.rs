@@ -39,7 +39,8 @@ use lb_common::{
     FLOW_DIR_CLIENT_TO_SERVER, FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_RESET,
     FLOW_STATE_SYN_SEEN, FLOW_STATE_SYNPROXY, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP,
     IPPROTO_UDP, MODE_DNAT, SERVICE_FLAG_AUTH_RST, SERVICE_FLAG_COOKIE_ACKS,
-    SERVICE_FLAG_NO_FLOW_RST, SERVICE_FLAG_SYN_COOKIES, SERVICE_FLAG_SYN_PROXY, Service, ServiceKey, counters,
+    SERVICE_FLAG_NO_FLOW_RST, SERVICE_FLAG_SYN_COOKIES, SERVICE_FLAG_SYN_PROXY, Service,
+    ServiceKey, counters,
 };
 
 use crate::{
@@ -253,7 +254,8 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
     // cookie and opens flows on the client's cookie-carrying ACK; after automatic
     // cookies switch off, such ACKs are still accepted for the cookies' lifetime
     // (docs/architecture.md, "SYN floods").
-    let cookie_syn = is_syn && service.flags & (SERVICE_FLAG_SYN_PROXY | SERVICE_FLAG_SYN_COOKIES) != 0;
+    let cookie_syn =
+        is_syn && service.flags & (SERVICE_FLAG_SYN_PROXY | SERVICE_FLAG_SYN_COOKIES) != 0;
     let proxy_ack = service.flags & (SERVICE_FLAG_SYN_PROXY | SERVICE_FLAG_COOKIE_ACKS) != 0
         && matches!(tcp_flags, Some(flags) if flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK);
     if let Some(flags) = tcp_flags

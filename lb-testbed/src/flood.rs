@@ -32,7 +32,8 @@ pub const SPOOFED_PREFIX_LEN: u8 = 17;
 
 /// Whether `ip` is one of the flood's spoofed sources.
 pub fn is_spoofed(ip: Ipv4Addr) -> bool {
-    u32::from(ip) >> (32 - SPOOFED_PREFIX_LEN) == u32::from(SPOOFED_NET) >> (32 - SPOOFED_PREFIX_LEN)
+    u32::from(ip) >> (32 - SPOOFED_PREFIX_LEN)
+        == u32::from(SPOOFED_NET) >> (32 - SPOOFED_PREFIX_LEN)
 }
 
 /// The flood namespace `{prefix}-flood` of a topology; deleted on drop.

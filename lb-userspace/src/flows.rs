@@ -98,10 +98,7 @@ pub fn half_open_per_service(entries: &[(FlowKey, FlowEntry)]) -> HashMap<u32, u
     let mut half_open = HashMap::new();
     for (_, entry) in entries {
         if entry.direction == FLOW_DIR_CLIENT_TO_SERVER
-            && matches!(
-                entry.state,
-                FLOW_STATE_SYN_SEEN | FLOW_STATE_SYN_ACK_SEEN
-            )
+            && matches!(entry.state, FLOW_STATE_SYN_SEEN | FLOW_STATE_SYN_ACK_SEEN)
         {
             *half_open.entry(entry.service_id).or_default() += 1;
         }
@@ -325,10 +322,14 @@ mod tests {
         entries.extend(pair(FLOW_STATE_ESTABLISHED, 0, 0));
         // A SYN proxy's pair opening the server side had its cookie checked: not a flood.
         entries.extend(pair(lb_common::FLOW_STATE_SYNPROXY, 0, 0));
-        entries.extend(pair(FLOW_STATE_SYN_SEEN, 0, 0).into_iter().map(|(k, mut e)| {
-            e.service_id = 4;
-            (k, e)
-        }));
+        entries.extend(
+            pair(FLOW_STATE_SYN_SEEN, 0, 0)
+                .into_iter()
+                .map(|(k, mut e)| {
+                    e.service_id = 4;
+                    (k, e)
+                }),
+        );
         let half_open = half_open_per_service(&entries);
         assert_eq!(half_open.len(), 2);
         assert_eq!(half_open[&0], 2);

@@ -131,11 +131,9 @@ impl AutoCookies {
     /// entries they would have made without cookies. Counters that went backwards (a
     /// service id's stats cleared) count from where they are now.
     fn unanswered(&mut self, now: Duration, sample: Sample, window: Duration) -> u64 {
-        if self
-            .history
-            .back()
-            .is_some_and(|&(_, cookies, flows)| sample.cookies_sent < cookies || sample.new_flows < flows)
-        {
+        if self.history.back().is_some_and(|&(_, cookies, flows)| {
+            sample.cookies_sent < cookies || sample.new_flows < flows
+        }) {
             self.history.clear();
         }
         self.history
@@ -180,7 +178,10 @@ mod tests {
         assert_eq!(auto.mode(), CookieMode::Off);
         assert!(auto.observe(secs(2), half_open(1001), THRESHOLD, WINDOW));
         assert_eq!(auto.mode(), CookieMode::On);
-        assert_eq!(auto.mode().flags(), SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS);
+        assert_eq!(
+            auto.mode().flags(),
+            SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS
+        );
         assert_eq!(auto.switched_on, 1);
     }
 

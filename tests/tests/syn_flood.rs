@@ -55,20 +55,26 @@ fn prefix() -> String {
 /// `web` service and `timeouts` as the `[timeouts]` table.
 fn start(web_keys: &str, timeouts: &str) -> (Flooder, Balancer) {
     let prefix = prefix();
-    let extra =
-        format!("[timeouts]\n{timeouts}\n[snat]\nport_min = 1024\nport_max = 17407\n");
+    let extra = format!("[timeouts]\n{timeouts}\n[snat]\nport_min = 1024\nport_max = 17407\n");
     let config = config_toml(&prefix, [1, 1, 1], &extra)
         .replacen(
             "attach = [\"lb-ext\", \"lb-int\"]",
             &format!("attach = [\"lb-ext\", \"lb-int\", \"{LB_FLOOD_IF}\"]"),
             1,
         )
-        .replacen("name = \"web\"\n", &format!("name = \"web\"\n{web_keys}\n"), 1);
+        .replacen(
+            "name = \"web\"\n",
+            &format!("name = \"web\"\n{web_keys}\n"),
+            1,
+        );
     Balancer::start_with(&prefix, &config, Flooder::attach).expect("start testbed and lb")
 }
 
 /// Real requests, one after another, until `stop` is set; (ok, failures).
-fn real_client(balancer: &Balancer, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, Vec<String>)> {
+fn real_client(
+    balancer: &Balancer,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u32, Vec<String>)> {
     let ns = balancer.topo.ns(Role::Client);
     std::thread::spawn(move || {
         let (mut ok, mut failed) = (0u32, Vec::new());
@@ -91,9 +97,7 @@ fn flood_with_real_requests(flooder: &Flooder, balancer: &Balancer) -> (u32, Vec
     let real = real_client(balancer, stop.clone());
     std::thread::sleep(Duration::from_millis(300));
     let target = SocketAddrV4::new(testbed::VIP, 80);
-    let sent = flooder
-        .syn_flood(target, RATE, FLOOD_FOR)
-        .expect("flood");
+    let sent = flooder.syn_flood(target, RATE, FLOOD_FOR).expect("flood");
     let ended = Instant::now();
     let expected = u64::from(RATE) * FLOOD_FOR.as_secs();
     assert!(
@@ -179,7 +183,11 @@ fn with_automatic_syn_cookies_a_spoofed_flood_does_no_harm() {
         exhausted * 100 <= new_flows,
         "the SNAT port space held: {counters}"
     );
-    assert_eq!(requests_after(&balancer), REQUESTS_AFTER, "requests after the flood");
+    assert_eq!(
+        requests_after(&balancer),
+        REQUESTS_AFTER,
+        "requests after the flood"
+    );
 
     // The flood's half-open pairs (from before the switch) expire after tcp_syn.
     let deadline = ended + Duration::from_secs(TCP_SYN_SECS) + GC_SLACK;
@@ -200,10 +208,8 @@ fn with_automatic_syn_cookies_a_spoofed_flood_does_no_harm() {
     );
 
     // Once the flood is over, SYNs open flows again (cookie ACKs still accepted).
-    let deadline = ended
-        + Duration::from_secs(TCP_SYN_SECS)
-        + lb_userspace::syn_cookies::QUIET
-        + GC_SLACK * 2;
+    let deadline =
+        ended + Duration::from_secs(TCP_SYN_SECS) + lb_userspace::syn_cookies::QUIET + GC_SLACK * 2;
     let mut web = web_stats(&balancer);
     while web["syn_cookies"]["mode"] == "on" && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));
@@ -214,7 +220,9 @@ fn with_automatic_syn_cookies_a_spoofed_flood_does_no_harm() {
     let sent = web["syn_cookies"]["sent"].as_u64().unwrap();
     balancer.curl("/").expect("a request after the flood");
     assert_eq!(
-        web_stats(&balancer)["syn_cookies"]["sent"].as_u64().unwrap(),
+        web_stats(&balancer)["syn_cookies"]["sent"]
+            .as_u64()
+            .unwrap(),
         sent,
         "a SYN after the flood is not answered with a cookie"
     );

@@ -8,9 +8,7 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::domain::{
-    BackendDown, DenyAction, Mode, Protocol, SynCookies, UnknownSegment, XdpMode,
-};
+use crate::domain::{BackendDown, DenyAction, Mode, Protocol, SynCookies, UnknownSegment, XdpMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

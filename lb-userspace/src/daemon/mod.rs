@@ -122,20 +122,20 @@ impl Controller {
         match Self::program_and_attach(&mut dataplane, &config, mode_override, adopt, replace) {
             Ok((table, overrides)) => {
                 let mut controller = Controller {
-                config_path: config_path.to_path_buf(),
-                config,
-                dataplane,
-                table,
-                started: Instant::now(),
-                generation: 1,
-                last_reload: None,
-                last_reload_ok: None,
-                flows_expired: 0,
-                overrides,
-                health: BTreeMap::new(),
-                syn_cookies: BTreeMap::new(),
-                handed_over: false,
-                cluster: None,
+                    config_path: config_path.to_path_buf(),
+                    config,
+                    dataplane,
+                    table,
+                    started: Instant::now(),
+                    generation: 1,
+                    last_reload: None,
+                    last_reload_ok: None,
+                    flows_expired: 0,
+                    overrides,
+                    health: BTreeMap::new(),
+                    syn_cookies: BTreeMap::new(),
+                    handed_over: false,
+                    cluster: None,
                 };
                 controller.resume_syn_cookies();
                 Ok(controller)

@@ -39,8 +39,10 @@ fn cookie_ack(sport: u16, cookie: u32) -> Tcp {
 #[ignore = "needs root: run with cargo xtask test"]
 fn under_automatic_cookies_a_syn_makes_no_entry_and_the_cookie_ack_opens_the_flow() {
     with_harness(|h| {
-        h.apply_overrides(&web_flags(SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS))
-            .unwrap();
+        h.apply_overrides(&web_flags(
+            SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS,
+        ))
+        .unwrap();
         let cookie = cookie_for(h, 40000);
         assert!(h.flows().is_empty(), "a SYN creates no flow entry");
         assert_eq!(h.counter(counters::SYNPROXY_SYNACK_SENT), 1);
@@ -72,11 +74,14 @@ fn under_automatic_cookies_a_syn_makes_no_entry_and_the_cookie_ack_opens_the_flo
 #[ignore = "needs root: run with cargo xtask test"]
 fn after_the_flood_syns_open_flows_again_and_earlier_cookies_still_complete() {
     with_harness(|h| {
-        h.apply_overrides(&web_flags(SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS))
-            .unwrap();
+        h.apply_overrides(&web_flags(
+            SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS,
+        ))
+        .unwrap();
         let cookie = cookie_for(h, 40000);
         // Switched off, cookie ACKs still accepted.
-        h.apply_overrides(&web_flags(SERVICE_FLAG_COOKIE_ACKS)).unwrap();
+        h.apply_overrides(&web_flags(SERVICE_FLAG_COOKIE_ACKS))
+            .unwrap();
         let (verdict, _) = h.run(&Tcp::syn(CLIENT, 40001, VIP, 80).build(&[]));
         assert_eq!(verdict, XDP_REDIRECT, "a SYN goes to the server");
         let plain = h
@@ -116,8 +121,10 @@ fn after_the_flood_syns_open_flows_again_and_earlier_cookies_still_complete() {
 /// Gets a cookie for client port 40003 with cookies on, then switches them off
 /// altogether; returns the ACK that would complete that handshake.
 fn cookie_for_off(h: &mut Harness) -> Vec<u8> {
-    h.apply_overrides(&web_flags(SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS))
-        .unwrap();
+    h.apply_overrides(&web_flags(
+        SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS,
+    ))
+    .unwrap();
     let cookie = cookie_for(h, 40003);
     h.apply_overrides(&Overrides::default()).unwrap();
     cookie_ack(40003, cookie).build(&[])
@@ -133,8 +140,10 @@ fn a_service_with_syn_cookies_off_ignores_the_flags() {
             1,
         );
         h.apply_config(&off).unwrap();
-        h.apply_overrides(&web_flags(SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS))
-            .unwrap();
+        h.apply_overrides(&web_flags(
+            SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS,
+        ))
+        .unwrap();
         let (verdict, _) = h.run(&Tcp::syn(CLIENT, 40000, VIP, 80).build(&[]));
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(h.counter(counters::SYNPROXY_SYNACK_SENT), 0);

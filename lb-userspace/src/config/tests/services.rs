@@ -293,14 +293,23 @@ fn syn_cookies_are_automatic_on_tcp_by_default() {
         crate::domain::DEFAULT_SYN_COOKIE_THRESHOLD
     );
     let text = with_service_keys("syn_cookies = \"off\"");
-    assert_eq!(parse(&text).unwrap().services[0].syn_cookies, SynCookies::Off);
+    assert_eq!(
+        parse(&text).unwrap().services[0].syn_cookies,
+        SynCookies::Off
+    );
     let text = with_service_keys("syn_cookie_threshold = 100");
     assert_eq!(parse(&text).unwrap().services[0].syn_cookie_threshold, 100);
     // A SYN proxy or a UDP service has nothing to switch.
     let text = with_service_keys("syn_proxy = true");
-    assert_eq!(parse(&text).unwrap().services[0].syn_cookies, SynCookies::Off);
+    assert_eq!(
+        parse(&text).unwrap().services[0].syn_cookies,
+        SynCookies::Off
+    );
     let text = with_service_keys("protocol = \"udp\"");
-    assert_eq!(parse(&text).unwrap().services[0].syn_cookies, SynCookies::Off);
+    assert_eq!(
+        parse(&text).unwrap().services[0].syn_cookies,
+        SynCookies::Off
+    );
 }
 
 #[test]
