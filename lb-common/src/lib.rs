@@ -52,7 +52,8 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const ELIGIBILITY: &str = "ELIGIBILITY";
     pub const SESSIONS: &str = "SESSIONS";
-    pub const ALL: [&str; 12] = [
+    pub const SNAT_POOLS: &str = "SNAT_POOLS";
+    pub const ALL: [&str; 13] = [
         SERVICES,
         BACKENDS,
         MAGLEV_RINGS,
@@ -65,6 +66,7 @@ pub mod map_names {
         BACKEND_STATS,
         ELIGIBILITY,
         SESSIONS,
+        SNAT_POOLS,
     ];
 }
 
@@ -133,7 +135,23 @@ pub struct Service {
     pub ring_size: u32,
     /// Index of slot 0 of the idle ring: the one the next change is written into.
     pub ring_idle_offset: u32,
-    pub _pad: u32,
+    /// Full-NAT source addresses (`snat_ips`): above 1, new flows spread over the
+    /// service's SNAT_POOLS slot; 0 or 1, `snat_ip` is the only one.
+    pub snat_count: u32,
+}
+
+/// Most SNAT addresses of one service (`snat_ips`).
+pub const MAX_SNAT_IPS: usize = 16;
+
+/// SNAT_POOLS value (array indexed by service id): the SNAT addresses of a service with
+/// several. Every slot holds one of them (the list repeated), so a packet that reads the
+/// entry's old `snat_count` while the pool changes still finds a current address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SnatPool {
+    /// Network byte order.
+    pub addrs: [u32; MAX_SNAT_IPS],
 }
 
 /// Backends map value (array indexed by backend id).
@@ -320,6 +338,8 @@ impl FlowEntry {
 /// LOCAL_ADDRS values: which of the balancer's own roles an address plays.
 pub const ADDR_KIND_VIP: u32 = 1;
 pub const ADDR_KIND_SNAT: u32 = 2;
+/// Capacity of LOCAL_ADDRS (VIPs and SNAT addresses over all services).
+pub const MAX_LOCAL_ADDRS: u32 = 1024;
 
 /// SETTINGS (array of one): knobs the controller sets for the data path.
 #[repr(C)]
@@ -438,6 +458,7 @@ mod pod {
     unsafe impl aya::Pod for super::SessionKey {}
     unsafe impl aya::Pod for super::SessionEntry {}
     unsafe impl aya::Pod for super::BenchPacket {}
+    unsafe impl aya::Pod for super::SnatPool {}
 }
 
 #[cfg(test)]
@@ -459,5 +480,6 @@ mod tests {
         assert_eq!(size_of::<SessionEntry>(), 24);
         assert_eq!(size_of::<BackendStats>(), 32);
         assert_eq!(size_of::<BenchPacket>(), 16 + BENCH_PACKET_MAX);
+        assert_eq!(size_of::<SnatPool>(), 4 * MAX_SNAT_IPS);
     }
 }

@@ -420,11 +420,11 @@ fn create_flow(service: &Service, key: &FlowKey, init: &FlowInit) -> Option<Flow
         }
         (key.src_ip, key.src_port)
     } else {
-        let Some(port) = sched::insert_with_snat_port(&mut reverse_key, &reverse) else {
+        let Some(snat) = sched::insert_with_snat(service, key, &mut reverse_key, &reverse) else {
             count(counters::DROP_SNAT_EXHAUSTED);
             return None;
         };
-        (service.snat_ip, port)
+        snat
     };
     let forward = FlowEntry {
         new_src_ip,

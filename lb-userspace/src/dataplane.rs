@@ -18,7 +18,7 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, Service, ServiceKey, ServiceStats,
-    SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, map_names,
+    SessionEntry, SessionKey, Settings, SnatPool, XDP_PROGRAM_NAME, map_names,
 };
 
 use crate::{
@@ -114,6 +114,7 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, BackendStats>,
     eligibility: LpmTrie<MapData, EligibilityKey, u32>,
     sessions: HashMap<MapData, SessionKey, SessionEntry>,
+    snat_pools: Array<MapData, SnatPool>,
     /// Interfaces the program is attached to: name → (ifindex, mode, link).
     attached: StdHashMap<String, (u32, AttachedMode, AttachedLink)>,
     pin_dir: Option<PathBuf>,
@@ -221,6 +222,7 @@ impl Dataplane {
         loader
             .map_max_entries(map_names::SERVICES, capacity.max_services)
             .map_max_entries(map_names::SERVICE_STATS, capacity.max_services)
+            .map_max_entries(map_names::SNAT_POOLS, capacity.max_services)
             .map_max_entries(map_names::BACKENDS, capacity.max_backends)
             .map_max_entries(map_names::BACKEND_STATS, capacity.max_backends)
             .map_max_entries(map_names::MAGLEV_RINGS, rings)
@@ -257,6 +259,7 @@ impl Dataplane {
             backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
             eligibility: take(&mut ebpf, map_names::ELIGIBILITY)?,
             sessions: take(&mut ebpf, map_names::SESSIONS)?,
+            snat_pools: take(&mut ebpf, map_names::SNAT_POOLS)?,
             ebpf,
             attached: StdHashMap::new(),
             pin_dir: pin_dir.map(Path::to_path_buf),
@@ -455,6 +458,7 @@ fn remove_pins(dir: &Path) {
 fn check_pinned_capacity(dir: &Path, capacity: Limits, rings: u32) -> Result<()> {
     for (name, wanted) in [
         (map_names::SERVICES, capacity.max_services),
+        (map_names::SNAT_POOLS, capacity.max_services),
         (map_names::BACKENDS, capacity.max_backends),
         (map_names::MAGLEV_RINGS, rings),
         (map_names::FLOWS, capacity.max_flows),

@@ -110,6 +110,9 @@ pub struct ServiceStats {
     pub vip: SocketAddrV4,
     pub protocol: Protocol,
     pub mode: Mode,
+    /// Full-NAT source addresses new flows spread over (none in DNAT mode).
+    #[serde(default)]
+    pub snat_ips: Vec<std::net::Ipv4Addr>,
     /// Id in the data path's tables.
     pub id: u32,
     pub packets: u64,

@@ -43,8 +43,9 @@ pub struct ServiceConfig {
     pub port: u16,
     pub protocol: Protocol,
     pub mode: Mode,
-    /// Set exactly when `mode` is [`Mode::FullNat`].
-    pub snat_ip: Option<Ipv4Addr>,
+    /// Full-NAT source addresses (`snat_ip`, or `snat_ips`): 1 to `MAX_SNAT_IPS` when
+    /// `mode` is [`Mode::FullNat`], none in DNAT mode. New flows spread over them.
+    pub snat_ips: Vec<Ipv4Addr>,
     /// The balancer answers SYNs with SYN cookies and opens the server side itself
     /// (TCP only).
     pub syn_proxy: bool,

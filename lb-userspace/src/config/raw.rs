@@ -86,6 +86,7 @@ pub(super) struct RawService {
     pub(super) protocol: Option<Protocol>,
     pub(super) mode: Option<Mode>,
     pub(super) snat_ip: Option<Spanned<Ipv4Addr>>,
+    pub(super) snat_ips: Option<Spanned<Vec<Spanned<Ipv4Addr>>>>,
     pub(super) allow: Option<Vec<Spanned<String>>>,
     pub(super) deny: Option<Spanned<DenyAction>>,
     pub(super) affinity_timeout: Option<Spanned<i64>>,

@@ -324,6 +324,7 @@ impl Controller {
                 vip: SocketAddrV4::new(service.config.vip, service.config.port),
                 protocol: service.config.protocol,
                 mode: service.config.mode,
+                snat_ips: service.config.snat_ips.clone(),
                 id: service.id,
                 packets: stats.packets,
                 bytes: stats.bytes,

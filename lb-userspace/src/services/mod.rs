@@ -377,7 +377,7 @@ fn placeholder_config(addr: ServiceAddr) -> ServiceConfig {
             Protocol::Tcp
         },
         mode: Mode::FullNat,
-        snat_ip: None,
+        snat_ips: Vec::new(),
         syn_proxy: false,
         syn_cookies: crate::domain::SynCookies::Off,
         syn_cookie_threshold: crate::domain::DEFAULT_SYN_COOKIE_THRESHOLD,

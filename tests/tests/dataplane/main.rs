@@ -43,6 +43,7 @@ mod pinning;
 mod reload_ids;
 mod reset;
 mod rings;
+mod snat_ips;
 mod snat_ports;
 mod syn_cookies;
 mod syn_proxy;

@@ -32,6 +32,7 @@ pub fn stats() -> Stats {
             vip: "198.18.0.10:80".parse().unwrap(),
             protocol: Protocol::Tcp,
             mode: Mode::FullNat,
+            snat_ips: vec!["198.19.1.1".parse().unwrap(), "198.19.1.2".parse().unwrap()],
             id: 1,
             packets: 100,
             bytes: 6400,

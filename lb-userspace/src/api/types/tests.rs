@@ -57,6 +57,7 @@ fn stats() {
                 "vip": "198.18.0.10:80",
                 "protocol": "tcp",
                 "mode": "full-nat",
+                "snat_ips": ["198.19.1.1", "198.19.1.2"],
                 "id": 1,
                 "packets": 100,
                 "bytes": 6400,

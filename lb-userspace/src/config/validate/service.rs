@@ -152,34 +152,7 @@ impl Parser<'_> {
                 None => UnknownSegment::default(),
             };
             let mode = service.mode.unwrap_or_default();
-            let snat_ip = match (mode, &service.snat_ip) {
-                (Mode::FullNat, None) => {
-                    return Err(self.error(
-                        table,
-                        format!("service {name:?} is full-nat and needs a snat_ip"),
-                    ));
-                }
-                (Mode::Dnat, Some(snat_ip)) => {
-                    return Err(self.error(
-                        snat_ip.span(),
-                        format!("service {name:?} is dnat: snat_ip is only for full-nat"),
-                    ));
-                }
-                (Mode::Dnat, None) => None,
-                (Mode::FullNat, Some(spanned_ip)) => {
-                    let snat_ip = self.unicast(spanned_ip, "snat_ip")?;
-                    if let Some(owner) = vip_owners.get(&snat_ip) {
-                        return Err(self.error(
-                            spanned_ip.span(),
-                            format!(
-                                "snat_ip {snat_ip} of service {name:?} is the VIP of \
-                                 service {owner:?}"
-                            ),
-                        ));
-                    }
-                    Some(snat_ip)
-                }
-            };
+            let snat_ips = self.snat_ips(service, mode, &vip_owners, table.clone())?;
 
             if service.backend.is_empty() && !announced_backends {
                 return Err(self.error(
@@ -308,7 +281,7 @@ impl Parser<'_> {
                 port,
                 protocol,
                 mode,
-                snat_ip,
+                snat_ips,
                 syn_proxy,
                 syn_cookies,
                 syn_cookie_threshold,
@@ -322,6 +295,90 @@ impl Parser<'_> {
             });
         }
         Ok(services)
+    }
+
+    /// The full-NAT source addresses: `snat_ip = "a"` or `snat_ips = ["a", ...]`, never
+    /// both; each unicast, none a VIP, none twice, at most `MAX_SNAT_IPS`.
+    fn snat_ips(
+        &self,
+        service: &RawService,
+        mode: Mode,
+        vip_owners: &HashMap<Ipv4Addr, &str>,
+        table: std::ops::Range<usize>,
+    ) -> Result<Vec<Ipv4Addr>, ConfigError> {
+        let name = service.name.get_ref();
+        let (listed, key): (Vec<&Spanned<Ipv4Addr>>, &str) =
+            match (&service.snat_ip, &service.snat_ips) {
+                (Some(_), Some(list)) => {
+                    return Err(self.error(
+                        list.span(),
+                        format!(
+                            "service {name:?} has both snat_ip and snat_ips: list every \
+                             address in snat_ips"
+                        ),
+                    ));
+                }
+                (Some(one), None) => (vec![one], "snat_ip"),
+                (None, Some(list)) => (list.get_ref().iter().collect(), "snat_ips"),
+                (None, None) => (Vec::new(), "snat_ip"),
+            };
+        let span = match &service.snat_ips {
+            Some(list) => list.span(),
+            None => service
+                .snat_ip
+                .as_ref()
+                .map_or(table.clone(), Spanned::span),
+        };
+        match mode {
+            Mode::Dnat if service.snat_ip.is_some() || service.snat_ips.is_some() => {
+                return Err(self.error(
+                    span,
+                    format!("service {name:?} is dnat: {key} is only for full-nat"),
+                ));
+            }
+            Mode::Dnat => return Ok(Vec::new()),
+            Mode::FullNat if service.snat_ips.is_some() && listed.is_empty() => {
+                return Err(self.error(
+                    span,
+                    format!("service {name:?}: snat_ips must list at least one address"),
+                ));
+            }
+            Mode::FullNat if listed.is_empty() => {
+                return Err(self.error(
+                    table,
+                    format!("service {name:?} is full-nat and needs a snat_ip (or snat_ips)"),
+                ));
+            }
+            Mode::FullNat => {}
+        }
+        if listed.len() > lb_common::MAX_SNAT_IPS {
+            return Err(self.error(
+                span,
+                format!(
+                    "service {name:?} lists {} snat_ips, at most {} are allowed",
+                    listed.len(),
+                    lb_common::MAX_SNAT_IPS
+                ),
+            ));
+        }
+        let mut ips: Vec<Ipv4Addr> = Vec::with_capacity(listed.len());
+        for spanned_ip in listed {
+            let ip = self.unicast(spanned_ip, key)?;
+            if let Some(owner) = vip_owners.get(&ip) {
+                return Err(self.error(
+                    spanned_ip.span(),
+                    format!("{key} {ip} of service {name:?} is the VIP of service {owner:?}"),
+                ));
+            }
+            if ips.contains(&ip) {
+                return Err(self.error(
+                    spanned_ip.span(),
+                    format!("service {name:?} lists snat_ips {ip} twice"),
+                ));
+            }
+            ips.push(ip);
+        }
+        Ok(ips)
     }
 
     fn health_check(&self, raw: &Spanned<RawHealthCheck>) -> Result<HealthCheck, ConfigError> {
