@@ -166,6 +166,16 @@ fn render_stats(stats: &Stats) -> String {
             service.name.clone(),
             format!("{}/{}", service.vip, service.protocol),
             service.mode.to_string(),
+            if service.snat_ips.is_empty() {
+                "-".to_string()
+            } else {
+                service
+                    .snat_ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
             service.packets.to_string(),
             service.bytes.to_string(),
             service.new_flows.to_string(),
@@ -190,6 +200,7 @@ fn render_stats(stats: &Stats) -> String {
             "SERVICE",
             "VIP",
             "MODE",
+            "SNAT",
             "PACKETS",
             "BYTES",
             "NEW FLOWS",
