@@ -11,7 +11,8 @@
 //! `tcp_syn = 3` shows the table emptying; without, the default `tcp_syn` of 30 s keeps
 //! the flood's pairs, as in the reported incident, and the requests right after the
 //! flood fail (`tcp_closing = 30` too, so that the real connections closed before do
-//! not free ports for them).
+//! not free ports for them). Four SNAT addresses (`snat_ips`) hold the same flood
+//! without cookies: the operator sizes the port space.
 //!
 //! Needs root: run with `cargo xtask test` (or `cargo test -- --ignored --test-threads=1`).
 
@@ -54,6 +55,15 @@ fn prefix() -> String {
 /// The standard config, also attached to the flood's link, with `web_keys` in the
 /// `web` service and `timeouts` as the `[timeouts]` table.
 fn start(web_keys: &str, timeouts: &str) -> (Flooder, Balancer) {
+    start_with_snat(web_keys, timeouts, &[])
+}
+
+/// `start` with `extra_snat` addresses also on the LB's `lo` (for `snat_ips`).
+fn start_with_snat(
+    web_keys: &str,
+    timeouts: &str,
+    extra_snat: &'static [&'static str],
+) -> (Flooder, Balancer) {
     let prefix = prefix();
     let extra = format!("[timeouts]\n{timeouts}\n[snat]\nport_min = 1024\nport_max = 17407\n");
     let config = config_toml(&prefix, [1, 1, 1], &extra)
@@ -67,7 +77,22 @@ fn start(web_keys: &str, timeouts: &str) -> (Flooder, Balancer) {
             &format!("name = \"web\"\n{web_keys}\n"),
             1,
         );
-    Balancer::start_with(&prefix, &config, Flooder::attach).expect("start testbed and lb")
+    // snat_ips replaces web's snat_ip (the first in the file).
+    let config = if web_keys.contains("snat_ips") {
+        config.replacen(&format!("snat_ip = \"{}\"\n", testbed::SNAT_IP), "", 1)
+    } else {
+        config
+    };
+    Balancer::start_with(&prefix, &config, |topo| {
+        for addr in extra_snat {
+            topo.exec(
+                Role::Lb,
+                &["ip", "addr", "add", &format!("{addr}/32"), "dev", "lo"],
+            )?;
+        }
+        Flooder::attach(topo)
+    })
+    .expect("start testbed and lb")
 }
 
 /// Real requests, one after another, until `stop` is set; (ok, failures).
@@ -261,6 +286,50 @@ fn without_automatic_syn_cookies_the_same_flood_exhausts_the_snat_ports() {
     eprintln!(
         "no cookies: {ok}/{total} real requests ok during, {after}/{REQUESTS_AFTER} after; \
          drop_snat_exhausted {exhausted}"
+    );
+    drop(balancer);
+    drop(flooder);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn four_snat_addresses_hold_the_same_flood_without_cookies() {
+    // Four times the port space: the flood's 100,000 half-open pairs fit in 196,608.
+    let (flooder, balancer) = start_with_snat(
+        "syn_cookies = \"off\"\nsnat_ips = [\"198.19.1.1\", \"198.19.1.2\", \"198.19.1.3\", \"198.19.1.4\"]",
+        "tcp_closing = 30",
+        &["198.19.1.2", "198.19.1.3", "198.19.1.4"],
+    );
+    let (ok, failed, _) = flood_with_real_requests(&flooder, &balancer);
+    let after = requests_after(&balancer);
+    let counters = balancer.json("stats").unwrap()["counters"].clone();
+    let total = ok + failed.len() as u32;
+    let exhausted = counters["drop_snat_exhausted"].as_u64().unwrap();
+    let new_flows = counters["new_flows"].as_u64().unwrap();
+    assert!(
+        exhausted * 100 <= new_flows,
+        "{exhausted} flows found no SNAT port: {counters}"
+    );
+    assert_eq!(after, REQUESTS_AFTER, "requests after the flood");
+    assert!(
+        u64::from(ok) * 100 >= u64::from(total) * 99,
+        "{ok} of {total} real requests succeeded: {failed:?}"
+    );
+    // Every address took its share of the flood.
+    let flows = balancer.json("flows").unwrap();
+    let mut per_address = std::collections::BTreeMap::new();
+    for row in flows.as_array().unwrap() {
+        let snat: SocketAddrV4 = row["snat"].as_str().unwrap().parse().unwrap();
+        *per_address.entry(*snat.ip()).or_insert(0u64) += 1;
+    }
+    assert_eq!(per_address.len(), 4, "{per_address:?}");
+    assert!(
+        per_address.values().all(|&n| n * 8 >= new_flows),
+        "{per_address:?} of {new_flows} new flows"
+    );
+    eprintln!(
+        "four SNAT addresses: {ok}/{total} real requests ok, {after}/{REQUESTS_AFTER} after, \
+         {per_address:?}"
     );
     drop(balancer);
     drop(flooder);
