@@ -62,22 +62,21 @@ impl Flooder {
         ns.ip(&format!("addr add {FLOOD_IP}/24 dev eth0"))?;
         ns.ip("link set eth0 up")?;
         ns.ip(&format!("route add default via {LB_FLOOD_IP}"))?;
-        let lb_ns = LbNs(lb);
+        let lb_ns = LbNs(lb.clone());
         lb_ns.ip(&format!("addr add {LB_FLOOD_IP}/24 dev {LB_FLOOD_IF}"))?;
         lb_ns.ip(&format!("link set {LB_FLOOD_IF} up"))?;
         lb_ns.ip(&format!(
             "route add {SPOOFED_NET}/{SPOOFED_PREFIX_LEN} via {FLOOD_IP}"
         ))?;
         // As on the LB's other interfaces (topology.rs): asymmetric paths are fine.
-        topo.exec(
-            Role::Lb,
-            &[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{LB_FLOOD_IF}.rp_filter=0"),
-                &format!("net.ipv4.conf.{LB_FLOOD_IF}.accept_local=1"),
-            ],
-        )?;
+        run_in_netns(&lb, || -> Result<()> {
+            for (key, value) in [("rp_filter", "0"), ("accept_local", "1")] {
+                let path = format!("/proc/sys/net/ipv4/conf/{LB_FLOOD_IF}/{key}");
+                std::fs::write(&path, value)
+                    .with_context(|| format!("writing {value} to {path}"))?;
+            }
+            Ok(())
+        })??;
         Ok(Flooder { ns })
     }
 
