@@ -146,4 +146,7 @@ counters! {
     /// VLAN-tagged frame (802.1Q 0x8100 or 802.1ad 0x88a8 in the frame): passed untouched,
     /// never balanced.
     PASS_VLAN = 54, "pass_vlan";
+    /// A packet for a stage program (the SYN proxy's handshake) while the stage is not
+    /// installed, which only happens while a daemon loads: dropped.
+    DROP_STAGE_MISSING = 55, "drop_stage_missing";
 }

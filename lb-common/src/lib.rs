@@ -54,7 +54,9 @@ pub mod map_names {
     pub const ELIGIBILITY: &str = "ELIGIBILITY";
     pub const SESSIONS: &str = "SESSIONS";
     pub const FRAGMENTS: &str = "FRAGMENTS";
-    pub const ALL: [&str; 13] = [
+    pub const SNAT_POOLS: &str = "SNAT_POOLS";
+    pub const STAGES: &str = "STAGES";
+    pub const ALL: [&str; 15] = [
         SERVICES,
         BACKENDS,
         MAGLEV_RINGS,
@@ -68,11 +70,19 @@ pub mod map_names {
         ELIGIBILITY,
         SESSIONS,
         FRAGMENTS,
+        SNAT_POOLS,
+        STAGES,
     ];
 }
 
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM_NAME: &str = "lb_xdp";
+
+/// Stage programs that `lb_xdp` enters by tail call, by index in `STAGES`, and their
+/// names in the object file (docs/architecture.md, "Programs").
+pub const STAGE_SYN_PROXY: u32 = 0;
+pub const STAGE_COUNT: u32 = 1;
+pub const STAGE_PROGRAM_NAMES: [&str; STAGE_COUNT as usize] = ["lb_xdp_syn_proxy"];
 
 /// Services map key: the (VIP, port, protocol) a client addresses.
 #[repr(C)]
@@ -104,6 +114,15 @@ pub const SERVICE_FLAG_SYN_PROXY: u8 = 8;
 /// not a SYN proxy's cookie ACK) is answered with a RST instead of dropped
 /// (`unknown_segment = "reset"`).
 pub const SERVICE_FLAG_NO_FLOW_RST: u8 = 16;
+/// `Service::flags`: automatic SYN cookies are on (set and cleared by the controller
+/// under a SYN flood, `syn_cookies = "auto"`): SYNs are answered as with
+/// `SERVICE_FLAG_SYN_PROXY`. Always set together with `SERVICE_FLAG_COOKIE_ACKS`.
+pub const SERVICE_FLAG_SYN_COOKIES: u8 = 32;
+/// `Service::flags`: an ACK without a flow entry is checked for a SYN cookie and, if it
+/// carries a valid one, opens the connection as with `SERVICE_FLAG_SYN_PROXY`; any
+/// other such ACK is treated as without the flag. Kept for the cookies' lifetime after
+/// automatic SYN cookies switch off, so handshakes answered while on still complete.
+pub const SERVICE_FLAG_COOKIE_ACKS: u8 = 64;
 
 /// Services map value: the policy for new flows of one service.
 #[repr(C)]
@@ -127,7 +146,23 @@ pub struct Service {
     pub ring_size: u32,
     /// Index of slot 0 of the idle ring: the one the next change is written into.
     pub ring_idle_offset: u32,
-    pub _pad: u32,
+    /// Full-NAT source addresses (`snat_ips`): above 1, new flows spread over the
+    /// service's SNAT_POOLS slot; 0 or 1, `snat_ip` is the only one.
+    pub snat_count: u32,
+}
+
+/// Most SNAT addresses of one service (`snat_ips`).
+pub const MAX_SNAT_IPS: usize = 16;
+
+/// SNAT_POOLS value (array indexed by service id): the SNAT addresses of a service with
+/// several. Every slot holds one of them (the list repeated), so a packet that reads the
+/// entry's old `snat_count` while the pool changes still finds a current address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SnatPool {
+    /// Network byte order.
+    pub addrs: [u32; MAX_SNAT_IPS],
 }
 
 /// Backends map value (array indexed by backend id).
@@ -356,6 +391,8 @@ pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
 /// LOCAL_ADDRS values: which of the balancer's own roles an address plays.
 pub const ADDR_KIND_VIP: u32 = 1;
 pub const ADDR_KIND_SNAT: u32 = 2;
+/// Capacity of LOCAL_ADDRS (VIPs and SNAT addresses over all services).
+pub const MAX_LOCAL_ADDRS: u32 = 1024;
 
 /// SETTINGS (array of one): knobs the controller sets for the data path.
 #[repr(C)]
@@ -392,6 +429,8 @@ pub struct ServiceStats {
     pub drops: u64,
     /// New flows refused because the client is not in the allow-list (also in `drops`).
     pub denied: u64,
+    /// SYNs answered with a SYN cookie (SYN proxy or automatic SYN cookies).
+    pub syn_cookies: u64,
 }
 
 /// Per-backend counters (per-CPU array indexed by backend id).
@@ -476,6 +515,7 @@ mod pod {
     unsafe impl aya::Pod for super::BenchPacket {}
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentEntry {}
+    unsafe impl aya::Pod for super::SnatPool {}
 }
 
 #[cfg(test)]
@@ -491,7 +531,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<FlowEntry>(), 72);
         assert_eq!(size_of::<Settings>(), 8);
-        assert_eq!(size_of::<ServiceStats>(), 40);
+        assert_eq!(size_of::<ServiceStats>(), 48);
         assert_eq!(size_of::<EligibilityKey>(), 8);
         assert_eq!(size_of::<SessionKey>(), 8);
         assert_eq!(size_of::<SessionEntry>(), 24);
@@ -499,5 +539,6 @@ mod tests {
         assert_eq!(size_of::<BenchPacket>(), 16 + BENCH_PACKET_MAX);
         assert_eq!(size_of::<FragmentKey>(), 12);
         assert_eq!(size_of::<FragmentEntry>(), 32);
+        assert_eq!(size_of::<SnatPool>(), 4 * MAX_SNAT_IPS);
     }
 }

@@ -25,6 +25,7 @@ mod parse;
 mod reset;
 mod sched;
 mod session;
+mod stages;
 mod stats;
 mod synproxy;
 mod tcpopt;
@@ -41,8 +42,9 @@ use aya_ebpf::{
 use lb_common::{
     FLOW_DIR_CLIENT_TO_SERVER, FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_CLOSING, FLOW_STATE_RESET,
     FLOW_STATE_SYN_SEEN, FLOW_STATE_SYNPROXY, FLOW_STATE_UDP, FlowEntry, FlowKey, IPPROTO_TCP,
-    IPPROTO_UDP, MODE_DNAT, SERVICE_FLAG_AUTH_RST, SERVICE_FLAG_NO_FLOW_RST,
-    SERVICE_FLAG_SYN_PROXY, Service, ServiceKey, counters,
+    IPPROTO_UDP, MODE_DNAT, SERVICE_FLAG_AUTH_RST, SERVICE_FLAG_COOKIE_ACKS,
+    SERVICE_FLAG_NO_FLOW_RST, SERVICE_FLAG_SYN_COOKIES, SERVICE_FLAG_SYN_PROXY, Service,
+    ServiceKey, counters,
 };
 
 use crate::{
@@ -53,7 +55,10 @@ use crate::{
         Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN, TCP_HDR_LEN, TCP_RST, TCP_SYN, TcpHdr, UDP_HDR_LEN,
         UdpHdr, ptr_at,
     },
-    stats::{account, account_new_flow, account_service_denied, account_service_drop, count},
+    stats::{
+        account, account_new_flow, account_service_cookie, account_service_denied,
+        account_service_drop, count,
+    },
 };
 
 #[xdp]
@@ -304,36 +309,26 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         account_service_drop(service.id);
         return XDP_DROP;
     }
-    // A SYN-proxied service opens flows on the client's cookie-carrying ACK, not its SYN.
-    let syn_proxy = tcp_flags.is_some() && service.flags & SERVICE_FLAG_SYN_PROXY != 0;
-    let proxy_ack = syn_proxy
+    // A SYN-proxied service (or one under automatic SYN cookies) answers SYNs with a
+    // cookie and opens flows on the client's cookie-carrying ACK; after automatic
+    // cookies switch off, such ACKs are still accepted for the cookies' lifetime
+    // (docs/architecture.md, "SYN floods").
+    let cookie_syn =
+        is_syn && service.flags & (SERVICE_FLAG_SYN_PROXY | SERVICE_FLAG_SYN_COOKIES) != 0;
+    let proxy_ack = service.flags & (SERVICE_FLAG_SYN_PROXY | SERVICE_FLAG_COOKIE_ACKS) != 0
         && matches!(tcp_flags, Some(flags) if flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK);
     if let Some(flags) = tcp_flags
         && !is_syn
         && !proxy_ack
     {
-        account_service_drop(service.id);
-        // A segment of a connection this balancer does not know (its flow expired, or
-        // it belongs to another instance's) is answered only where the operator asked
-        // for it: with shared flow state the flow may be a moment from being installed
-        // here, and a RST would kill a live connection. A RST is never answered, and a
-        // client outside the allow-list learns nothing from its probes.
-        if service.flags & SERVICE_FLAG_NO_FLOW_RST != 0
-            && flags & TCP_RST == 0
-            && eligibility::allowed(&service, key.src_ip)
-        {
-            count(counters::TX_RST_NO_FLOW);
-            return reset::reply(ctx);
-        }
-        count(counters::DROP_NO_FLOW);
-        return XDP_DROP;
+        return no_flow(ctx, &service, &key, flags);
     }
     // A packet that would open a flow must be intact: a corrupted SYN, cookie ACK or
     // first datagram makes no entry, gets no cookie and no answer (its source may be
-    // wrong). Checked here, off the fast path (docs/architecture.md, "Checksums").
-    // SAFETY: IPv4 header (no options) and L4 header bounds-checked above.
-    // A first fragment holds part of the segment its L4 checksum covers: only its IP
+    // wrong). Checked here, off the fast path (docs/architecture.md, "Checksums"). A
+    // first fragment holds part of the segment its L4 checksum covers: only its IP
     // header can be checked.
+    // SAFETY: IPv4 header (no options) and L4 header bounds-checked above.
     if let Some(counter) = unsafe { bad_checksum(ctx, ip, l4, !first_fragment) } {
         count(counter);
         account_service_drop(service.id);
@@ -350,16 +345,11 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         count(counters::DROP_NOT_ELIGIBLE);
         return XDP_DROP;
     }
-    if let L4::Tcp(tcp) = l4
-        && syn_proxy
-    {
-        // SAFETY: headers bounds-checked above; the handlers re-derive what they change.
-        unsafe {
-            if is_syn {
-                return synproxy::on_syn(ctx, &key, doff_bytes);
-            }
-            return synproxy::on_ack(ctx, ip, tcp, &key, &service, doff_bytes, frame_len);
-        }
+    if tcp_flags.is_some() && (cookie_syn || proxy_ack) {
+        // The handshake handlers of the SYN proxy run as a program of their own, entered
+        // by tail call, with the verifier's whole budget to themselves
+        // (docs/architecture.md, "Programs").
+        return stages::syn_proxy(ctx);
     }
     // A packet that would expire on its way to the backend opens nothing: checked here,
     // not only in egress, so that no flow entry outlives the dropped packet. It is
@@ -434,6 +424,26 @@ unsafe fn bad_checksum(
     None
 }
 
+/// A TCP segment to a service, without a flow entry, that cannot open one.
+#[inline(always)]
+pub(crate) fn no_flow(ctx: &XdpContext, service: &Service, key: &FlowKey, flags: u8) -> u32 {
+    account_service_drop(service.id);
+    // A segment of a connection this balancer does not know (its flow expired, or
+    // it belongs to another instance's) is answered only where the operator asked
+    // for it: with shared flow state the flow may be a moment from being installed
+    // here, and a RST would kill a live connection. A RST is never answered, and a
+    // client outside the allow-list learns nothing from its probes.
+    if service.flags & SERVICE_FLAG_NO_FLOW_RST != 0
+        && flags & TCP_RST == 0
+        && eligibility::allowed(service, key.src_ip)
+    {
+        count(counters::TX_RST_NO_FLOW);
+        return reset::reply(ctx);
+    }
+    count(counters::DROP_NO_FLOW);
+    XDP_DROP
+}
+
 /// Initial state and SYN-proxy fields of a new connection's entries.
 pub struct FlowInit {
     pub state: u8,
@@ -498,11 +508,11 @@ fn create_flow(service: &Service, key: &FlowKey, init: &FlowInit) -> Option<Flow
         }
         (key.src_ip, key.src_port)
     } else {
-        let Some(port) = sched::insert_with_snat_port(&mut reverse_key, &reverse) else {
+        let Some(snat) = sched::insert_with_snat(service, key, &mut reverse_key, &reverse) else {
             count(counters::DROP_SNAT_EXHAUSTED);
             return None;
         };
-        (service.snat_ip, port)
+        snat
     };
     let forward = FlowEntry {
         new_src_ip,

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use lb_common::{
     Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RING_SLOTS,
     DEFAULT_MAX_SERVICES, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey,
-    MAX_ELIGIBILITY_PREFIXES, MAX_FRAGMENTS, MAX_INTERFACES, MAX_SESSIONS, Service, ServiceKey,
-    ServiceStats, SessionEntry, SessionKey, Settings, counters,
+    MAX_ELIGIBILITY_PREFIXES, MAX_FRAGMENTS, MAX_INTERFACES, MAX_LOCAL_ADDRS, MAX_SESSIONS,
+    Service, ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, counters,
 };
 
 /// (VIP, port, protocol) → policy for new flows.
@@ -44,7 +44,7 @@ pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentEntry> =
 /// Addresses the balancer answers for (VIPs and SNAT addresses) → `ADDR_KIND_*`.
 /// Consulted only off the fast path, to tell "ours but malformed" from "not ours".
 #[map]
-pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
 
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
@@ -78,3 +78,7 @@ pub static SESSIONS: LruHashMap<SessionKey, SessionEntry> =
 /// Scratch space of the TCP option walk (see `tcpopt::parse`), one per CPU.
 #[map]
 pub static OPT_SCRATCH: PerCpuArray<crate::tcpopt::TcpOpts> = PerCpuArray::with_max_entries(1, 0);
+
+/// Service id → its SNAT addresses, for services with several (`Service::snat_count`).
+#[map]
+pub static SNAT_POOLS: Array<SnatPool> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);

@@ -3,10 +3,10 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
-    Backend, FlowEntry, FlowKey, SNAT_PORT_PROBES, Service, Settings, hash::flow_hash,
+    Backend, FlowEntry, FlowKey, MAX_SNAT_IPS, SNAT_PORT_PROBES, Service, Settings, hash::flow_hash,
 };
 
-use crate::maps::{BACKENDS, FLOWS, MAGLEV_RINGS, SETTINGS};
+use crate::maps::{BACKENDS, FLOWS, MAGLEV_RINGS, SETTINGS, SNAT_POOLS};
 
 /// Picks the backend for a new flow from the service's live Maglev ring.
 /// Returns the backend id and its address.
@@ -56,6 +56,45 @@ pub fn insert_with_snat_port(reverse_key: &mut FlowKey, reverse: &FlowEntry) -> 
             .is_ok()
         {
             return Some(port);
+        }
+    }
+    None
+}
+
+/// Inserts the reverse entry of a full-NAT flow under a free (SNAT address, port) of
+/// the service: the address picked by the flow hash among its `snat_ips`, the next one
+/// when the port probes of one all collide, so the port space is as large as the
+/// operator makes it. Returns the address and port (network byte order).
+#[inline(always)]
+pub fn insert_with_snat(
+    service: &Service,
+    key: &FlowKey,
+    reverse_key: &mut FlowKey,
+    reverse: &FlowEntry,
+) -> Option<(u32, u16)> {
+    let count = service.snat_count;
+    if count <= 1 {
+        reverse_key.dst_ip = service.snat_ip;
+        return insert_with_snat_port(reverse_key, reverse).map(|port| (service.snat_ip, port));
+    }
+    let pool = SNAT_POOLS.get(service.id)?;
+    let hash = flow_hash(
+        key.src_ip,
+        key.dst_ip,
+        key.src_port,
+        key.dst_port,
+        key.proto,
+    );
+    let start = hash % count;
+    for i in 0..MAX_SNAT_IPS as u32 {
+        if i >= count {
+            break;
+        }
+        let index = ((start + i) % count) as usize;
+        let addr = *pool.addrs.get(index)?;
+        reverse_key.dst_ip = addr;
+        if let Some(port) = insert_with_snat_port(reverse_key, reverse) {
+            return Some((addr, port));
         }
     }
     None

@@ -60,3 +60,12 @@ pub fn account_service_denied(service_id: u32) {
         }
     }
 }
+
+/// A SYN of the service answered with a SYN cookie.
+#[inline(always)]
+pub fn account_service_cookie(service_id: u32) {
+    if let Some(stats) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*stats).syn_cookies += 1 };
+    }
+}

@@ -23,8 +23,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     FLOW_DIR_SERVER_TO_CLIENT, FLOW_STATE_ESTABLISHED, FLOW_STATE_SYNPROXY, FlowEntry, FlowKey,
-    SYNPROXY_ACTIVE, SYNPROXY_MSS, SYNPROXY_TIMESTAMPS, SYNPROXY_WSCALE, SYNPROXY_WSCALE_OK,
-    Service, counters,
+    SERVICE_FLAG_SYN_PROXY, SYNPROXY_ACTIVE, SYNPROXY_MSS, SYNPROXY_TIMESTAMPS, SYNPROXY_WSCALE,
+    SYNPROXY_WSCALE_OK, Service, counters,
 };
 
 use crate::{
@@ -277,8 +277,9 @@ pub unsafe fn on_syn(ctx: &XdpContext, key: &FlowKey, doff_bytes: usize) -> u32 
                     ctx.ctx,
                     (L4_OFFSET + TCP_HDR_LEN) as u32,
                     tcp_copy.as_mut_ptr().add(TCP_HDR_LEN).cast(),
-                    // 1..=10 words; the mask changes nothing but bounds it for the verifier.
-                    (((opt_words - 1) & 15) + 1) * 4,
+                    // 1..=10 words; the mask changes nothing but bounds it for the verifier
+                    // (behind black_box, so the compiler cannot prove it away).
+                    ((core::hint::black_box(opt_words - 1) & 15) + 1) * 4,
                 ) == 0)
     };
     if !loaded {
@@ -431,8 +432,13 @@ unsafe fn syn_to_server(
 /// into the SYN that opens the server side. Payload on that ACK is dropped; the client
 /// retransmits it once the server side is up.
 ///
+/// `None` (nothing done, the packet untouched) for an ACK without a valid cookie to a
+/// service that is not a SYN proxy but only accepts cookie ACKs for a while
+/// (`SERVICE_FLAG_COOKIE_ACKS`): the caller treats it as any segment without a flow.
+///
 /// # Safety
-/// `ip` and `tcp` must be bounds-checked; all packet pointers are invalid afterwards.
+/// `ip` and `tcp` must be bounds-checked; all packet pointers are invalid afterwards
+/// unless `None` is returned.
 #[inline(always)]
 pub unsafe fn on_ack(
     ctx: &XdpContext,
@@ -442,12 +448,15 @@ pub unsafe fn on_ack(
     service: &Service,
     doff_bytes: usize,
     frame_len: u64,
-) -> u32 {
+) -> Option<u32> {
     // SAFETY: both headers are bounds-checked (caller); the helper only reads them.
     if unsafe { bpf_tcp_raw_check_syncookie_ipv4(ip.cast(), tcp.cast()) } != 0 {
+        if service.flags & SERVICE_FLAG_SYN_PROXY == 0 {
+            return None;
+        }
         count(counters::SYNPROXY_COOKIE_INVALID);
         crate::stats::account_service_drop(service.id);
-        return XDP_DROP;
+        return Some(XDP_DROP);
     }
     count(counters::SYNPROXY_COOKIE_VALID);
     // SAFETY: bounds-checked by the caller.
@@ -485,32 +494,34 @@ pub unsafe fn on_ack(
     };
     let Some(forward) = crate::create_flow(service, key, &init) else {
         crate::stats::account_service_drop(service.id);
-        return XDP_DROP;
+        return Some(XDP_DROP);
     };
     count(counters::NEW_FLOWS);
     account_new_flow(forward.service_id, forward.backend_id);
     account(forward.service_id, forward.backend_id, frame_len);
 
     // SAFETY: no packet pointer is used afterwards.
-    match unsafe {
-        syn_to_server(
-            ctx,
-            &forward,
-            seq.wrapping_sub(1),
-            &client,
-            opts.tsval,
-            window,
-        )
-    } {
-        Some(verdict) => verdict,
-        None => {
-            // No room for the SYN: forget the pair, so that the client's next segment
-            // (its cookie is still valid) opens the server side afresh.
-            flow::remove_pair(key, &forward);
-            count(counters::SYNPROXY_SERVER_FAILED);
-            XDP_DROP
-        }
-    }
+    Some(
+        match unsafe {
+            syn_to_server(
+                ctx,
+                &forward,
+                seq.wrapping_sub(1),
+                &client,
+                opts.tsval,
+                window,
+            )
+        } {
+            Some(verdict) => verdict,
+            None => {
+                // No room for the SYN: forget the pair, so that the client's next
+                // segment (its cookie is still valid) opens the server side afresh.
+                flow::remove_pair(key, &forward);
+                count(counters::SYNPROXY_SERVER_FAILED);
+                XDP_DROP
+            }
+        },
+    )
 }
 
 /// A packet that hit a proxied connection still opening its server side.

@@ -162,6 +162,13 @@ impl Harness {
         })
     }
 
+    /// Rebuilds the installed state from the pinned maps, as a restarted `lb run` does
+    /// before its first apply (`ServiceTable::adopt`).
+    pub fn adopt_table(&mut self) -> Result<()> {
+        self.table = ServiceTable::adopt(&self.dp, &self.config)?;
+        Ok(())
+    }
+
     /// Takes over the pinned links (see `Dataplane::adopt_links`).
     pub fn adopt_links(&mut self, replace_program: bool) -> Result<Vec<(String, AttachedMode)>> {
         self.dp.adopt_links(replace_program)

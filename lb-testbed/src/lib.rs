@@ -14,6 +14,7 @@
 //!   with `BPF_PROG_TEST_RUN` ([`Harness`]), in a namespace from [`harness_netns`].
 //! - [`packet`]: frames built and parsed with etherparse for the harness.
 //! - [`daemon`]: `lb run` on a topology, its CLI, waiting until it answers.
+//! - [`flood`]: a second client namespace sending a spoofed SYN flood ([`flood::Flooder`]).
 //! - Traffic helpers, one module each: [`http_server`] (the test servers' HTTP side),
 //!   [`http_client`], [`udp`], [`payload`].
 //!
@@ -23,6 +24,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 pub mod daemon;
+pub mod flood;
 pub mod harness;
 pub mod http_client;
 pub mod http_server;

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray, lpm_trie::LpmTrie},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -18,7 +18,8 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey, Service,
-    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, XDP_PROGRAM_NAME, map_names,
+    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, XDP_PROGRAM_NAME,
+    map_names,
 };
 
 use crate::{
@@ -115,8 +116,12 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, BackendStats>,
     eligibility: LpmTrie<MapData, EligibilityKey, u32>,
     sessions: HashMap<MapData, SessionKey, SessionEntry>,
+    /// The stage programs `lb_xdp` tail-calls, installed at load; kept so the array and
+    /// its entries live as long as the program.
+    _stages: ProgramArray<MapData>,
     /// Records of fragmented datagrams (the data path alone writes them).
     fragments: HashMap<MapData, FragmentKey, FragmentEntry>,
+    snat_pools: Array<MapData, SnatPool>,
     /// Interfaces the program is attached to: name → (ifindex, mode, link).
     attached: StdHashMap<String, (u32, AttachedMode, AttachedLink)>,
     pin_dir: Option<PathBuf>,
@@ -186,7 +191,7 @@ where
 /// Maps that an adopting daemon creates (and pins) when the earlier one had none: they
 /// hold only short-lived state, so a daemon from before they existed can still be
 /// replaced in place (docs/architecture.md, "Fragments").
-const CREATED_ON_ADOPT: [&str; 1] = [map_names::FRAGMENTS];
+const CREATED_ON_ADOPT: [&str; 2] = [map_names::FRAGMENTS, map_names::STAGES];
 
 /// Whether an earlier daemon left attached, pinned state under `dir` to adopt.
 pub fn has_pinned_state(dir: &Path) -> bool {
@@ -199,6 +204,26 @@ pub fn has_pinned_state(dir: &Path) -> bool {
             .iter()
             .filter(|name| !CREATED_ON_ADOPT.contains(name))
             .all(|name| dir.join(name).exists())
+}
+
+/// Loads the stage programs and installs them in `STAGES`, where `lb_xdp` finds them.
+/// An adopted (pinned) array gets this daemon's stages at once: their maps are the
+/// adopted ones, and adoption already requires the same map layouts.
+fn load_stages(ebpf: &mut Ebpf) -> Result<ProgramArray<MapData>> {
+    let mut stages: ProgramArray<MapData> = take(ebpf, map_names::STAGES)?;
+    for (index, name) in lb_common::STAGE_PROGRAM_NAMES.iter().enumerate() {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("stage program {name} missing from the object"))?
+            .try_into()?;
+        program
+            .load()
+            .map_err(|e| anyhow!("the kernel refused the stage program {name}: {e:#}"))?;
+        stages
+            .set(index as u32, program.fd()?, 0)
+            .with_context(|| format!("install the stage program {name}"))?;
+    }
+    Ok(stages)
 }
 
 impl Dataplane {
@@ -232,6 +257,7 @@ impl Dataplane {
         loader
             .map_max_entries(map_names::SERVICES, capacity.max_services)
             .map_max_entries(map_names::SERVICE_STATS, capacity.max_services)
+            .map_max_entries(map_names::SNAT_POOLS, capacity.max_services)
             .map_max_entries(map_names::BACKENDS, capacity.max_backends)
             .map_max_entries(map_names::BACKEND_STATS, capacity.max_backends)
             .map_max_entries(map_names::MAGLEV_RINGS, rings)
@@ -250,6 +276,7 @@ impl Dataplane {
                 .load()
                 .map_err(|e| anyhow!("the kernel refused the XDP program: {e:#}"))?;
         }
+        let stages = load_stages(&mut ebpf)?;
         let rings: Array<MapData, u32> = take(&mut ebpf, map_names::MAGLEV_RINGS)?;
         let ring_memory =
             RingMemory::map(aya::maps::IterableMap::map(&rings), capacity.max_ring_slots)?;
@@ -269,6 +296,8 @@ impl Dataplane {
             eligibility: take(&mut ebpf, map_names::ELIGIBILITY)?,
             sessions: take(&mut ebpf, map_names::SESSIONS)?,
             fragments: take(&mut ebpf, map_names::FRAGMENTS)?,
+            _stages: stages,
+            snat_pools: take(&mut ebpf, map_names::SNAT_POOLS)?,
             ebpf,
             attached: StdHashMap::new(),
             pin_dir: pin_dir.map(Path::to_path_buf),
@@ -467,6 +496,7 @@ fn remove_pins(dir: &Path) {
 fn check_pinned_capacity(dir: &Path, capacity: Limits, rings: u32) -> Result<()> {
     for (name, wanted) in [
         (map_names::SERVICES, capacity.max_services),
+        (map_names::SNAT_POOLS, capacity.max_services),
         (map_names::BACKENDS, capacity.max_backends),
         (map_names::MAGLEV_RINGS, rings),
         (map_names::FLOWS, capacity.max_flows),

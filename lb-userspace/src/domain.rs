@@ -229,6 +229,22 @@ pub enum UnknownSegment {
     Reset,
 }
 
+/// Whether a TCP service without `syn_proxy` switches to SYN cookies by itself under a
+/// SYN flood (docs/architecture.md, "SYN floods").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynCookies {
+    /// On while the service's half-open connections exceed its threshold.
+    #[default]
+    Auto,
+    /// Never (a flood then fills the flow table and the SNAT port space).
+    Off,
+}
+
+/// Default `syn_cookie_threshold`: half-open connections of one service above which
+/// automatic SYN cookies switch on (README, "SYN floods").
+pub const DEFAULT_SYN_COOKIE_THRESHOLD: u32 = 4096;
+
 /// What happens to the established flows of a backend whose health check fails.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

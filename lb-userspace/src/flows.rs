@@ -120,6 +120,20 @@ pub fn connections_per_backend(entries: &[(FlowKey, FlowEntry)]) -> HashMap<(u32
     connections
 }
 
+/// Half-open connections (the client's SYN seen, its ACK not yet) per service id, each
+/// counted once, by its client-to-server entry: what a SYN flood fills the table with.
+pub fn half_open_per_service(entries: &[(FlowKey, FlowEntry)]) -> HashMap<u32, u64> {
+    let mut half_open = HashMap::new();
+    for (_, entry) in entries {
+        if entry.direction == FLOW_DIR_CLIENT_TO_SERVER
+            && matches!(entry.state, FLOW_STATE_SYN_SEEN | FLOW_STATE_SYN_ACK_SEEN)
+        {
+            *half_open.entry(entry.service_id).or_default() += 1;
+        }
+    }
+    half_open
+}
+
 /// Keys of the entries whose connection may have been idle longer than its state
 /// allows, judged on a snapshot: the candidates `remove_idle` decides on with the live
 /// entries.
@@ -357,6 +371,27 @@ mod tests {
         assert_eq!(connections.len(), 2);
         assert_eq!(connections[&(0, 0)], 2);
         assert_eq!(connections[&(0, 3)], 1);
+    }
+
+    #[test]
+    fn half_open_connections_count_once_per_service() {
+        let mut entries = pair(FLOW_STATE_SYN_SEEN, 0, 0);
+        entries.extend(pair(FLOW_STATE_SYN_ACK_SEEN, 0, 0));
+        entries.extend(pair(FLOW_STATE_ESTABLISHED, 0, 0));
+        // A SYN proxy's pair opening the server side had its cookie checked: not a flood.
+        entries.extend(pair(lb_common::FLOW_STATE_SYNPROXY, 0, 0));
+        entries.extend(
+            pair(FLOW_STATE_SYN_SEEN, 0, 0)
+                .into_iter()
+                .map(|(k, mut e)| {
+                    e.service_id = 4;
+                    (k, e)
+                }),
+        );
+        let half_open = half_open_per_service(&entries);
+        assert_eq!(half_open.len(), 2);
+        assert_eq!(half_open[&0], 2);
+        assert_eq!(half_open[&4], 1);
     }
 
     #[test]

@@ -19,5 +19,6 @@ pub mod maglev;
 pub mod metrics;
 pub mod output;
 pub mod services;
+pub mod syn_cookies;
 pub mod sync;
 pub mod sys;

@@ -45,6 +45,10 @@ pub struct Scrape {
     pub service_active_flows: Family<ServiceLabels, Gauge>,
     pub service_drops: Family<ServiceLabels, Counter>,
     pub service_denied: Family<ServiceLabels, Counter>,
+    pub service_syn_cookies_sent: Family<ServiceLabels, Counter>,
+    pub service_syn_cookies_switched_on: Family<ServiceLabels, Counter>,
+    /// 1 while automatic SYN cookies are on (or the service is a SYN proxy), else 0.
+    pub service_syn_cookies_on: Family<ServiceLabels, Gauge>,
     pub backend_packets: Family<BackendLabels, Counter>,
     pub backend_bytes: Family<BackendLabels, Counter>,
     pub backend_new_flows: Family<BackendLabels, Counter>,
@@ -99,6 +103,21 @@ impl Scrape {
             "service_denied",
             "New flows refused by the allow-list",
             s.service_denied,
+        );
+        registry.register(
+            "service_syn_cookies_sent",
+            "SYNs answered with a SYN cookie",
+            s.service_syn_cookies_sent,
+        );
+        registry.register(
+            "service_syn_cookies_switched_on",
+            "Times automatic SYN cookies switched on",
+            s.service_syn_cookies_switched_on,
+        );
+        registry.register(
+            "service_syn_cookies_on",
+            "Whether SYNs are answered with SYN cookies now",
+            s.service_syn_cookies_on,
         );
         registry.register(
             "backend_packets",

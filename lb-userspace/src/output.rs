@@ -166,10 +166,23 @@ fn render_stats(stats: &Stats) -> String {
             service.name.clone(),
             format!("{}/{}", service.vip, service.protocol),
             service.mode.to_string(),
+            if service.snat_ips.is_empty() {
+                "-".to_string()
+            } else {
+                service
+                    .snat_ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
             service.packets.to_string(),
             service.bytes.to_string(),
             service.new_flows.to_string(),
             service.drops.to_string(),
+            service.syn_cookies.mode.clone(),
+            service.syn_cookies.sent.to_string(),
+            service.syn_cookies.switched_on.to_string(),
         ]);
         for backend in &service.backends {
             backends.push(vec![
@@ -187,10 +200,14 @@ fn render_stats(stats: &Stats) -> String {
             "SERVICE",
             "VIP",
             "MODE",
+            "SNAT",
             "PACKETS",
             "BYTES",
             "NEW FLOWS",
             "DROPS",
+            "SYN COOKIES",
+            "COOKIES SENT",
+            "SWITCHED ON",
         ],
         &services,
     ));

@@ -69,8 +69,22 @@ impl Balancer {
 
     /// [`start`](Self::start) on a topology with `options` (e.g. a router in the path).
     pub fn start_with(prefix: &str, config: &str, options: testbed::Options) -> Result<Balancer> {
+        Self::start_prepared(prefix, config, options, |_| Ok(())).map(|((), balancer)| balancer)
+    }
+
+    /// Like [`start_with`](Self::start_with), with `prepare` run on the topology before
+    /// the daemon starts (e.g. to add an interface it attaches to); returns what
+    /// `prepare` made first, so that a caller's `let (made, balancer)` drops the balancer
+    /// first.
+    pub fn start_prepared<T>(
+        prefix: &str,
+        config: &str,
+        options: testbed::Options,
+        prepare: impl FnOnce(&Topology) -> Result<T>,
+    ) -> Result<(T, Balancer)> {
         let mut topo = Topology::up_with(prefix, options)?;
         topo.start_servers()?;
+        let made = prepare(&topo)?;
         let dir = lb_binary()
             .parent()
             .expect("profile dir")
@@ -87,7 +101,7 @@ impl Balancer {
             pid: None,
         };
         balancer.spawn_daemon()?;
-        Ok(balancer)
+        Ok((made, balancer))
     }
 
     /// Kills the daemon with SIGKILL (no cleanup at all) and reaps it.

@@ -110,6 +110,9 @@ pub struct ServiceStats {
     pub vip: SocketAddrV4,
     pub protocol: Protocol,
     pub mode: Mode,
+    /// Full-NAT source addresses new flows spread over (none in DNAT mode).
+    #[serde(default)]
+    pub snat_ips: Vec<std::net::Ipv4Addr>,
     /// Id in the data path's tables.
     pub id: u32,
     pub packets: u64,
@@ -118,7 +121,25 @@ pub struct ServiceStats {
     pub drops: u64,
     /// New flows refused by the allow-list (also counted in `drops`).
     pub denied: u64,
+    #[serde(default)]
+    pub syn_cookies: SynCookieStats,
     pub backends: Vec<BackendStats>,
+}
+
+/// SYN cookies of one service (docs/architecture.md, "SYN floods").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynCookieStats {
+    /// "always" (`syn_proxy`), "disabled" (`syn_cookies = "off"`, UDP), or the
+    /// automatic mode: "off", "on", "draining" (off, cookie ACKs still accepted).
+    pub mode: String,
+    /// SYNs answered with a cookie.
+    pub sent: u64,
+    /// Times automatic SYN cookies switched on, and back off.
+    pub switched_on: u64,
+    pub switched_off: u64,
+    /// Half-open connections at the last GC tick, plus while on the cookies sent during
+    /// the last `tcp_syn` that no valid ACK answered: what the threshold is compared to.
+    pub pressure: u64,
 }
 
 /// Counters of one backend of a service (configured backends only).

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::domain::{
-    BackendDown, DenyAction, HealthCheck, Limits, Mode, Prefix, Protocol, Timeouts, UnknownSegment,
-    XdpMode,
+    BackendDown, DenyAction, HealthCheck, Limits, Mode, Prefix, Protocol, SynCookies, Timeouts,
+    UnknownSegment, XdpMode,
 };
 
 mod raw;
@@ -43,11 +43,17 @@ pub struct ServiceConfig {
     pub port: u16,
     pub protocol: Protocol,
     pub mode: Mode,
-    /// Set exactly when `mode` is [`Mode::FullNat`].
-    pub snat_ip: Option<Ipv4Addr>,
+    /// Full-NAT source addresses (`snat_ip`, or `snat_ips`): 1 to `MAX_SNAT_IPS` when
+    /// `mode` is [`Mode::FullNat`], none in DNAT mode. New flows spread over them.
+    pub snat_ips: Vec<Ipv4Addr>,
     /// The balancer answers SYNs with SYN cookies and opens the server side itself
     /// (TCP only).
     pub syn_proxy: bool,
+    /// Automatic SYN cookies (always [`SynCookies::Off`] for UDP and with `syn_proxy`,
+    /// which answers every SYN with a cookie).
+    pub syn_cookies: SynCookies,
+    /// Half-open connections above which automatic SYN cookies switch on.
+    pub syn_cookie_threshold: u32,
     /// Never empty, and at least one has a weight above 0.
     pub backends: Vec<BackendConfig>,
     /// Some: authorization required, only these client prefixes may open flows.

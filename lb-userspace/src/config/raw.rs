@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::domain::{BackendDown, DenyAction, Mode, Protocol, UnknownSegment, XdpMode};
+use crate::domain::{BackendDown, DenyAction, Mode, Protocol, SynCookies, UnknownSegment, XdpMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +86,7 @@ pub(super) struct RawService {
     pub(super) protocol: Option<Protocol>,
     pub(super) mode: Option<Mode>,
     pub(super) snat_ip: Option<Spanned<Ipv4Addr>>,
+    pub(super) snat_ips: Option<Spanned<Vec<Spanned<Ipv4Addr>>>>,
     pub(super) allow: Option<Vec<Spanned<String>>>,
     pub(super) deny: Option<Spanned<DenyAction>>,
     pub(super) affinity_timeout: Option<Spanned<i64>>,
@@ -93,6 +94,8 @@ pub(super) struct RawService {
     pub(super) on_backend_down: Option<BackendDown>,
     pub(super) unknown_segment: Option<Spanned<UnknownSegment>>,
     pub(super) syn_proxy: Option<Spanned<bool>>,
+    pub(super) syn_cookies: Option<Spanned<SynCookies>>,
+    pub(super) syn_cookie_threshold: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) backend: Vec<Spanned<RawBackend>>,
 }

@@ -38,6 +38,7 @@ use crate::{
 
 mod backends;
 mod cluster_router;
+mod flood;
 mod health_results;
 mod scrape;
 mod server;
@@ -64,6 +65,8 @@ pub struct Controller {
     overrides: Overrides,
     /// Health of each checked (service, backend).
     health: BTreeMap<(String, BackendAddr), Health>,
+    /// Automatic SYN cookies of each `syn_cookies = "auto"` service, by name.
+    syn_cookies: BTreeMap<String, crate::syn_cookies::AutoCookies>,
     /// Set when a new daemon takes over: exit without detaching.
     pub handed_over: bool,
     /// The router side of the cluster protocol, with `[cluster]`.
@@ -120,22 +123,27 @@ impl Controller {
         };
         let mut dataplane = Dataplane::load_with(config.limits, Some(&dir), pinned)?;
         match Self::program_and_attach(&mut dataplane, &config, mode_override, adopt, replace) {
-            Ok((table, overrides)) => Ok(Controller {
-                config_path: config_path.to_path_buf(),
-                config,
-                dataplane,
-                table,
-                started: Instant::now(),
-                generation: 1,
-                last_reload: None,
-                last_reload_ok: None,
-                flows_expired: 0,
-                flow_summary: flows::FlowSummary::default(),
-                overrides,
-                health: BTreeMap::new(),
-                handed_over: false,
-                cluster: None,
-            }),
+            Ok((table, overrides)) => {
+                let mut controller = Controller {
+                    config_path: config_path.to_path_buf(),
+                    config,
+                    dataplane,
+                    table,
+                    started: Instant::now(),
+                    generation: 1,
+                    last_reload: None,
+                    last_reload_ok: None,
+                    flows_expired: 0,
+                    flow_summary: flows::FlowSummary::default(),
+                    overrides,
+                    health: BTreeMap::new(),
+                    syn_cookies: BTreeMap::new(),
+                    handed_over: false,
+                    cluster: None,
+                };
+                controller.resume_syn_cookies();
+                Ok(controller)
+            }
             Err(e) => {
                 if adopt {
                     // Whatever failed, the adopted data path keeps forwarding.
@@ -158,8 +166,10 @@ impl Controller {
         } else {
             ServiceTable::default()
         };
+        // A restart keeps the drains and the automatic SYN cookies it finds.
         let overrides = Overrides {
             drained: table.draining(),
+            syn_cookies: table.syn_cookie_flags(),
             ..Overrides::default()
         };
         let summary = table.apply_with(dataplane, config, &overrides)?;
@@ -315,12 +325,14 @@ impl Controller {
                 vip: SocketAddrV4::new(service.config.vip, service.config.port),
                 protocol: service.config.protocol,
                 mode: service.config.mode,
+                snat_ips: service.config.snat_ips.clone(),
                 id: service.id,
                 packets: stats.packets,
                 bytes: stats.bytes,
                 new_flows: stats.new_flows,
                 drops: stats.drops,
                 denied: stats.denied,
+                syn_cookies: self.syn_cookie_stats(&service.config, stats.syn_cookies),
                 backends,
             });
         }
@@ -385,6 +397,7 @@ impl Controller {
     pub fn expire_flows(&mut self) -> usize {
         let started = Instant::now();
         let entries = self.dataplane.flow_entries();
+        self.update_syn_cookies(&entries);
         let expired = flows::expired(&entries, sys::monotonic_ns(), &self.config.timeouts);
         // The snapshot may be stale by now: each candidate is judged again as it goes.
         let removed = flows::remove_idle(

@@ -47,6 +47,19 @@ impl Controller {
                 .service_denied
                 .get_or_create(&labels)
                 .inc_by(stats.denied);
+            scrape
+                .service_syn_cookies_sent
+                .get_or_create(&labels)
+                .inc_by(stats.syn_cookies);
+            let cookies = self.syn_cookie_stats(&service.config, stats.syn_cookies);
+            scrape
+                .service_syn_cookies_switched_on
+                .get_or_create(&labels)
+                .inc_by(cookies.switched_on);
+            scrape
+                .service_syn_cookies_on
+                .get_or_create(&labels)
+                .set(i64::from(cookies.mode == "on" || cookies.mode == "always"));
             let service_active: i64 = active
                 .iter()
                 .filter(|((s, _), _)| *s == service.id)

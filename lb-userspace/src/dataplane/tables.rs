@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow};
 use aya::maps::{MapData, PerCpuValues, lpm_trie::Key};
 use lb_common::{
     Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey, Service,
-    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, counters,
+    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, counters,
     wire::{self, eligibility_client_len, eligibility_prefix_len},
 };
 
@@ -110,6 +110,12 @@ impl Dataplane {
     pub fn write_local_addr(&mut self, addr: Ipv4Addr, kind: u32) -> Result<()> {
         self.local_addrs
             .insert(wire::addr_to_wire(addr), kind, BPF_ANY)?;
+        Ok(())
+    }
+
+    /// The SNAT addresses of a service with several (`Service::snat_count`).
+    pub fn write_snat_pool(&mut self, service_id: u32, pool: SnatPool) -> Result<()> {
+        self.snat_pools.set(service_id, pool, 0)?;
         Ok(())
     }
 
@@ -286,6 +292,7 @@ impl Dataplane {
                 new_flows: sum.new_flows + v.new_flows,
                 drops: sum.drops + v.drops,
                 denied: sum.denied + v.denied,
+                syn_cookies: sum.syn_cookies + v.syn_cookies,
             }))
     }
 

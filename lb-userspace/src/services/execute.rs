@@ -37,6 +37,7 @@ pub fn execute(ops: &[Op], dp: &mut Dataplane) -> Result<()> {
             Op::WriteService { key, entry } => dp.write_service(*key, *entry)?,
             Op::WriteLocalAddr { addr, kind } => dp.write_local_addr(*addr, *kind)?,
             Op::RemoveLocalAddr(addr) => dp.remove_local_addr(*addr)?,
+            Op::WriteSnatPool { service_id, pool } => dp.write_snat_pool(*service_id, *pool)?,
         }
     }
     Ok(())

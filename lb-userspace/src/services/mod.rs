@@ -52,6 +52,8 @@ pub struct InstalledService {
     pub backend_ids: Vec<u32>,
     /// Weights in the live ring, in config order: 0 for drained and down backends.
     pub effective_weights: Vec<u32>,
+    /// Automatic SYN cookie flags in the service entry (`Overrides::syn_cookies`).
+    pub syn_cookie_flags: u8,
 }
 
 impl InstalledService {
@@ -75,6 +77,9 @@ pub struct Overrides {
     pub weights: BTreeMap<(String, BackendAddr), u32>,
     /// Backends whose health check failed, per (service name, backend).
     pub down: BTreeSet<(String, BackendAddr)>,
+    /// Automatic SYN cookie flags (`syn_cookies::CookieMode::flags`) per service name;
+    /// only services with `syn_cookies = "auto"` get them.
+    pub syn_cookies: BTreeMap<String, u8>,
 }
 
 impl Overrides {
@@ -86,6 +91,15 @@ impl Overrides {
         } else {
             self.weights.get(&key).copied().unwrap_or(configured)
         }
+    }
+
+    /// The automatic SYN cookie flags of a service in the data path.
+    pub fn syn_cookie_flags(&self, service: &ServiceConfig) -> u8 {
+        if service.syn_cookies != crate::domain::SynCookies::Auto {
+            return 0;
+        }
+        self.syn_cookies.get(&service.name).copied().unwrap_or(0)
+            & (lb_common::SERVICE_FLAG_SYN_COOKIES | lb_common::SERVICE_FLAG_COOKIE_ACKS)
     }
 
     /// `BACKEND_STATE_*` of a backend address in the data path.
@@ -185,6 +199,16 @@ impl ServiceTable {
     }
 
     /// Service name by id, for flow dumps.
+    /// Automatic SYN cookie flags of the service entries (after `adopt`: what the daemon
+    /// before left, so that a restart does not switch a flooded service's cookies off).
+    pub fn syn_cookie_flags(&self) -> BTreeMap<String, u8> {
+        self.services
+            .values()
+            .filter(|s| s.syn_cookie_flags != 0)
+            .map(|s| (s.config.name.clone(), s.syn_cookie_flags))
+            .collect()
+    }
+
     pub fn service_name(&self, id: u32) -> Option<&str> {
         self.services
             .values()
@@ -249,6 +273,9 @@ impl ServiceTable {
                     live_half,
                     backend_ids: Vec::new(),
                     effective_weights: Vec::new(),
+                    syn_cookie_flags: entry.flags
+                        & (lb_common::SERVICE_FLAG_SYN_COOKIES
+                            | lb_common::SERVICE_FLAG_COOKIE_ACKS),
                 },
             );
         }
@@ -333,6 +360,7 @@ fn keep_planned(
             service.config = want.config.clone();
             service.backend_ids = want.backend_ids.clone();
             service.effective_weights = want.effective_weights.clone();
+            service.syn_cookie_flags = want.syn_cookie_flags;
         }
     }
 }
@@ -349,8 +377,10 @@ fn placeholder_config(addr: ServiceAddr) -> ServiceConfig {
             Protocol::Tcp
         },
         mode: Mode::FullNat,
-        snat_ip: None,
+        snat_ips: Vec::new(),
         syn_proxy: false,
+        syn_cookies: crate::domain::SynCookies::Off,
+        syn_cookie_threshold: crate::domain::DEFAULT_SYN_COOKIE_THRESHOLD,
         backends: Vec::new(),
         allow: None,
         deny: DenyAction::Drop,

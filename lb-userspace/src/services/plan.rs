@@ -80,6 +80,11 @@ pub enum Op {
         kind: u32,
     },
     RemoveLocalAddr(Ipv4Addr),
+    /// The SNAT addresses of a service with several.
+    WriteSnatPool {
+        service_id: u32,
+        pool: lb_common::SnatPool,
+    },
 }
 
 impl std::fmt::Debug for Op {
@@ -122,6 +127,9 @@ impl std::fmt::Debug for Op {
                 .finish(),
             Op::WriteLocalAddr { addr, kind } => write!(f, "WriteLocalAddr({addr}, {kind})"),
             Op::RemoveLocalAddr(addr) => write!(f, "RemoveLocalAddr({addr})"),
+            Op::WriteSnatPool { service_id, pool } => {
+                write!(f, "WriteSnatPool({service_id}, {:?})", pool.addrs)
+            }
         }
     }
 }
@@ -295,11 +303,13 @@ pub fn plan(
             .iter()
             .map(|b| overrides.effective_weight(&service.name, (b.address, b.port), b.weight))
             .collect();
+        let syn_cookie_flags = overrides.syn_cookie_flags(service);
         let existing = next.services.get(&addr);
         if let Some(existing) = existing
             && existing.config == *service
             && existing.backend_ids == backend_ids
             && existing.effective_weights == effective_weights
+            && existing.syn_cookie_flags == syn_cookie_flags
         {
             continue;
         }
@@ -355,18 +365,28 @@ pub fn plan(
             ring_offset: rings.offset(half),
             ring_size,
             ring_idle_offset: rings.offset(1 - half),
-            snat_ip: service.snat_ip.map_or(0, lb_common::wire::addr_to_wire),
+            snat_ip: service
+                .snat_ips
+                .first()
+                .map_or(0, |&ip| lb_common::wire::addr_to_wire(ip)),
             backend_count: live_backends.min(u16::MAX as usize) as u16,
             mode: match service.mode {
                 Mode::FullNat => MODE_FULL_NAT,
                 Mode::Dnat => MODE_DNAT,
             },
-            flags: service_flags(service),
+            flags: service_flags(service) | syn_cookie_flags,
             session_timeout_s: service
                 .affinity_timeout
                 .map_or(0, |t| t.as_secs().min(u64::from(u32::MAX)) as u32),
-            _pad: 0,
+            snat_count: service.snat_ips.len() as u32,
         };
+        // Several SNAT addresses: the pool before the entry that counts them.
+        if service.snat_ips.len() > 1 {
+            ops.push(Op::WriteSnatPool {
+                service_id: id,
+                pool: snat_pool(&service.snat_ips),
+            });
+        }
         // Its allow-list first, so the flip never refuses an admitted client.
         for prefix in service.allow.iter().flatten() {
             if next.eligibility.insert((id, *prefix)) {
@@ -398,6 +418,7 @@ pub fn plan(
                 live_half: half,
                 backend_ids,
                 effective_weights,
+                syn_cookie_flags,
             },
         );
     }
@@ -433,12 +454,26 @@ pub fn plan(
     // Local addresses: VIPs and SNAT addresses.
     let mut wanted_addrs = BTreeMap::new();
     for service in &config.services {
-        if let Some(snat) = service.snat_ip {
+        for &snat in &service.snat_ips {
             wanted_addrs.insert(snat, ADDR_KIND_SNAT);
         }
     }
     for service in &config.services {
         wanted_addrs.insert(service.vip, ADDR_KIND_VIP);
+    }
+    // New addresses go in before old ones leave: both must fit at once.
+    let side_by_side = wanted_addrs
+        .keys()
+        .chain(next.local_addrs.keys())
+        .collect::<BTreeSet<_>>()
+        .len();
+    if side_by_side > lb_common::MAX_LOCAL_ADDRS as usize {
+        bail!(
+            "the VIPs and SNAT addresses need {side_by_side} local addresses while this change \
+             is made (the old ones go once the new ones are in) but the data path holds at \
+             most {}",
+            lb_common::MAX_LOCAL_ADDRS
+        );
     }
     for (&addr, &kind) in &wanted_addrs {
         if next.local_addrs.get(&addr) != Some(&kind) {
@@ -534,4 +569,15 @@ fn service_flags(service: &ServiceConfig) -> u8 {
         flags |= SERVICE_FLAG_NO_FLOW_RST;
     }
     flags
+}
+
+/// A service's SNAT addresses, repeated to fill every slot (see `SnatPool`).
+pub(super) fn snat_pool(ips: &[Ipv4Addr]) -> lb_common::SnatPool {
+    let mut pool = lb_common::SnatPool::default();
+    if !ips.is_empty() {
+        for (i, slot) in pool.addrs.iter_mut().enumerate() {
+            *slot = lb_common::wire::addr_to_wire(ips[i % ips.len()]);
+        }
+    }
+    pool
 }

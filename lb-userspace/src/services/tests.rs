@@ -83,6 +83,7 @@ struct Model {
     rings: Vec<u64>,
     eligibility: BTreeSet<(u32, Prefix)>,
     local_addrs: BTreeMap<Ipv4Addr, u32>,
+    snat_pools: HashMap<u32, lb_common::SnatPool>,
     /// Ids whose counters and sessions were cleared by the last run.
     cleared_services: BTreeSet<u32>,
     cleared_backends: BTreeSet<u32>,
@@ -99,6 +100,7 @@ impl Model {
             rings: vec![0; capacity.max_ring_slots as usize],
             eligibility: BTreeSet::new(),
             local_addrs: BTreeMap::new(),
+            snat_pools: HashMap::new(),
             cleared_services: BTreeSet::new(),
             cleared_backends: BTreeSet::new(),
             ops: Vec::new(),
@@ -210,6 +212,9 @@ impl Model {
             }
             Op::RemoveLocalAddr(addr) => {
                 assert!(self.local_addrs.remove(addr).is_some(), "{op:?}");
+            }
+            Op::WriteSnatPool { service_id, pool } => {
+                self.snat_pools.insert(*service_id, *pool);
             }
         }
     }
@@ -639,4 +644,145 @@ fn unknown_segment_reset_sets_the_service_flag_and_a_reload_clears_it() {
         &Overrides::default(),
     );
     assert_eq!(model.entry(VIP).flags & SERVICE_FLAG_NO_FLOW_RST, 0);
+}
+
+#[test]
+fn automatic_syn_cookies_are_an_override_that_a_reload_keeps() {
+    use lb_common::{SERVICE_FLAG_COOKIE_ACKS, SERVICE_FLAG_SYN_COOKIES};
+    let on = SERVICE_FLAG_SYN_COOKIES | SERVICE_FLAG_COOKIE_ACKS;
+    let mut model = Model::new(capacity());
+    let mut table = ServiceTable::default();
+    let plain = web(&[(SERVER1, 1)]);
+    model.apply(&mut table, &plain, &Overrides::default());
+    assert_eq!(model.entry(VIP).flags & on, 0, "off until a flood");
+
+    // Switching on writes the service entry, and nothing else.
+    let flooded = Overrides {
+        syn_cookies: [("web".to_string(), on)].into(),
+        ..Overrides::default()
+    };
+    model.apply(&mut table, &plain, &flooded);
+    assert_eq!(model.entry(VIP).flags & on, on);
+    assert!(model.ops.iter().all(is_service), "{:?}", model.ops);
+    assert_eq!(table.syn_cookie_flags(), flooded.syn_cookies);
+
+    // A reload with the same overrides, even one that changes the service, keeps it.
+    let summary = model.apply(&mut table, &plain, &flooded);
+    assert_eq!(summary, ApplySummary::default(), "nothing to write");
+    let changed = web(&[(SERVER1, 1), (SERVER2, 1)]);
+    model.apply(&mut table, &changed, &flooded);
+    assert_eq!(model.entry(VIP).flags & on, on);
+
+    // Draining: only cookie ACKs.
+    let draining = Overrides {
+        syn_cookies: [("web".to_string(), SERVICE_FLAG_COOKIE_ACKS)].into(),
+        ..Overrides::default()
+    };
+    model.apply(&mut table, &changed, &draining);
+    assert_eq!(model.entry(VIP).flags & on, SERVICE_FLAG_COOKIE_ACKS);
+
+    // A service that turned automatic cookies off never gets the flags.
+    let off = config(&[service(
+        "web",
+        VIP,
+        &[(SERVER1, 1), (SERVER2, 1)],
+        "syn_cookies = \"off\"",
+    )]);
+    model.apply(&mut table, &off, &flooded);
+    assert_eq!(model.entry(VIP).flags & on, 0);
+    assert!(table.syn_cookie_flags().is_empty());
+}
+
+#[test]
+fn several_snat_addresses_get_a_pool_before_the_entry_and_each_a_local_address() {
+    use lb_common::ADDR_KIND_SNAT;
+    let snat = |last| Ipv4Addr::new(198, 19, 1, last);
+    let with_snat = |list: &str| {
+        config(&[service("web", VIP, &[(SERVER1, 1)], "").replacen(
+            &format!("snat_ip = \"{SNAT}\"\n"),
+            &format!("snat_ips = {list}\n"),
+            1,
+        )])
+    };
+    let mut model = Model::new(capacity());
+    let mut table = ServiceTable::default();
+    let three = with_snat(r#"["198.19.1.1", "198.19.1.2", "198.19.1.3"]"#);
+    model.apply(&mut table, &three, &Overrides::default());
+    let pool_at = model
+        .ops
+        .iter()
+        .position(|op| matches!(op, Op::WriteSnatPool { .. }))
+        .expect("a pool write");
+    assert!(pool_at < model.ops.iter().position(is_service).unwrap());
+    let entry = model.entry(VIP);
+    assert_eq!(
+        (entry.snat_ip, entry.snat_count),
+        (lb_common::wire::addr_to_wire(snat(1)), 3)
+    );
+    // The list repeated over every slot.
+    let pool = model.snat_pools[&entry.id];
+    for (i, &addr) in pool.addrs.iter().enumerate() {
+        assert_eq!(
+            addr,
+            lb_common::wire::addr_to_wire(snat(1 + (i % 3) as u8)),
+            "slot {i}"
+        );
+    }
+    for last in 1..=3 {
+        assert_eq!(model.local_addrs.get(&snat(last)), Some(&ADDR_KIND_SNAT));
+    }
+
+    // Down to two: the pool is rewritten, the third address leaves LOCAL_ADDRS.
+    model.apply(
+        &mut table,
+        &with_snat(r#"["198.19.1.1", "198.19.1.2"]"#),
+        &Overrides::default(),
+    );
+    assert_eq!(model.entry(VIP).snat_count, 2);
+    assert!(!model.local_addrs.contains_key(&snat(3)));
+    assert!(
+        model.snat_pools[&entry.id]
+            .addrs
+            .iter()
+            .all(|&a| a != lb_common::wire::addr_to_wire(snat(3)))
+    );
+    // One address: no pool needed any more.
+    model.apply(&mut table, &web(&[(SERVER1, 1)]), &Overrides::default());
+    assert_eq!(model.entry(VIP).snat_count, 1);
+    assert!(
+        !model
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::WriteSnatPool { .. }))
+    );
+}
+
+#[test]
+fn more_local_addresses_than_the_map_holds_are_refused_before_any_write() {
+    let mut model = Model::new(Limits {
+        max_services: 64,
+        ..capacity()
+    });
+    let table = ServiceTable::default();
+    // 64 services with 16 SNAT addresses each, and 64 VIPs: 1,088 local addresses.
+    let services: Vec<String> = (0..64u32)
+        .map(|i| {
+            let vip = Ipv4Addr::from(u32::from(VIP) + 256 + i);
+            let ips: Vec<String> = (0..16u32)
+                .map(|j| format!("\"{}\"", Ipv4Addr::from(u32::from(SNAT) + 256 + i * 16 + j)))
+                .collect();
+            service(&format!("s{i}"), vip, &[(SERVER1, 1)], "").replacen(
+                &format!("snat_ip = \"{SNAT}\"\n"),
+                &format!("snat_ips = [{}]\n", ips.join(", ")),
+                1,
+            )
+        })
+        .collect();
+    assert_refused(
+        &model,
+        &table,
+        &config(&services),
+        "need 1088 local addresses",
+    );
+    model.ops.clear();
 }

@@ -87,8 +87,10 @@ fn full_config_parses_into_expected_struct() {
                 port: 80,
                 protocol: Protocol::Tcp,
                 mode: Mode::FullNat,
-                snat_ip: Some(Ipv4Addr::new(198, 19, 1, 1)),
+                snat_ips: vec![Ipv4Addr::new(198, 19, 1, 1)],
                 syn_proxy: false,
+                syn_cookies: SynCookies::Auto,
+                syn_cookie_threshold: crate::domain::DEFAULT_SYN_COOKIE_THRESHOLD,
                 backends: vec![
                     BackendConfig {
                         address: Ipv4Addr::new(198, 19, 0, 11),
@@ -114,8 +116,10 @@ fn full_config_parses_into_expected_struct() {
                 port: 53,
                 protocol: Protocol::Udp,
                 mode: Mode::Dnat,
-                snat_ip: None,
+                snat_ips: Vec::new(),
                 syn_proxy: false,
+                syn_cookies: SynCookies::Off,
+                syn_cookie_threshold: crate::domain::DEFAULT_SYN_COOKIE_THRESHOLD,
                 backends: vec![
                     BackendConfig {
                         address: Ipv4Addr::new(198, 19, 0, 21),

@@ -283,3 +283,133 @@ fn unknown_segment_takes_drop_or_reset_on_tcp_only() {
         "service \"web\" is udp: unknown_segment is only for tcp",
     );
 }
+
+#[test]
+fn syn_cookies_are_automatic_on_tcp_by_default() {
+    let service = &parse(&with_service_keys("")).unwrap().services[0];
+    assert_eq!(service.syn_cookies, SynCookies::Auto);
+    assert_eq!(
+        service.syn_cookie_threshold,
+        crate::domain::DEFAULT_SYN_COOKIE_THRESHOLD
+    );
+    let text = with_service_keys("syn_cookies = \"off\"");
+    assert_eq!(
+        parse(&text).unwrap().services[0].syn_cookies,
+        SynCookies::Off
+    );
+    let text = with_service_keys("syn_cookie_threshold = 100");
+    assert_eq!(parse(&text).unwrap().services[0].syn_cookie_threshold, 100);
+    // A SYN proxy or a UDP service has nothing to switch.
+    let text = with_service_keys("syn_proxy = true");
+    assert_eq!(
+        parse(&text).unwrap().services[0].syn_cookies,
+        SynCookies::Off
+    );
+    let text = with_service_keys("protocol = \"udp\"");
+    assert_eq!(
+        parse(&text).unwrap().services[0].syn_cookies,
+        SynCookies::Off
+    );
+}
+
+#[test]
+fn syn_cookie_keys_are_checked() {
+    assert_refused(
+        &with_service_keys("protocol = \"udp\"\nsyn_cookies = \"off\""),
+        "syn_cookies",
+        "service \"web\" is udp: syn_cookies is only for tcp",
+    );
+    assert_refused(
+        &with_service_keys("syn_proxy = true\nsyn_cookies = \"auto\""),
+        "syn_cookies",
+        "syn_proxy = true, which answers every SYN with a cookie",
+    );
+    assert_refused(
+        &with_service_keys("syn_cookies = \"off\"\nsyn_cookie_threshold = 10"),
+        "syn_cookie_threshold",
+        "syn_cookie_threshold does not apply",
+    );
+    assert_refused(
+        &with_service_keys("syn_cookie_threshold = 0"),
+        "syn_cookie_threshold",
+        "syn_cookie_threshold",
+    );
+    assert_refused(
+        &with_service_keys("syn_cookies = \"sometimes\""),
+        "syn_cookies",
+        "sometimes",
+    );
+}
+
+/// `with_service` with `snat_ips = <list>` instead of its `snat_ip`.
+fn with_snat_ips(list: &str) -> String {
+    with_service("").replacen(
+        "snat_ip = \"198.19.1.1\"\n",
+        &format!("snat_ips = {list}\n"),
+        1,
+    )
+}
+
+#[test]
+fn snat_ips_lists_several_source_addresses() {
+    let text = with_snat_ips(r#"["198.19.1.1", "198.19.1.2", "198.19.1.3"]"#);
+    let ips = &parse(&text).unwrap().services[0].snat_ips;
+    assert_eq!(
+        ips,
+        &[
+            Ipv4Addr::new(198, 19, 1, 1),
+            Ipv4Addr::new(198, 19, 1, 2),
+            Ipv4Addr::new(198, 19, 1, 3)
+        ]
+    );
+    // snat_ip is the one-address form of the same list.
+    let one = &parse(&with_service("")).unwrap().services[0].snat_ips;
+    assert_eq!(one, &[Ipv4Addr::new(198, 19, 1, 1)]);
+    let sixteen: Vec<String> = (1..=16).map(|i| format!("\"198.19.1.{i}\"")).collect();
+    let text = with_snat_ips(&format!("[{}]", sixteen.join(", ")));
+    assert_eq!(parse(&text).unwrap().services[0].snat_ips.len(), 16);
+}
+
+#[test]
+fn snat_ips_are_checked() {
+    assert_refused(
+        &with_service_keys("snat_ips = [\"198.19.1.2\"]"),
+        "snat_ips",
+        "service \"web\" has both snat_ip and snat_ips",
+    );
+    assert_refused(
+        &with_snat_ips("[]"),
+        "snat_ips",
+        "snat_ips must list at least one address",
+    );
+    let seventeen: Vec<String> = (1..=17).map(|i| format!("\"198.19.1.{i}\"")).collect();
+    assert_refused(
+        &with_snat_ips(&format!("[{}]", seventeen.join(", "))),
+        "snat_ips",
+        "lists 17 snat_ips, at most 16 are allowed",
+    );
+    assert_refused(
+        &with_snat_ips(r#"["198.19.1.1", "198.19.1.1"]"#),
+        "snat_ips",
+        "lists snat_ips 198.19.1.1 twice",
+    );
+    assert_refused(
+        &with_snat_ips(r#"["198.19.1.1", "255.255.255.255"]"#),
+        "snat_ips",
+        "snat_ips must be a unicast address, got 255.255.255.255",
+    );
+    assert_refused(
+        &with_snat_ips(r#"["198.19.1.1", "198.18.1.10"]"#),
+        "snat_ips",
+        "snat_ips 198.18.1.10 of service \"web\" is the VIP of service \"web\"",
+    );
+    assert_refused(
+        &with_snat_ips(r#"["198.19.1.1"]"#).replacen(
+            "port = 80\n",
+            "port = 80\nmode = \"dnat\"\n",
+            1,
+        ),
+        "snat_ips",
+        "service \"web\" is dnat: snat_ips is only for full-nat",
+    );
+}

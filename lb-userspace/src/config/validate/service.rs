@@ -11,12 +11,16 @@ use super::{MAX_TIMEOUT_SECS, Parser};
 use crate::config::raw::{RawHealthCheck, RawProbe, RawService};
 use crate::config::{BackendConfig, ConfigError, ServiceConfig, position};
 use crate::domain::{
-    DenyAction, HealthCheck, HealthProbe, Limits, Mode, PORTS, Prefix, Protocol, UnknownSegment,
-    WEIGHTS,
+    DEFAULT_SYN_COOKIE_THRESHOLD, DenyAction, HealthCheck, HealthProbe, Limits, Mode, PORTS,
+    Prefix, Protocol, SynCookies, UnknownSegment, WEIGHTS,
 };
 
 /// Service names show up in operator output and logs; keep them short.
 const MAX_SERVICE_NAME_LEN: usize = 64;
+
+/// Largest `syn_cookie_threshold`: as many half-open connections as the default flow
+/// table holds pairs.
+const MAX_SYN_COOKIE_THRESHOLD: i64 = (lb_common::DEFAULT_MAX_FLOWS / 2) as i64;
 
 impl Parser<'_> {
     /// With a cluster, a service may start without configured backends: nodes announce
@@ -100,6 +104,43 @@ impl Parser<'_> {
                 Some(flag) => *flag.get_ref(),
                 None => false,
             };
+            let syn_cookies = match &service.syn_cookies {
+                Some(choice) if protocol != Protocol::Tcp => {
+                    return Err(self.error(
+                        choice.span(),
+                        format!("service {name:?} is {protocol}: syn_cookies is only for tcp"),
+                    ));
+                }
+                Some(choice) if syn_proxy && *choice.get_ref() == SynCookies::Auto => {
+                    return Err(self.error(
+                        choice.span(),
+                        format!(
+                            "service {name:?} has syn_proxy = true, which answers every SYN \
+                             with a cookie: syn_cookies = \"auto\" would never switch anything"
+                        ),
+                    ));
+                }
+                Some(choice) => *choice.get_ref(),
+                None if protocol == Protocol::Tcp && !syn_proxy => SynCookies::Auto,
+                None => SynCookies::Off,
+            };
+            if let Some(threshold) = &service.syn_cookie_threshold
+                && syn_cookies == SynCookies::Off
+            {
+                return Err(self.error(
+                    threshold.span(),
+                    format!(
+                        "service {name:?} has no automatic SYN cookies (syn_cookies = \"off\", \
+                         syn_proxy or udp): syn_cookie_threshold does not apply"
+                    ),
+                ));
+            }
+            let syn_cookie_threshold = self.int_or(
+                service.syn_cookie_threshold.as_ref(),
+                "syn_cookie_threshold",
+                1..=MAX_SYN_COOKIE_THRESHOLD,
+                DEFAULT_SYN_COOKIE_THRESHOLD,
+            )?;
             let unknown_segment = match &service.unknown_segment {
                 Some(answer) if protocol != Protocol::Tcp => {
                     return Err(self.error(
@@ -111,34 +152,7 @@ impl Parser<'_> {
                 None => UnknownSegment::default(),
             };
             let mode = service.mode.unwrap_or_default();
-            let snat_ip = match (mode, &service.snat_ip) {
-                (Mode::FullNat, None) => {
-                    return Err(self.error(
-                        table,
-                        format!("service {name:?} is full-nat and needs a snat_ip"),
-                    ));
-                }
-                (Mode::Dnat, Some(snat_ip)) => {
-                    return Err(self.error(
-                        snat_ip.span(),
-                        format!("service {name:?} is dnat: snat_ip is only for full-nat"),
-                    ));
-                }
-                (Mode::Dnat, None) => None,
-                (Mode::FullNat, Some(spanned_ip)) => {
-                    let snat_ip = self.unicast(spanned_ip, "snat_ip")?;
-                    if let Some(owner) = vip_owners.get(&snat_ip) {
-                        return Err(self.error(
-                            spanned_ip.span(),
-                            format!(
-                                "snat_ip {snat_ip} of service {name:?} is the VIP of \
-                                 service {owner:?}"
-                            ),
-                        ));
-                    }
-                    Some(snat_ip)
-                }
-            };
+            let snat_ips = self.snat_ips(service, mode, &vip_owners, table.clone())?;
 
             if service.backend.is_empty() && !announced_backends {
                 return Err(self.error(
@@ -267,8 +281,10 @@ impl Parser<'_> {
                 port,
                 protocol,
                 mode,
-                snat_ip,
+                snat_ips,
                 syn_proxy,
+                syn_cookies,
+                syn_cookie_threshold,
                 backends,
                 allow,
                 deny,
@@ -279,6 +295,90 @@ impl Parser<'_> {
             });
         }
         Ok(services)
+    }
+
+    /// The full-NAT source addresses: `snat_ip = "a"` or `snat_ips = ["a", ...]`, never
+    /// both; each unicast, none a VIP, none twice, at most `MAX_SNAT_IPS`.
+    fn snat_ips(
+        &self,
+        service: &RawService,
+        mode: Mode,
+        vip_owners: &HashMap<Ipv4Addr, &str>,
+        table: std::ops::Range<usize>,
+    ) -> Result<Vec<Ipv4Addr>, ConfigError> {
+        let name = service.name.get_ref();
+        let (listed, key): (Vec<&Spanned<Ipv4Addr>>, &str) =
+            match (&service.snat_ip, &service.snat_ips) {
+                (Some(_), Some(list)) => {
+                    return Err(self.error(
+                        list.span(),
+                        format!(
+                            "service {name:?} has both snat_ip and snat_ips: list every \
+                             address in snat_ips"
+                        ),
+                    ));
+                }
+                (Some(one), None) => (vec![one], "snat_ip"),
+                (None, Some(list)) => (list.get_ref().iter().collect(), "snat_ips"),
+                (None, None) => (Vec::new(), "snat_ip"),
+            };
+        let span = match &service.snat_ips {
+            Some(list) => list.span(),
+            None => service
+                .snat_ip
+                .as_ref()
+                .map_or(table.clone(), Spanned::span),
+        };
+        match mode {
+            Mode::Dnat if service.snat_ip.is_some() || service.snat_ips.is_some() => {
+                return Err(self.error(
+                    span,
+                    format!("service {name:?} is dnat: {key} is only for full-nat"),
+                ));
+            }
+            Mode::Dnat => return Ok(Vec::new()),
+            Mode::FullNat if service.snat_ips.is_some() && listed.is_empty() => {
+                return Err(self.error(
+                    span,
+                    format!("service {name:?}: snat_ips must list at least one address"),
+                ));
+            }
+            Mode::FullNat if listed.is_empty() => {
+                return Err(self.error(
+                    table,
+                    format!("service {name:?} is full-nat and needs a snat_ip (or snat_ips)"),
+                ));
+            }
+            Mode::FullNat => {}
+        }
+        if listed.len() > lb_common::MAX_SNAT_IPS {
+            return Err(self.error(
+                span,
+                format!(
+                    "service {name:?} lists {} snat_ips, at most {} are allowed",
+                    listed.len(),
+                    lb_common::MAX_SNAT_IPS
+                ),
+            ));
+        }
+        let mut ips: Vec<Ipv4Addr> = Vec::with_capacity(listed.len());
+        for spanned_ip in listed {
+            let ip = self.unicast(spanned_ip, key)?;
+            if let Some(owner) = vip_owners.get(&ip) {
+                return Err(self.error(
+                    spanned_ip.span(),
+                    format!("{key} {ip} of service {name:?} is the VIP of service {owner:?}"),
+                ));
+            }
+            if ips.contains(&ip) {
+                return Err(self.error(
+                    spanned_ip.span(),
+                    format!("service {name:?} lists snat_ips {ip} twice"),
+                ));
+            }
+            ips.push(ip);
+        }
+        Ok(ips)
     }
 
     fn health_check(&self, raw: &Spanned<RawHealthCheck>) -> Result<HealthCheck, ConfigError> {
