@@ -55,10 +55,7 @@ use crate::{
         Ipv4Hdr, L4_OFFSET, TCP_ACK, TCP_FIN, TCP_HDR_LEN, TCP_RST, TCP_SYN, TcpHdr, UDP_HDR_LEN,
         UdpHdr, ptr_at,
     },
-    stats::{
-        account, account_new_flow, account_service_cookie, account_service_denied,
-        account_service_drop, count,
-    },
+    stats::{account, account_new_flow, account_service_denied, account_service_drop, count},
 };
 
 #[xdp]

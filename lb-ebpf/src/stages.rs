@@ -31,7 +31,7 @@ pub static STAGES: ProgramArray = ProgramArray::with_max_entries(STAGE_COUNT, 0)
 #[inline(always)]
 pub fn syn_proxy(ctx: &XdpContext) -> u32 {
     // SAFETY: on success the tail call does not return.
-    let _ = unsafe { STAGES.tail_call(ctx, STAGE_SYN_PROXY) };
+    unsafe { STAGES.tail_call(ctx, STAGE_SYN_PROXY) };
     count(counters::DROP_STAGE_MISSING);
     XDP_DROP
 }
