@@ -80,8 +80,9 @@ fn idle(entry: &FlowEntry, peer: Option<&FlowEntry>, now_ns: u64, timeouts: &Tim
 
 /// Shortest wait between two collector passes.
 pub const PASS_INTERVAL_MIN: Duration = Duration::from_secs(1);
-/// Longest wait between two passes: no entry outlives its timeout by more.
-pub const PASS_INTERVAL_MAX: Duration = Duration::from_secs(10);
+/// Longest wait between two passes: no entry outlives its timeout by more. Reached
+/// only by tables of millions of entries, whose pass takes seconds.
+pub const PASS_INTERVAL_MAX: Duration = Duration::from_secs(60);
 /// A pass is followed by a wait of this many times its own duration (within the bounds
 /// above), so the collector keeps to about 5 % of a core however large the table: a
 /// million-entry table read every second would cost a third of one.
@@ -352,7 +353,11 @@ mod tests {
             next_pass_delay(Duration::from_millis(200)),
             Duration::from_secs(4)
         );
-        assert_eq!(next_pass_delay(Duration::from_secs(3)), PASS_INTERVAL_MAX);
+        assert_eq!(
+            next_pass_delay(Duration::from_secs(2)),
+            Duration::from_secs(40)
+        );
+        assert_eq!(next_pass_delay(Duration::from_secs(4)), PASS_INTERVAL_MAX);
     }
 
     #[test]

@@ -59,6 +59,9 @@ enum Cmd {
         /// baselines), for iterating on the testbed and the baselines.
         #[arg(long)]
         e2e_only: bool,
+        /// Only the controller-at-scale group (lb with 1 k to 4 M flow entries).
+        #[arg(long, conflicts_with_all = ["kernel_only", "e2e_only"])]
+        controller_only: bool,
         /// Another `lb` binary (e.g. a previous revision's release build) to measure
         /// beside this one in the controller-at-scale group, in the same run.
         #[arg(long)]
@@ -102,8 +105,10 @@ fn main() -> ExitCode {
             quick,
             kernel_only,
             e2e_only,
+            controller_only,
             baseline_lb,
-        } => bench(quick, kernel_only, e2e_only, baseline_lb).map(|()| ExitCode::SUCCESS),
+        } => bench(quick, kernel_only, e2e_only, controller_only, baseline_lb)
+            .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -495,6 +500,7 @@ fn bench(
     quick: bool,
     kernel_only: bool,
     e2e_only: bool,
+    controller_only: bool,
     baseline_lb: Option<PathBuf>,
 ) -> Result<()> {
     let root = workspace_root();
@@ -524,6 +530,9 @@ fn bench(
         if e2e_only {
             cmd.arg("--e2e-only");
         }
+        if controller_only {
+            cmd.arg("--controller-only");
+        }
         if let Some(path) = &baseline_lb {
             cmd.arg("--baseline-lb").arg(path);
         }
@@ -541,6 +550,7 @@ fn bench(
         quick,
         kernel_only,
         e2e_only,
+        controller_only,
         baseline_lb,
         root: root.clone(),
         out_dir: target.join("bench"),

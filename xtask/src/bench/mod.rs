@@ -23,6 +23,8 @@ pub struct BenchOptions {
     pub kernel_only: bool,
     /// Skip group 1 and the scale group (test_run).
     pub e2e_only: bool,
+    /// Only the controller-at-scale group.
+    pub controller_only: bool,
     /// A previous revision's `lb`, measured beside this one in the controller group.
     pub baseline_lb: Option<PathBuf>,
     pub root: PathBuf,
@@ -109,10 +111,10 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
     };
     report.repeat = kparams.repeat;
     report.runs = kparams.runs;
-    if opts.e2e_only {
-        report
-            .notes
-            .push("--e2e-only: per-packet, scale and Maglev groups not run.".into());
+    if opts.e2e_only || opts.controller_only {
+        report.notes.push(
+            "per-packet, scale and Maglev groups not run (--e2e-only or --controller-only).".into(),
+        );
     } else {
         println!("bench: group 1 + scale: BPF_PROG_TEST_RUN");
         let ns_name = format!("{}-kb", lb_testbed::unique_prefix());
@@ -146,9 +148,11 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
             .notes
             .push("--kernel-only: end-to-end group and start-up times not run.".into());
     } else {
-        let (e2e, startup) = e2e::run(&eparams)?;
-        report.e2e = e2e;
-        report.startup = startup;
+        if !opts.controller_only {
+            let (e2e, startup) = e2e::run(&eparams)?;
+            report.e2e = e2e;
+            report.startup = startup;
+        }
         report.controller = controller::run(&controller::ControllerParams {
             lb_binary: opts.lb_binary.clone(),
             baseline_lb: opts.baseline_lb.clone(),
