@@ -1,10 +1,13 @@
 //! XDP program of the load balancer.
 //!
 //! Path of a packet (docs/architecture.md, "Packet paths"):
-//! 1. parse with strict bounds checks; not IPv4 → pass untouched;
+//! 1. parse with strict bounds checks; not IPv4 (or VLAN-tagged) → pass untouched;
+//!    ICMP errors about balanced connections → translated (`icmp_relay`); later
+//!    fragments → follow their first fragment's flow (`frag`);
 //! 2. flow-table hit → rewrite addresses/ports, incremental checksums, forward;
-//! 3. miss on a SYN or a UDP datagram to a service → Maglev pick, both flow entries,
-//!    rewrite, forward;
+//! 3. miss on a SYN or a UDP datagram to a service → checksums verified, Maglev pick,
+//!    both flow entries, rewrite, forward; a SYN or cookie ACK for the SYN proxy →
+//!    the stage program `lb_xdp_syn_proxy` (`stages`, by tail call);
 //! 4. anything else for a balancer address → documented drop or pass; everything not
 //!    for the balancer → pass untouched.
 //!
