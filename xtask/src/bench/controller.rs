@@ -261,10 +261,11 @@ fn measure(
     if lb == p.lb_binary {
         ensure!(clean, "lb did not exit cleanly: {stopped:?}");
     } else if !clean {
-        // A baseline's failure is a finding, not the bench's.
+        // A baseline's failure is a finding, not the bench's. Killed, it left its pins.
         point
             .binary
             .push_str(" (did not exit within the SIGTERM grace: killed)");
+        let _ = std::fs::remove_dir_all(Path::new(sys::BPFFS).join(prefix));
     }
     Ok(point)
 }
