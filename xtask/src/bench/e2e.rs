@@ -347,22 +347,33 @@ fn http_rate(topo: &Topology, setup: Setup, seconds: u64, close: bool) -> Result
     Ok(rate)
 }
 
-pub fn run(p: &E2eParams) -> Result<(E2eResults, Vec<Startup>)> {
-    let prefix = testbed::unique_prefix();
-    let mut topo = Topology::up(&prefix)?;
-    let dir = p.out_dir.join("e2e");
-    std::fs::create_dir_all(&dir)?;
+/// A new testbed with the e2e group's servers: the testbed's own (UDP echo for the
+/// start-up measurement), nginx, and iperf3 in s1. Returns it and the servers' PIDs.
+fn fresh_testbed(prefix: &str, dir: &Path) -> Result<(Topology, Vec<u32>)> {
+    let mut topo = Topology::up(prefix)?;
     // The testbed's own HTTP servers (a thread per connection) would bound the connection
     // rate before any balancer does: the web backends here are nginx, on their own port.
-    // The testbed's UDP echo serves the start-up measurement.
     topo.start_servers()?;
-    let nginx_pids = start_nginx(&topo, &dir)?;
-    let iperf_pid = topo.spawn_logged(
+    let mut servers = start_nginx(&topo, dir)?;
+    servers.push(topo.spawn_logged(
         Role::Server(1),
         &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
         &dir.join("iperf3-server.log"),
-    )?;
+    )?);
     std::thread::sleep(Duration::from_millis(300));
+    Ok((topo, servers))
+}
+
+fn stop_all(topo: &Topology, pids: &[u32]) {
+    for &pid in pids {
+        let _ = topo.stop_child(pid);
+    }
+}
+
+pub fn run(p: &E2eParams) -> Result<(E2eResults, Vec<Startup>)> {
+    let prefix = testbed::unique_prefix();
+    let dir = p.out_dir.join("e2e");
+    std::fs::create_dir_all(&dir)?;
     // The testbed forwards with ip_forward=1; the servers route back through the LB.
     let setups = [
         Setup::Routing,
@@ -384,6 +395,10 @@ pub fn run(p: &E2eParams) -> Result<(E2eResults, Vec<Startup>)> {
     std::fs::write(&config_path, lb_config(&prefix, ""))?;
     let socket = format!("/run/lb/{prefix}.sock");
     for (si, &setup) in setups.iter().enumerate() {
+        // Each configuration gets a fresh testbed: the servers' TIME_WAIT sockets (60 s)
+        // from the previous configuration's connections, under other source ports,
+        // would otherwise meet this one's SYNs.
+        let (mut topo, servers) = fresh_testbed(&prefix, &dir)?;
         let mut daemon = None;
         match setup {
             Setup::Routing => {}
@@ -432,12 +447,12 @@ pub fn run(p: &E2eParams) -> Result<(E2eResults, Vec<Startup>)> {
             ensure!(status.success(), "lb did not exit cleanly: {status}");
             let _ = d.socket;
         }
-    }
-    let _ = topo.stop_child(iperf_pid);
-    for pid in nginx_pids {
-        let _ = topo.stop_child(pid);
+        stop_all(&topo, &servers);
+        topo.teardown();
     }
 
+    let (mut topo, servers) = fresh_testbed(&prefix, &dir)?;
+    stop_all(&topo, &servers);
     let mut startup = Vec::new();
     for &(services, backends) in &p.startup {
         startup.push(measure_startup(
