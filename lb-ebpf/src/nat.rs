@@ -24,14 +24,10 @@ pub enum L4 {
 pub unsafe fn rewrite(ip: *mut Ipv4Hdr, l4: L4, entry: &FlowEntry) {
     // SAFETY: the caller guarantees the headers are inside the packet.
     unsafe {
+        // The L4 pseudo-header sums the old addresses out, so read them first.
         let old_src = (*ip).saddr;
         let old_dst = (*ip).daddr;
-        (*ip).saddr = entry.new_src_ip;
-        (*ip).daddr = entry.new_dst_ip;
-        (*ip).check = CsumDelta::from_check((*ip).check)
-            .replace32(old_src, entry.new_src_ip)
-            .replace32(old_dst, entry.new_dst_ip)
-            .finish();
+        rewrite_ip(ip, entry);
 
         match l4 {
             L4::Tcp(tcp) => {
