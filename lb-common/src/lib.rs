@@ -325,7 +325,10 @@ pub struct FlowEntry {
     /// Next-hop cache: destination and source MAC for `tx_ifindex`.
     pub tx_dmac: [u8; 6],
     pub tx_smac: [u8; 6],
-    pub _pad: u32,
+    /// Node id of the instance that created the flow (`Settings::node_id`; 0 without
+    /// peers). A flow announced by a peer keeps its owner's id (docs/scale-out.md).
+    pub owner: u16,
+    pub _pad: u16,
 }
 
 /// The data path writes `last_seen_ns` only when it is older than this, so the
@@ -402,7 +405,12 @@ pub struct Settings {
     /// Inclusive range of full-NAT source ports, host byte order.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
-    pub _pad: u32,
+    /// This instance's node id among its peers, written into every flow it creates
+    /// (`FlowEntry::owner`); 0 without `[peers]`.
+    pub node_id: u16,
+    /// Nonzero: report created and changed flows in `FLOW_EVENTS` (docs/scale-out.md).
+    pub announce: u8,
+    pub _pad: u8,
 }
 
 impl Default for Settings {
@@ -410,9 +418,36 @@ impl Default for Settings {
         Settings {
             snat_port_min: DEFAULT_SNAT_PORT_MIN,
             snat_port_max: DEFAULT_SNAT_PORT_MAX,
+            node_id: 0,
+            announce: 0,
             _pad: 0,
         }
     }
+}
+
+/// `FLOW_EVENTS` record kinds.
+/// The data path created both entries of a new flow; `entry` is the forward one.
+pub const FLOW_EVENT_CREATED: u8 = 1;
+/// The data path changed what a flow's forwarding depends on (TCP state, SYN-proxy
+/// deltas); `entry` is the changed one, either direction.
+pub const FLOW_EVENT_CHANGED: u8 = 2;
+
+/// `FLOW_EVENTS` ring buffer size in bytes (a power of two, a multiple of the page size):
+/// about 40,000 events between two reads of the daemon.
+pub const FLOW_EVENTS_BYTES: u32 = 4 << 20;
+
+/// One `FLOW_EVENTS` record: a flow entry as the data path just wrote it, with its key.
+/// The daemon turns it into a flow record for its peers (docs/scale-out.md, "Flow
+/// records").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowEvent {
+    /// `FLOW_EVENT_*`.
+    pub kind: u8,
+    pub _pad: [u8; 7],
+    pub key: FlowKey,
+    pub entry: FlowEntry,
 }
 
 /// How many random source ports the classifier tries before giving up on a flow.

@@ -488,6 +488,7 @@ fn create_flow(service: &Service, key: &FlowKey, init: &FlowInit) -> Option<Flow
         last_seen_ns: now,
         tx_dmac: [0; 6],
         tx_smac: [0; 6],
+        owner: 0,
         _pad: 0,
     };
     let mut reverse_key = FlowKey {

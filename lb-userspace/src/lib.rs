@@ -18,6 +18,7 @@ pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod output;
+pub mod peers;
 pub mod services;
 pub mod syn_cookies;
 pub mod sync;

@@ -211,6 +211,8 @@ pub fn plan(
     let settings = Settings {
         snat_port_min: config.snat_port_min,
         snat_port_max: config.snat_port_max,
+        node_id: 0,
+        announce: 0,
         _pad: 0,
     };
     if next.settings != Some(settings) {

@@ -1,0 +1,3 @@
+//! Flow sharing between balancer instances (docs/scale-out.md, "Peers").
+
+pub mod record;
