@@ -89,7 +89,37 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// Cluster nodes announce themselves (`[cluster]`); `None`: only configured backends.
     pub cluster: Option<ClusterConfig>,
+    /// Flow sharing with other balancer instances (`[peers]`, docs/scale-out.md);
+    /// `None`: a single instance.
+    pub peers: Option<PeersConfig>,
     origin: Origin,
+}
+
+/// This instance among its peers (docs/scale-out.md, "Peers").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeersConfig {
+    /// 1-65535, unique in the cluster; written into every flow this instance creates.
+    pub node_id: u16,
+    pub cluster_id: u16,
+    /// File holding the peers' HMAC key; read when `lb run` starts.
+    pub key_file: PathBuf,
+    /// Where the peers connect to this instance.
+    pub listen: std::net::SocketAddrV4,
+    /// Every other instance that may exist, up or not.
+    pub members: Vec<PeerConfig>,
+    /// Off: no flow is announced (a test switch that shows what sharing prevents).
+    pub announce: bool,
+    /// How long a starting instance waits for unreachable peers before it is ready.
+    pub join_timeout: Duration,
+    /// Silence after which a peer is down.
+    pub dead_after: Duration,
+}
+
+/// One other instance of `[peers]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub node_id: u16,
+    pub address: std::net::SocketAddrV4,
 }
 
 /// The router side of the cluster protocol (docs/cluster-protocol.md).

@@ -260,6 +260,7 @@ impl Parser<'_> {
             snat_port_max,
             services,
             cluster,
+            peers: None,
             origin: Origin {
                 path: self.path.to_owned(),
                 attach: attach_positions,
