@@ -35,10 +35,11 @@ mod process;
 mod server;
 pub mod topology;
 pub mod udp;
+pub mod workload;
 
 pub use harness::{Harness, harness_netns};
 pub use http_client::{HttpResponse, KeepAliveClient, count_by_server, http_get, server_of};
-pub use netns::{Netns, list_netns, run_in_netns};
+pub use netns::{Netns, list_netns, run_in_netns, spawn_in_netns};
 pub use payload::{Payload, payload_bytes, payload_sha256, sha256_hex};
 pub use server::ServerStats;
 pub use topology::*;

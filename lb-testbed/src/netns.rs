@@ -183,10 +183,24 @@ pub fn run_in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
+    let thread = spawn_in_netns(ns, f)?;
+    match thread.join() {
+        Ok(result) => result.with_context(|| format!("setns into {NETNS_DIR}/{ns}")),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Starts `f` on a thread that has joined network namespace `ns` and returns at once:
+/// for work that lives as long as a test step (traffic generators). The thread's
+/// result is `Err` if it could not enter the namespace.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<thread::JoinHandle<io::Result<T>>> {
     validate_name(ns)?;
     let path = Path::new(NETNS_DIR).join(ns);
     let handle = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let thread = thread::Builder::new()
+    thread::Builder::new()
         .name(format!("netns {ns}"))
         .spawn(move || -> io::Result<T> {
             // SAFETY: plain syscall on a valid, open fd. Only this thread
@@ -198,11 +212,7 @@ pub fn run_in_netns<T: Send + 'static>(
             drop(handle);
             Ok(f())
         })
-        .context("spawning a thread")?;
-    match thread.join() {
-        Ok(result) => result.with_context(|| format!("setns into {}", path.display())),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+        .context("spawning a thread")
 }
 
 /// Names of all existing network namespaces.
