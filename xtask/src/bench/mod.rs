@@ -172,26 +172,19 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
 }
 
 fn targets(r: &Report) -> Vec<Target> {
-    let find = |prefix: &str| r.paths.iter().find(|p| p.name.starts_with(prefix));
-    let mut t = Vec::new();
-    let floor_goal = |name: &str, path: Option<&model::KernelPath>, goal: f64| Target {
-        name: name.into(),
-        goal: format!("≤ {goal}× floor"),
-        measured: path.map_or("–".into(), |p| {
-            format!("{:.2}× ({:.1} ns)", p.floor_ratio, p.net_ns)
-        }),
-        met: path.map(|p| p.floor_ratio <= goal),
-    };
-    t.push(floor_goal(
-        "established flow forward",
-        find("established TCP forward"),
-        1.5,
-    ));
-    t.push(floor_goal(
-        "first packet",
-        find("first packet of a TCP flow"),
-        3.0,
-    ));
+    let mut t: Vec<Target> = r
+        .paths
+        .iter()
+        .filter_map(|p| {
+            let goal = model::packet_target(&p.name)?;
+            Some(Target {
+                name: p.name.clone(),
+                goal: format!("≤ {goal:.0} ns"),
+                measured: format!("{:.1} ns", p.net_ns),
+                met: Some(p.net_ns <= goal),
+            })
+        })
+        .collect();
     t.extend(e2e_targets(&r.e2e));
     let biggest = r
         .controller
@@ -346,9 +339,10 @@ pub fn write(report: &Report, dir: &Path) -> Result<()> {
         serde_json::to_string_pretty(&report.to_json())? + "\n",
     )?;
     std::fs::write(dir.join("e2e.svg"), report::svg(&report.e2e))?;
+    std::fs::write(dir.join("packet.svg"), report::packet_svg(&report.paths))?;
     println!("{md}");
     println!(
-        "bench: wrote {}/report.md, report.json, e2e.svg",
+        "bench: wrote {}/report.md, report.json, e2e.svg, packet.svg",
         dir.display()
     );
     Ok(())

@@ -17,6 +17,24 @@ pub fn median(samples: &[f64]) -> f64 {
     }
 }
 
+/// The per-packet targets: net ns through the wrapper, by the start of a path's name.
+pub const PACKET_TARGETS: [(&str, f64); 6] = [
+    ("non-VIP pass", 24.0),
+    ("established TCP forward", 50.0),
+    ("established TCP reverse", 50.0),
+    ("established UDP", 50.0),
+    ("first packet of a TCP flow", 450.0),
+    ("first UDP datagram", 450.0),
+];
+
+/// The target of the path named `name`, if it has one.
+pub fn packet_target(name: &str) -> Option<f64> {
+    PACKET_TARGETS
+        .iter()
+        .find(|(prefix, _)| name.starts_with(prefix))
+        .map(|(_, goal)| *goal)
+}
+
 /// Where and how the numbers were produced.
 #[derive(Clone, Debug, Default)]
 pub struct Environment {

@@ -1,8 +1,8 @@
-//! Writers of `target/bench/report.md`, `report.json` and `e2e.svg`.
+//! Writers of `target/bench/report.md`, `report.json`, `e2e.svg` and `packet.svg`.
 
 use std::fmt::Write as _;
 
-use super::model::{E2eResults, Report, mpps};
+use super::model::{E2eResults, KernelPath, Report, mpps, packet_target};
 
 fn ratio(a: f64, b: f64) -> String {
     if a > 0.0 && b > 0.0 {
@@ -63,26 +63,30 @@ pub fn e2e_table(e2e: &E2eResults) -> String {
 /// The per-packet table (group 1).
 pub fn per_packet_table(r: &Report) -> String {
     let mut out = String::from(
-        "| path | ns/packet (net) | Mpps, 1 core | × floor | raw ns (with wrapper) | runs (raw ns) | what the repeats did |\n|---|---:|---:|---:|---:|---|---|\n",
+        "| path | ns/packet (net) | target | Mpps, 1 core | × floor | raw ns (with wrapper) | runs (raw ns) | what the repeats did |\n|---|---:|---:|---:|---:|---:|---|---|\n",
     );
     let _ = writeln!(
         out,
-        "| floor program, direct | {:.1} | {:.1} | 1.00× | – | – | XDP_TX (MAC swap twice = identity) |",
+        "| floor program, direct | {:.1} | – | {:.1} | 1.00× | – | – | XDP_TX (MAC swap twice = identity) |",
         r.floor_direct_ns,
         mpps(r.floor_direct_ns)
     );
     let _ = writeln!(
         out,
-        "| wrapper → null (overhead, subtracted below) | {:.1} | – | – | {:.1} | – | XDP_TX |",
+        "| wrapper → null (overhead, subtracted below) | {:.1} | – | – | – | {:.1} | – | XDP_TX |",
         r.wrapper_ns, r.wrapper_ns
     );
     for p in &r.paths {
         let runs: Vec<String> = p.runs_ns.iter().map(|v| format!("{v:.0}")).collect();
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.1} | {:.2}× | {:.1} | {} | {} |",
+            "| {} | {:.1} | {} | {:.1} | {:.2}× | {:.1} | {} | {} |",
             p.name,
             p.net_ns,
+            packet_target(&p.name).map_or("–".into(), |goal| {
+                let mark = if p.net_ns <= goal { "met" } else { "missed" };
+                format!("≤ {goal:.0} ({mark})")
+            }),
             mpps(p.net_ns),
             p.floor_ratio,
             p.raw_ns,
@@ -123,7 +127,7 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "\nChart: `e2e.svg` (each metric relative to kernel routing).\n"
+        "\nCharts: `e2e.svg` (each metric relative to kernel routing), `packet.svg` (the per-packet paths against their targets).\n"
     );
     let _ = writeln!(out, "## 3. Scale\n");
     let _ = writeln!(
@@ -218,6 +222,61 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// Horizontal bars of the per-packet paths (net ns, log scale, since the paths span
+/// two orders of magnitude), each with its target marked.
+pub fn packet_svg(paths: &[KernelPath]) -> String {
+    let (width, left, right, top, row_h) = (900.0, 330.0, 40.0, 40.0, 28.0);
+    let height = top + row_h * paths.len().max(1) as f64 + 40.0;
+    let (lo, hi) = (1.0f64, 5000.0f64);
+    let plot_w = width - left - right;
+    let x_of = |ns: f64| left + plot_w * (ns.clamp(lo, hi).ln() - lo.ln()) / (hi.ln() - lo.ln());
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">Per packet in the kernel (BPF_PROG_TEST_RUN, net ns, median; red: target)</text>\n",
+        width / 2.0
+    );
+    let bottom = top + row_h * paths.len() as f64;
+    for tick in [
+        1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+    ] {
+        let x = x_of(tick);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{top}\" y2=\"{bottom}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{tick:.0}</text>",
+            bottom + 15.0
+        );
+    }
+    for (i, p) in paths.iter().enumerate() {
+        let y = top + row_h * i as f64;
+        let x_end = x_of(p.net_ns);
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><rect x=\"{left}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#1f77b4\"/><text x=\"{:.1}\" y=\"{:.1}\">{:.0}</text>",
+            left - 6.0,
+            y + row_h * 0.6,
+            xml_escape(&p.name),
+            y + row_h * 0.15,
+            (x_end - left).max(1.0),
+            row_h * 0.7,
+            x_end + 4.0,
+            y + row_h * 0.6,
+            p.net_ns
+        );
+        if let Some(goal) = packet_target(&p.name) {
+            let x = x_of(goal);
+            let _ = writeln!(
+                s,
+                "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#d62728\" stroke-width=\"2\"/>",
+                y + row_h * 0.05,
+                y + row_h * 0.95
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
 }
 
 /// Grouped bar chart: one group per metric, one bar per configuration, each bar the
@@ -408,7 +467,7 @@ mod tests {
             "- kernel: 6.18.0",
             "- git revision: abc123",
             "- build profile: release",
-            "| established TCP forward | 30.0 | 33.3 | 1.50× | 40.0 | 39, 40, 41 | flow_hits +3000 = repeats |",
+            "| established TCP forward | 30.0 | ≤ 50 (met) | 33.3 | 1.50× | 40.0 | 39, 40, 41 | flow_hits +3000 = repeats |",
             "| UDP 64 B (packets/s) | 550.0 k (vs nft 1.38×, vs routing 1.00×) | 400.0 k (vs nft 1.00×, vs routing 0.73×) | failed |",
             "| 1000 | 4096 | 50.0 | 1.00× | 100 | 200 | 0.0 |",
             "| 10 | 1021 | 2.0 | 100.0 | 1021 |",
@@ -441,5 +500,21 @@ mod tests {
         assert_eq!(svg.matches("<rect").count(), 1 + 2 + 3);
         assert!(svg.contains(">1.00</text>") && svg.contains(">0.73</text>"));
         assert!(svg.contains("lb &lt;native&gt;"));
+    }
+
+    #[test]
+    fn the_packet_chart_has_a_bar_per_path_and_a_mark_per_target() {
+        let mut paths = synthetic().paths;
+        paths[0].name = "established TCP forward".into();
+        paths.push(KernelPath {
+            name: "floor via wrapper".into(),
+            ..paths[0].clone()
+        });
+        let svg = packet_svg(&paths);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<rect").count(), 1 + paths.len());
+        // Only the established path has a target.
+        assert_eq!(svg.matches("stroke=\"#d62728\"").count(), 1);
+        assert!(svg.contains(">established TCP forward</text>"));
     }
 }
