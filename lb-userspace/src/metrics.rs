@@ -67,6 +67,17 @@ pub struct Scrape {
     pub flow_entries: Gauge,
     /// Duration of the collector's last pass over the flow table.
     pub gc_pass_seconds: Gauge<f64, AtomicU64>,
+    /// With `[bgp]`: routes BIRD last accepted, failed `configure` runs, draining.
+    pub bgp: Option<BgpMetrics>,
+}
+
+/// The announcements' metrics (docs/scale-out.md, "Routes").
+#[derive(Default)]
+pub struct BgpMetrics {
+    pub routes_announced: Gauge,
+    pub routes_wanted: Gauge,
+    pub configure_failures: Counter,
+    pub draining: Gauge,
 }
 
 impl Scrape {
@@ -185,6 +196,28 @@ impl Scrape {
             "Duration of the flow collector's last pass",
             s.gc_pass_seconds,
         );
+        if let Some(bgp) = s.bgp {
+            registry.register(
+                "bgp_routes_announced",
+                "Routes BIRD last accepted for this instance",
+                bgp.routes_announced,
+            );
+            registry.register(
+                "bgp_routes_wanted",
+                "Routes this instance wants announced (0 while draining or not ready)",
+                bgp.routes_wanted,
+            );
+            registry.register(
+                "bgp_configure_failures",
+                "Failed attempts to have BIRD load the routes file",
+                bgp.configure_failures,
+            );
+            registry.register(
+                "bgp_draining",
+                "1 while the instance withdraws its routes (lb drain, SIGTERM)",
+                bgp.draining,
+            );
+        }
         let mut text = String::new();
         encode(&mut text, &registry)?;
         Ok(text)

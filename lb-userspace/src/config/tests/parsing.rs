@@ -141,6 +141,7 @@ fn full_config_parses_into_expected_struct() {
             },
         ],
         cluster: None,
+        bgp: None,
         origin: Origin::default(),
     };
     assert_eq!(config, expected);
