@@ -609,11 +609,13 @@ impl ScaleOut {
                 format!("link set {port} up"),
             ])?;
         }
-        // Native XDP on a veth delivers XDP_TX/REDIRECT frames only to a NAPI peer.
+        // Native XDP on a veth delivers XDP_TX/REDIRECT frames only to a NAPI peer; a
+        // router that sends to the VIP itself (a test reaching one instance directly)
+        // computes full checksums, like every sender here.
         for side in [Side::Front, Side::Back] {
             self.exec(
                 &self.router_ns(side),
-                &["ethtool", "-K", &port, "gro", "on"],
+                &["ethtool", "-K", &port, "gro", "on", "tx", "off"],
             )?;
         }
         // The routes file exists before BIRD includes it: empty until lb writes it.
@@ -720,6 +722,22 @@ impl ScaleOut {
         let pid = self.instance(i)?.lb.take().context("no lb running")?;
         let mut child = self.children.remove(&pid).context("lb not tracked")?;
         terminate_child(&mut child, CHILD_GRACE).context("reaping lb")
+    }
+
+    /// Sends `signal` to instance `i`'s `lb` without waiting.
+    pub fn signal_lb(&mut self, i: usize, signal: libc::c_int) -> Result<()> {
+        let pid = self.instance(i)?.lb.context("no lb running")?;
+        send_signal(pid, signal).with_context(|| format!("signalling lb {pid}"))
+    }
+
+    /// Whether instance `i`'s `lb` still runs.
+    pub fn lb_running(&mut self, i: usize) -> bool {
+        let Some(pid) = self.instance(i).ok().and_then(|instance| instance.lb) else {
+            return false;
+        };
+        self.children
+            .get_mut(&pid)
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// SIGKILL to instance `i`'s `lb`: no cleanup at all (BIRD keeps its routes).

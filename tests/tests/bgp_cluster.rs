@@ -127,3 +127,279 @@ fn vip_is_learned_from_every_instance_and_traffic_spreads() {
     // VIP, SNAT address, return route.
     assert_eq!(status["bgp"]["routes_announced"], 3);
 }
+
+/// `lb drain` takes the instance's next hop out of the front router's route while new
+/// connections keep succeeding over the others; the drained instance still forwards.
+/// SIGTERM withdraws first too, and exits only after the withdraw delay.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, BIRD"]
+fn drain_and_sigterm_withdraw_before_the_data_path_goes() {
+    let mut testbed = cluster(3);
+    let started = Instant::now();
+    let out = testbed.lb_cli(2, &["drain"]).expect("lb drain");
+    assert!(out.starts_with("draining"), "{out}");
+    let took = testbed
+        .wait_next_hops(
+            Side::Front,
+            VIP_PREFIX,
+            &hops(&[1, 3]),
+            Duration::from_secs(5),
+        )
+        .expect("the drained instance leaves the VIP's route");
+    eprintln!(
+        "drain: next hop gone from the front router after {took:?} ({:?} since the request)",
+        started.elapsed()
+    );
+    // Its SNAT address and return route go too.
+    testbed
+        .wait_next_hops(
+            Side::Back,
+            scaleout::CLIENT_PREFIX,
+            &ScaleOut::back_hops(&[1, 3]),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(
+        testbed
+            .router_next_hops(Side::Back, "198.19.1.2/32")
+            .unwrap()
+            .is_empty()
+    );
+    let status = testbed.lb_json(2, "status").unwrap();
+    assert_eq!(status["bgp"]["state"], "draining");
+    assert_eq!(status["bgp"]["routes_announced"], 0);
+    assert!(
+        testbed
+            .lb_cli(2, &["status"])
+            .unwrap()
+            .contains("draining, 0 routes wanted"),
+        "lb status says draining"
+    );
+
+    let before = web_flows(&testbed, 2);
+    assert_eq!(gets(&testbed, 30), 30, "new connections keep succeeding");
+    assert_eq!(
+        web_flows(&testbed, 2),
+        before,
+        "none reaches the drained instance"
+    );
+
+    // The drained instance still forwards what reaches it: a request sent straight over
+    // its front link, answered through a static route standing in for the peers' backup
+    // route of its SNAT address (docs/scale-out.md: not announced while draining).
+    let (_, back_local) = scaleout::back_link(2);
+    testbed
+        .exec(
+            &testbed.router_ns(Side::Back),
+            &[
+                "ip",
+                "route",
+                "add",
+                "198.19.1.2/32",
+                "via",
+                &back_local.to_string(),
+                "metric",
+                "500",
+            ],
+        )
+        .unwrap();
+    let out = testbed
+        .exec(
+            &testbed.router_ns(Side::Front),
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "--interface",
+                "l2",
+                &format!("http://{VIP}/"),
+            ],
+        )
+        .expect("the drained instance forwards");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with('s'));
+    assert_eq!(web_flows(&testbed, 2), before + 1);
+
+    // SIGTERM on instance 3: withdrawn while lb still runs, exit after the delay.
+    let started = Instant::now();
+    testbed.signal_lb(3, libc::SIGTERM).unwrap();
+    let took = testbed
+        .wait_next_hops(Side::Front, VIP_PREFIX, &hops(&[1]), Duration::from_secs(5))
+        .expect("SIGTERM withdraws the VIP");
+    assert!(
+        testbed.lb_running(3),
+        "lb still forwards while the routers move away ({took:?} after SIGTERM)"
+    );
+    let status = testbed.wait_lb_exit(3, Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{status}: {}", testbed.lb_log(3));
+    let exited = started.elapsed();
+    eprintln!("SIGTERM: withdrawn after {took:?}, exited after {exited:?}");
+    assert!(
+        exited >= took + Duration::from_millis(500),
+        "withdraw_delay_ms = 500"
+    );
+    assert_eq!(gets(&testbed, 10), 10);
+}
+
+/// `kill -9` of one `lb` changes nothing in BIRD: the routes stay for seconds, the
+/// pinned data path keeps forwarding, and a restarted `lb` announces the same.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, BIRD"]
+fn killed_lb_changes_no_route() {
+    let mut testbed = cluster(3);
+    let front = testbed.router_next_hops(Side::Front, VIP_PREFIX).unwrap();
+    let snat = "198.19.1.3/32";
+    let back = testbed.router_next_hops(Side::Back, snat).unwrap();
+    assert_eq!(back, ScaleOut::back_hops(&[3]));
+    let routes_file = testbed.dir.join("l3").join("routes.conf");
+    let file = std::fs::read_to_string(&routes_file).unwrap();
+
+    testbed.kill_lb(3).unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(
+            testbed.router_next_hops(Side::Front, VIP_PREFIX).unwrap(),
+            front
+        );
+        assert_eq!(testbed.router_next_hops(Side::Back, snat).unwrap(), back);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_to_string(&routes_file).unwrap(), file);
+    assert_eq!(
+        gets(&testbed, 30),
+        30,
+        "the pinned data path keeps forwarding"
+    );
+
+    testbed.start_lb(3).expect("restart lb");
+    let status = testbed.lb_json(3, "status").unwrap();
+    assert_eq!(status["adopted"], true);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(
+            testbed.router_next_hops(Side::Front, VIP_PREFIX).unwrap(),
+            front
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = testbed.lb_json(3, "status").unwrap();
+    assert_eq!(status["bgp"]["in_sync"], true, "{status}");
+}
+
+/// A lost instance (no carrier change: only BFD can tell) leaves both routers within a
+/// second, and comes back when its links do.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, BIRD"]
+fn lost_instance_leaves_the_routers_within_a_second() {
+    let testbed = cluster(3);
+    let snat = "198.19.1.1/32";
+    // Timed from before the first drop rule, so the measure can only be too long.
+    let started = Instant::now();
+    testbed.links_down(1).unwrap();
+    testbed
+        .wait_next_hops(
+            Side::Front,
+            VIP_PREFIX,
+            &hops(&[2, 3]),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let front = started.elapsed();
+    testbed
+        .wait_next_hops(Side::Back, snat, &BTreeSet::new(), Duration::from_secs(5))
+        .unwrap();
+    let back = started.elapsed();
+    eprintln!("links down: front router after {front:?}, back router after {back:?}");
+    // BFD: 3 x 100 ms; the margin covers BIRD's and the kernel's work on a busy machine.
+    assert!(
+        front <= Duration::from_secs(1),
+        "front router took {front:?}"
+    );
+    assert!(back <= Duration::from_secs(1), "back router took {back:?}");
+    assert_eq!(
+        gets(&testbed, 30),
+        30,
+        "the others carry every new connection"
+    );
+
+    testbed.links_up(1).unwrap();
+    let took = testbed
+        .wait_next_hops(Side::Front, VIP_PREFIX, &hops(&[1, 2, 3]), CONVERGE)
+        .unwrap();
+    testbed
+        .wait_next_hops(Side::Back, snat, &ScaleOut::back_hops(&[1]), CONVERGE)
+        .unwrap();
+    eprintln!("links up: back in the front router after {took:?}");
+}
+
+/// `lb run` refuses a `[bgp]` whose control socket has no BIRD, or a silent one, naming
+/// the file and line of `control_socket`; nothing is attached.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, BIRD"]
+fn unknown_or_silent_control_socket_is_refused() {
+    let mut testbed = {
+        let prefix = scaleout::unique_prefix();
+        ScaleOut::up(&prefix, &dir(&prefix), &lb_binary(), 1).unwrap()
+    };
+    let path = testbed.lb_config_path(1);
+    let good = testbed.lb_config(1);
+    let line = good
+        .lines()
+        .position(|l| l.starts_with("control_socket"))
+        .unwrap()
+        + 1;
+    let missing = testbed.dir.join("l1").join("no-bird.ctl");
+    let silent = testbed.dir.join("l1").join("silent.ctl");
+    let _listener = std::os::unix::net::UnixListener::bind(&silent).unwrap();
+    for (socket, why) in [
+        (&missing, "cannot connect"),
+        (&silent, "no answer within 2000 ms"),
+    ] {
+        let bird = testbed.dir.join("l1").join("bird.ctl");
+        let config = good.replace(&bird.display().to_string(), &socket.display().to_string());
+        std::fs::write(&path, &config).unwrap();
+        testbed.spawn_lb(1).unwrap();
+        let status = testbed.wait_lb_exit(1, Duration::from_secs(10)).unwrap();
+        assert!(!status.success());
+        let log = testbed.lb_log(1);
+        let at = format!("{}:{line}:", path.display());
+        assert!(
+            log.contains(&at) && log.contains("BIRD does not answer on") && log.contains(why),
+            "expected {at:?} and {why:?} in: {log}"
+        );
+        let interfaces = testbed
+            .exec(
+                &testbed.instance_ns(1),
+                &["ip", "-d", "link", "show", "front"],
+            )
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&interfaces.stdout).contains("xdp"),
+            "nothing attached"
+        );
+    }
+    // The routes file's directory must exist.
+    let config = good.replace("/l1/routes.conf", "/none/routes.conf");
+    std::fs::write(&path, &config).unwrap();
+    testbed.spawn_lb(1).unwrap();
+    assert!(
+        !testbed
+            .wait_lb_exit(1, Duration::from_secs(10))
+            .unwrap()
+            .success()
+    );
+    let routes_line = good
+        .lines()
+        .position(|l| l.starts_with("routes_file"))
+        .unwrap()
+        + 1;
+    let log = testbed.lb_log(1);
+    assert!(
+        log.contains(&format!("{}:{routes_line}:", path.display()))
+            && log.contains("does not exist"),
+        "{log}"
+    );
+    // And the good one starts.
+    std::fs::write(&path, &good).unwrap();
+    testbed.start_lb(1).unwrap();
+}
