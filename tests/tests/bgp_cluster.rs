@@ -403,3 +403,57 @@ fn unknown_or_silent_control_socket_is_refused() {
     std::fs::write(&path, &good).unwrap();
     testbed.start_lb(1).unwrap();
 }
+
+/// The instances' `bird.conf` exports a peer's SNAT address (`lb_snat_backup`) with a
+/// longer AS path: the back router prefers the owner, and falls back to the backup when
+/// the owner is lost. The backup is written by hand here (the peer protocol feeds it).
+#[test]
+#[ignore = "needs root: network namespaces, XDP, BIRD"]
+fn peer_snat_backup_is_announced_with_a_longer_path() {
+    let mut testbed = {
+        let prefix = scaleout::unique_prefix();
+        ScaleOut::up(&prefix, &dir(&prefix), &lb_binary(), 2).unwrap()
+    };
+    testbed.start_lb(2).unwrap();
+    // Instance 1 without lb: its BIRD announces 198.19.1.2 as a backup.
+    let backup = lb_userspace::bgp::RouteSet {
+        snat_backup: [scaleout::snat_ip(2)].into(),
+        ..Default::default()
+    };
+    std::fs::write(
+        testbed.dir.join("l1").join("routes.conf"),
+        lb_userspace::bgp::routes::render(&backup),
+    )
+    .unwrap();
+    testbed.instance_birdc(1, "configure").unwrap();
+    let snat = "198.19.1.2/32";
+    testbed
+        .wait_next_hops(Side::Back, snat, &ScaleOut::back_hops(&[2]), CONVERGE)
+        .expect("the owner's shorter path wins");
+    let mut routes = String::new();
+    let deadline = Instant::now() + CONVERGE;
+    while Instant::now() < deadline {
+        routes = testbed
+            .router_birdc(Side::Back, &format!("show route {snat} all"))
+            .unwrap();
+        if routes.matches("BGP.as_path").count() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(routes.contains("BGP.as_path: 65010\n"), "{routes}");
+    assert!(
+        routes.contains("BGP.as_path: 65010 65010 65010"),
+        "{routes}"
+    );
+
+    testbed.links_down(2).unwrap();
+    testbed
+        .wait_next_hops(
+            Side::Back,
+            snat,
+            &ScaleOut::back_hops(&[1]),
+            Duration::from_secs(2),
+        )
+        .expect("the backup takes over when the owner is lost");
+}
