@@ -137,7 +137,11 @@ fn drain_and_sigterm_withdraw_before_the_data_path_goes() {
     let mut testbed = cluster(3);
     let started = Instant::now();
     let out = testbed.lb_cli(2, &["drain"]).expect("lb drain");
-    assert!(out.starts_with("draining"), "{out}");
+    // It answers once BIRD has withdrawn.
+    assert!(
+        out.starts_with("draining, 0 routes wanted, 0 announced"),
+        "{out}"
+    );
     let took = testbed
         .wait_next_hops(
             Side::Front,

@@ -126,6 +126,26 @@ impl Controller {
     }
 }
 
+/// `lb drain` answers once BIRD has withdrawn (or after [`WITHDRAW_TIMEOUT`]), without
+/// holding the controller meanwhile: the operator can stop the instance right after.
+pub(super) async fn drained(controller: Arc<Mutex<Controller>>) -> Result<Reply> {
+    let c = controller.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        lock(&c)
+            .bgp
+            .as_ref()
+            .map(|state| state.announcer.status_handle())
+    })
+    .await?;
+    if let Some(status) = status {
+        bgp::announcer::wait_in_sync(&status, WITHDRAW_TIMEOUT).await;
+    }
+    let status = tokio::task::spawn_blocking(move || lock(&controller).bgp_status()).await?;
+    Ok(Reply::Drained(
+        status.ok_or_else(|| anyhow::anyhow!("[bgp] went away"))?,
+    ))
+}
+
 /// After SIGTERM with `[bgp]`: wait for BIRD to withdraw (bounded), then keep
 /// forwarding for the withdraw delay so the routers move the traffic first.
 pub(super) async fn withdraw_and_wait(status: Arc<Mutex<bgp::AnnouncerStatus>>, delay: Duration) {

@@ -11,13 +11,17 @@ pub(super) async fn serve_connection(controller: Arc<Mutex<Controller>>, stream:
         Ok(0) => return,
         Ok(_) => match serde_json::from_str::<Request>(&line) {
             Ok(request) => {
-                let controller = controller.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    let mut controller = lock(&controller);
+                let drain = request == Request::Drain;
+                let c = controller.clone();
+                let mut result = tokio::task::spawn_blocking(move || {
+                    let mut controller = lock(&c);
                     controller.handle(&request)
                 })
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("request failed: {e}")));
+                if drain && result.is_ok() {
+                    result = bgp::drained(controller.clone()).await;
+                }
                 Answer::from_result(result)
             }
             Err(e) => Answer::from_result(Err(anyhow::anyhow!("malformed request: {e}"))),
