@@ -637,6 +637,24 @@ impl ScaleOut {
         Ok(i)
     }
 
+    /// Stops instance `i`'s BIRD (SIGTERM): its sessions end, the routers drop its routes.
+    pub fn stop_bird(&mut self, i: usize) -> Result<()> {
+        let pid = self.instance(i)?.bird.take().context("no BIRD running")?;
+        let mut child = self.children.remove(&pid).context("BIRD not tracked")?;
+        terminate_child(&mut child, CHILD_GRACE).context("reaping BIRD")?;
+        Ok(())
+    }
+
+    /// Starts instance `i`'s BIRD again (with the routes file as it is now).
+    pub fn start_bird(&mut self, i: usize) -> Result<()> {
+        if self.instance(i)?.bird.is_some() {
+            bail!("BIRD already runs on instance {i}");
+        }
+        let pid = self.spawn_bird(&self.instance_ns(i), &format!("l{i}"))?;
+        self.instance(i)?.bird = Some(pid);
+        Ok(())
+    }
+
     /// Instance `i`'s `lb run` configuration (also in `{dir}/l<i>/lb.toml`).
     pub fn lb_config(&self, i: usize) -> String {
         instance_lb_config(&self.prefix, &self.dir, i)

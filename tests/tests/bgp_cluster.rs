@@ -42,6 +42,17 @@ fn cluster(instances: usize) -> ScaleOut {
             CONVERGE,
         )
         .expect("the front router learns the VIP from every instance");
+    // Full-NAT replies need each instance's SNAT address on the back router.
+    for i in all {
+        testbed
+            .wait_next_hops(
+                Side::Back,
+                &format!("{}/32", scaleout::snat_ip(i)),
+                &ScaleOut::back_hops(&[i]),
+                CONVERGE,
+            )
+            .expect("the back router learns each instance's SNAT address");
+    }
     testbed
 }
 
@@ -460,4 +471,97 @@ fn peer_snat_backup_is_announced_with_a_longer_path() {
             Duration::from_secs(2),
         )
         .expect("the backup takes over when the owner is lost");
+}
+
+/// The announcements follow a reload (a new VIP is announced, a changed `[bgp]` is
+/// refused), and a `configure` that fails while BIRD is away is reported and retried
+/// until BIRD is back.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, BIRD"]
+fn announcements_follow_reloads_and_outlast_a_bird_restart() {
+    let mut testbed = cluster(1);
+    let path = testbed.lb_config_path(1);
+    let good = testbed.lb_config(1);
+    let extra = "198.18.1.11/32";
+    let with_extra = format!(
+        "{good}[[service]]\nname = \"web2\"\nvip = \"198.18.1.11\"\nport = 80\n\
+         snat_ip = \"{}\"\n[[service.backend]]\naddress = \"198.19.0.11\"\n",
+        scaleout::snat_ip(1)
+    );
+    std::fs::write(&path, &with_extra).unwrap();
+    testbed.lb_cli(1, &["reload"]).expect("reload");
+    testbed
+        .wait_next_hops(Side::Front, extra, &hops(&[1]), Duration::from_secs(5))
+        .expect("a new VIP is announced after the reload");
+
+    std::fs::write(
+        &path,
+        with_extra.replace("withdraw_delay_ms = 500", "withdraw_delay_ms = 600"),
+    )
+    .unwrap();
+    let error = testbed.lb_cli(1, &["reload"]).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("[bgp] can only change with a restart"),
+        "{error:#}"
+    );
+
+    // BIRD goes away; the next change cannot be announced.
+    testbed.stop_bird(1).unwrap();
+    std::fs::write(&path, &good).unwrap();
+    testbed.lb_cli(1, &["reload"]).expect("reload");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let status = testbed.lb_json(1, "status").unwrap();
+        if status["bgp"]["configure_failures"].as_u64() >= Some(1) {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no failure reported: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["bgp"]["in_sync"], false);
+    assert!(
+        status["bgp"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{status}"
+    );
+    assert!(
+        testbed
+            .lb_cli(1, &["status"])
+            .unwrap()
+            .contains("(BIRD not in sync)"),
+    );
+
+    // BIRD is back: the retry (backoff up to 5 s) brings it in sync.
+    testbed.start_bird(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = testbed.lb_json(1, "status").unwrap();
+        if status["bgp"]["in_sync"] == true {
+            assert_eq!(status["bgp"]["last_error"], serde_json::Value::Null);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never in sync again: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    testbed
+        .wait_next_hops(Side::Front, VIP_PREFIX, &hops(&[1]), CONVERGE)
+        .unwrap();
+    assert!(
+        testbed
+            .router_next_hops(Side::Front, extra)
+            .unwrap()
+            .is_empty()
+    );
+    // The replies need the back router's session up again too.
+    testbed
+        .wait_next_hops(
+            Side::Back,
+            "198.19.1.1/32",
+            &ScaleOut::back_hops(&[1]),
+            CONVERGE,
+        )
+        .unwrap();
+    assert_eq!(gets(&testbed, 5), 5);
 }

@@ -165,7 +165,7 @@ async fn announce(config: &BgpConfig, routes: &RouteSet) -> Result<String> {
     write_atomically(&config.routes_file, &render(routes)).await?;
     control::configure(&config.control_socket, control::DEFAULT_TIMEOUT)
         .await
-        .with_context(|| format!("BIRD at {}", config.control_socket.display()))
+        .context("BIRD configure")
 }
 
 /// Writes `text` to a temporary file beside `path` and renames it over `path`.
