@@ -223,3 +223,33 @@ impl Scrape {
         Ok(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The announcements' metrics appear only with `[bgp]`, under their documented names.
+    #[test]
+    fn bgp_metrics_only_with_bgp() {
+        let text = Scrape::default().encode().unwrap();
+        assert!(!text.contains("lb_bgp_"), "{text}");
+        let bgp = BgpMetrics::default();
+        bgp.routes_announced.set(3);
+        bgp.routes_wanted.set(3);
+        bgp.configure_failures.inc_by(2);
+        let text = Scrape {
+            bgp: Some(bgp),
+            ..Scrape::default()
+        }
+        .encode()
+        .unwrap();
+        for line in [
+            "lb_bgp_routes_announced 3",
+            "lb_bgp_routes_wanted 3",
+            "lb_bgp_configure_failures_total 2",
+            "lb_bgp_draining 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in {text}");
+        }
+    }
+}
