@@ -14,6 +14,8 @@
 //!   with `BPF_PROG_TEST_RUN` ([`Harness`]), in a namespace from [`harness_netns`].
 //! - [`packet`]: frames built and parsed with etherparse for the harness.
 //! - [`daemon`]: `lb run` on a topology, its CLI, waiting until it answers.
+//! - [`scaleout`]: balancer instances behind ECMP routers that learn the routes from
+//!   each instance's BIRD (docs/scale-out.md), [`scaleout::ScaleOut`].
 //! - [`flood`]: a second client namespace sending a spoofed SYN flood ([`flood::Flooder`]).
 //! - Traffic helpers, one module each: [`http_server`] (the test servers' HTTP side),
 //!   [`http_client`], [`udp`], [`payload`].
@@ -32,6 +34,7 @@ pub mod netns;
 pub mod packet;
 pub mod payload;
 mod process;
+pub mod scaleout;
 mod server;
 pub mod topology;
 pub mod udp;

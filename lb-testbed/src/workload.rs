@@ -1,9 +1,10 @@
 //! Traffic that runs for as long as a test scenario does, and reports what broke: long-
 //! lived TCP connections exchanging numbered messages, a stream of short HTTP
-//! connections made by curl, UDP request/response flows, and the echo server they talk to.
+//! connections made by curl, and UDP request/response flows. The servers they talk to
+//! are real tools (socat echo, nginx), started by the testbed.
 
 use std::io::{self, Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,9 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow};
 
 use crate::netns::{run_in_netns, spawn_in_netns};
-
-/// How often the serving and generating threads look at their stop flag.
-const POLL: Duration = Duration::from_millis(50);
 
 /// A long-lived connection that hears nothing back for this long is broken.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,97 +25,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// TCP and UDP echo on one address, inside a namespace: every byte and every datagram
-/// comes back unchanged.
-pub struct EchoServer {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    connections: Arc<AtomicU64>,
-}
-
-impl EchoServer {
-    pub fn spawn(ns: &str, addr: SocketAddrV4) -> Result<EchoServer> {
-        let (listener, udp) = run_in_netns(ns, move || -> io::Result<(TcpListener, UdpSocket)> {
-            Ok((TcpListener::bind(addr)?, UdpSocket::bind(addr)?))
-        })?
-        .with_context(|| format!("binding the echo server to {addr} in {ns}"))?;
-        listener.set_nonblocking(true)?;
-        udp.set_read_timeout(Some(POLL))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let connections = Arc::new(AtomicU64::new(0));
-        let tcp = {
-            let (stop, connections) = (stop.clone(), connections.clone());
-            thread::spawn(move || accept_loop(&listener, &stop, &connections))
-        };
-        let datagrams = {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, peer)) = udp.recv_from(&mut buf) {
-                        let _ = udp.send_to(&buf[..n], peer);
-                    }
-                }
-            })
-        };
-        Ok(EchoServer {
-            stop,
-            threads: vec![tcp, datagrams],
-            connections,
-        })
-    }
-
-    /// TCP connections accepted so far.
-    pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
-    }
-}
-
-fn accept_loop(listener: &TcpListener, stop: &Arc<AtomicBool>, connections: &AtomicU64) {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                connections.fetch_add(1, Ordering::Relaxed);
-                let stop = stop.clone();
-                thread::spawn(move || echo_stream(stream, &stop));
-            }
-            Err(_) => thread::sleep(Duration::from_millis(5)),
-        }
-    }
-}
-
-fn echo_stream(mut stream: TcpStream, stop: &AtomicBool) {
-    if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(POLL)).is_err() {
-        return;
-    }
-    let mut buf = [0u8; 16384];
-    while !stop.load(Ordering::Relaxed) {
-        match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if stream.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// What one long-lived connection has done so far.
@@ -586,15 +493,34 @@ mod tests {
         assert_eq!(half.success_ratio(), 0.5);
     }
 
-    /// The generators against the echo server over a namespace's loopback: every message
-    /// echoed, nothing broken, every datagram answered.
+    /// The generators against socat echo servers over a namespace's loopback: every
+    /// message echoed, nothing broken, every datagram answered.
     #[test]
     #[ignore = "needs root (creates a network namespace)"]
-    fn the_generators_see_a_healthy_echo_server_as_healthy() {
+    fn the_generators_see_healthy_echo_servers_as_healthy() {
         let ns = crate::Netns::create("wl-selftest").unwrap();
         ns.ip("link set lo up").unwrap();
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9000);
-        let server = EchoServer::spawn(ns.name(), addr).unwrap();
+        let spawn = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            run_in_netns(ns.name(), move || {
+                Command::new(&args[0])
+                    .args(&args[1..])
+                    .stdin(Stdio::null())
+                    .spawn()
+            })
+            .unwrap()
+            .unwrap()
+        };
+        let mut servers = [
+            spawn(&[
+                "socat",
+                "TCP-LISTEN:9000,bind=127.0.0.1,reuseaddr,fork",
+                "PIPE",
+            ]),
+            spawn(&["socat", "UDP-RECVFROM:9000,bind=127.0.0.1,fork", "PIPE"]),
+        ];
+        thread::sleep(Duration::from_millis(300));
         let chatter = Chatter::start(ns.name(), addr, 20, Duration::from_millis(50)).unwrap();
         let udp = UdpFlows::start(
             ns.name(),
@@ -608,10 +534,13 @@ mod tests {
         thread::sleep(Duration::from_millis(1200));
         let report = chatter.stop();
         let counts = udp.stop();
+        for server in &mut servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
         assert!(report.broken.is_empty(), "{:?}", report.broken);
         assert!(report.fewest_echoes >= 10, "{report:?}");
         assert!(report.max_gap < Duration::from_millis(500), "{report:?}");
-        assert_eq!(server.connections(), 20);
         assert!(
             counts.sent >= 64 && counts.answered == counts.sent && counts.wrong == 0,
             "{counts:?}"

@@ -7,6 +7,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
+pub mod bgp;
 pub mod cluster;
 pub mod config;
 pub mod daemon;

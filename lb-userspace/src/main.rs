@@ -85,6 +85,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Withdraw every route BIRD announces for this instance (`[bgp]`); the data path
+    /// keeps forwarding. The routers move new traffic to the other instances.
+    Drain {
+        #[arg(long)]
+        json: bool,
+    },
     /// Change backends of the running system (not the config file).
     Backend {
         #[command(subcommand)]
@@ -256,6 +262,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Backends { json } => (Request::Backends, json),
         Command::Sessions { json } => (Request::Sessions, json),
         Command::Nodes { json } => (Request::Nodes, json),
+        Command::Drain { json } => (Request::Drain, json),
         Command::Backend { action } => (
             match action {
                 BackendAction::Drain { backend } => Request::BackendDrain { backend },

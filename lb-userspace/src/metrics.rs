@@ -67,6 +67,17 @@ pub struct Scrape {
     pub flow_entries: Gauge,
     /// Duration of the collector's last pass over the flow table.
     pub gc_pass_seconds: Gauge<f64, AtomicU64>,
+    /// With `[bgp]`: routes BIRD last accepted, failed `configure` runs, draining.
+    pub bgp: Option<BgpMetrics>,
+}
+
+/// The announcements' metrics (docs/scale-out.md, "Routes").
+#[derive(Default)]
+pub struct BgpMetrics {
+    pub routes_announced: Gauge,
+    pub routes_wanted: Gauge,
+    pub configure_failures: Counter,
+    pub draining: Gauge,
 }
 
 impl Scrape {
@@ -185,8 +196,60 @@ impl Scrape {
             "Duration of the flow collector's last pass",
             s.gc_pass_seconds,
         );
+        if let Some(bgp) = s.bgp {
+            registry.register(
+                "bgp_routes_announced",
+                "Routes BIRD last accepted for this instance",
+                bgp.routes_announced,
+            );
+            registry.register(
+                "bgp_routes_wanted",
+                "Routes this instance wants announced (0 while draining or not ready)",
+                bgp.routes_wanted,
+            );
+            registry.register(
+                "bgp_configure_failures",
+                "Failed attempts to have BIRD load the routes file",
+                bgp.configure_failures,
+            );
+            registry.register(
+                "bgp_draining",
+                "1 while the instance withdraws its routes (lb drain, SIGTERM)",
+                bgp.draining,
+            );
+        }
         let mut text = String::new();
         encode(&mut text, &registry)?;
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The announcements' metrics appear only with `[bgp]`, under their documented names.
+    #[test]
+    fn bgp_metrics_only_with_bgp() {
+        let text = Scrape::default().encode().unwrap();
+        assert!(!text.contains("lb_bgp_"), "{text}");
+        let bgp = BgpMetrics::default();
+        bgp.routes_announced.set(3);
+        bgp.routes_wanted.set(3);
+        bgp.configure_failures.inc_by(2);
+        let text = Scrape {
+            bgp: Some(bgp),
+            ..Scrape::default()
+        }
+        .encode()
+        .unwrap();
+        for line in [
+            "lb_bgp_routes_announced 3",
+            "lb_bgp_routes_wanted 3",
+            "lb_bgp_configure_failures_total 2",
+            "lb_bgp_draining 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in {text}");
+        }
     }
 }

@@ -50,7 +50,30 @@ pub fn render(reply: &Reply) -> String {
         Reply::Applied(summary) => format!("applied: {}\n", compact(summary)),
         Reply::Nodes(nodes) => render_nodes(nodes),
         Reply::HandedOver(handed_over) => format!("{}\n", compact(handed_over)),
+        Reply::Drained(bgp) => format!("{}\n", bgp_summary(bgp)),
     }
+}
+
+/// One line on the announcements: state, routes, and a failure if BIRD lags behind.
+fn bgp_summary(bgp: &crate::api::BgpStatus) -> String {
+    let mut text = format!(
+        "{}, {} routes wanted, {} announced{}",
+        bgp.state,
+        bgp.routes_wanted,
+        or_dash(bgp.routes_announced),
+        if bgp.in_sync {
+            ""
+        } else {
+            " (BIRD not in sync)"
+        }
+    );
+    if bgp.configure_failures > 0 {
+        let _ = write!(text, ", {} configure failures", bgp.configure_failures);
+    }
+    if let Some(error) = &bgp.last_error {
+        let _ = write!(text, ", last: {error}");
+    }
+    text
 }
 
 /// One-line JSON, keys sorted.
@@ -139,6 +162,7 @@ fn render_status(status: &Status) -> String {
         ("flows_expired", status.flows_expired.to_string()),
         ("adopted", status.adopted.to_string()),
         ("metrics", or_dash(status.metrics)),
+        ("bgp", or_dash(status.bgp.as_ref().map(bgp_summary))),
     ] {
         let _ = writeln!(out, "{key:<14} {value}");
     }

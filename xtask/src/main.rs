@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use lb_testbed::{self as testbed, Role, TeardownHandle, Topology, daemon};
 use xtask::{lint, setup};
 
+mod cluster_demo;
+
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
@@ -40,6 +42,10 @@ enum Cmd {
         /// Skip `setup` and `cargo build` (reuse the existing target/debug/lb).
         #[arg(long)]
         no_build: bool,
+        /// The scale-out testbed instead: three instances behind ECMP routers that learn
+        /// the VIP from each instance's BIRD (docs/scale-out.md).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Setup, lint, build, then unit tests and the root-only (ignored) tests.
     Test,
@@ -98,7 +104,11 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Cmd::Testbed { action } => testbed_cmd(action).map(|()| ExitCode::SUCCESS),
-        Cmd::Demo { requests, no_build } => demo(requests, no_build),
+        Cmd::Demo {
+            requests,
+            no_build,
+            cluster,
+        } => demo(requests, no_build, cluster),
         Cmd::Test => test().map(|()| ExitCode::SUCCESS),
         Cmd::Lint => lint::run(&workspace_root()).map(|()| ExitCode::SUCCESS),
         Cmd::Bench {
@@ -303,8 +313,7 @@ fn parse_test_result(line: &str) -> Option<(u64, u64)> {
 
 const DEMO_PREFIX: &str = "lbdemo";
 const DEMO_SOCKET: &str = "/run/lb/lbdemo.sock";
-fn demo(requests: usize, no_build: bool) -> Result<ExitCode> {
-    let slot = install_interrupt_teardown(DEMO_PREFIX)?;
+fn demo(requests: usize, no_build: bool, cluster: bool) -> Result<ExitCode> {
     let root = workspace_root();
     if no_build {
         setup::require_root("cargo xtask demo")?;
@@ -315,6 +324,10 @@ fn demo(requests: usize, no_build: bool) -> Result<ExitCode> {
     }
     let target = target_dir(&root);
     let lb = target.join("debug").join("lb");
+    if cluster {
+        return cluster_demo::run(&lb, &target.join("demo-cluster"), requests);
+    }
+    let slot = install_interrupt_teardown(DEMO_PREFIX)?;
     let config = root.join("examples").join("lb.toml");
     let log = target.join("demo").join("lb.log");
 

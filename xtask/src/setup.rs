@@ -36,6 +36,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // dnsmasq-base brings no system service.
     "dnsmasq-base",
     "bind9-dnsutils",
+    // BIRD 2 for the scale-out tests (tests/tests/bgp_cluster.rs): the tests run `bird`
+    // by hand in each namespace with its own config, control socket and pid file, so
+    // the package's system service is never needed (policy-rc.d or not, a running one
+    // talks to nobody: it has no BGP neighbours in the default config).
+    "bird2",
 ];
 
 /// Where Debian's LLVM 22 lives; bpf-linker's build script finds it through

@@ -2,7 +2,7 @@
 //!
 //! Request: a [`Request`], tagged by `command`: `status`, `stats`, `flows`, `reload`,
 //! `backends`, `sessions`, `nodes`, `backend-drain`, `backend-undrain`, `backend-weight`,
-//! `backend-add`, `backend-remove` and `handover`, e.g. `{"command":"status"}` or
+//! `backend-add`, `backend-remove`, `drain` and `handover`, e.g. `{"command":"status"}` or
 //! `{"command":"backend-drain","backend":"198.19.0.11:80"}`.
 //! Answer: `{"ok":true,"result":...}` with the request's [`Reply`] as the result, or
 //! `{"ok":false,"error":"..."}`.
@@ -63,6 +63,9 @@ pub enum Request {
         service: String,
         backend: String,
     },
+    /// Withdraws every route BIRD announces for this instance (`[bgp]`); the data
+    /// path keeps forwarding.
+    Drain,
     /// Hands the pinned data path over to a new daemon (`lb run --replace`): the
     /// daemon answers, then exits without detaching or unpinning.
     Handover,

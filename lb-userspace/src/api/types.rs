@@ -36,6 +36,8 @@ pub enum Reply {
     /// A backend change (drain, undrain, weight, add, remove): what applying it changed.
     Applied(ApplySummary),
     HandedOver(HandedOver),
+    /// `drain`: the announcements now.
+    Drained(BgpStatus),
 }
 
 impl Reply {
@@ -56,6 +58,7 @@ impl Reply {
             | Request::BackendAdd { .. }
             | Request::BackendRemove { .. } => Reply::Applied(from_value(result)?),
             Request::Handover => Reply::HandedOver(from_value(result)?),
+            Request::Drain => Reply::Drained(from_value(result)?),
         })
     }
 }
@@ -85,6 +88,28 @@ pub struct Status {
     pub adopted: bool,
     /// Address of the Prometheus endpoint, if any.
     pub metrics: Option<SocketAddr>,
+    /// The routes BIRD announces, with `[bgp]`.
+    #[serde(default)]
+    pub bgp: Option<BgpStatus>,
+}
+
+/// What BIRD announces for the instance (docs/scale-out.md, "Routes").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpStatus {
+    /// "announcing" (ready), "draining" (`lb drain`, SIGTERM: nothing announced) or
+    /// "not-ready" (not synced with the peers yet: nothing announced).
+    pub state: String,
+    /// Routes the instance wants announced.
+    pub routes_wanted: usize,
+    /// Routes BIRD last accepted (`None`: not once since the start).
+    pub routes_announced: Option<usize>,
+    /// BIRD has the wanted routes.
+    pub in_sync: bool,
+    /// Successful and failed `configure` runs since the start.
+    pub configures: u64,
+    pub configure_failures: u64,
+    /// The last failure while BIRD does not have the wanted routes.
+    pub last_error: Option<String>,
 }
 
 /// An interface the program is attached to.

@@ -92,6 +92,8 @@ pub struct Config {
     /// Flow sharing with other balancer instances (`[peers]`, docs/scale-out.md);
     /// `None`: a single instance.
     pub peers: Option<PeersConfig>,
+    /// The instance announces its routes through BIRD (`[bgp]`, docs/scale-out.md).
+    pub bgp: Option<BgpConfig>,
     origin: Origin,
 }
 
@@ -120,6 +122,23 @@ pub struct PeersConfig {
 pub struct PeerConfig {
     pub node_id: u16,
     pub address: std::net::SocketAddrV4,
+}
+
+/// Default of `bgp.withdraw_delay_ms`: long enough for the routers to act on a
+/// withdrawal (BGP update, FIB change) before the data path goes.
+pub const DEFAULT_WITHDRAW_DELAY_MS: u64 = 2000;
+
+/// How the instance tells BIRD what to announce (docs/scale-out.md, "Routes").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BgpConfig {
+    /// BIRD's control socket (`bird -s`).
+    pub control_socket: PathBuf,
+    /// The file `lb` writes and the instance's `bird.conf` includes; absolute.
+    pub routes_file: PathBuf,
+    /// Routes back to the clients, announced to the back router (DNAT replies).
+    pub return_routes: Vec<Prefix>,
+    /// After withdrawing on SIGTERM, how long to keep forwarding before exiting.
+    pub withdraw_delay: Duration,
 }
 
 /// The router side of the cluster protocol (docs/cluster-protocol.md).
@@ -209,12 +228,36 @@ impl Config {
     }
 }
 
+impl Config {
+    /// An error about `bgp.control_socket` (found when `lb run` starts), at its line.
+    pub fn bgp_control_socket_error(&self, message: impl Into<String>) -> ConfigError {
+        self.origin_error(self.origin.bgp_control_socket, message)
+    }
+
+    /// An error about `bgp.routes_file` (found when `lb run` starts), at its line.
+    pub fn bgp_routes_file_error(&self, message: impl Into<String>) -> ConfigError {
+        self.origin_error(self.origin.bgp_routes_file, message)
+    }
+
+    fn origin_error(&self, at: Position, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.origin.path.clone(),
+            line: at.line,
+            column: at.column,
+            message: message.into(),
+        }
+    }
+}
+
 /// Where the configuration came from, for errors found after parsing.
 #[derive(Clone, Debug, Default)]
 struct Origin {
     path: PathBuf,
     /// Position of each `attach` entry.
     attach: Vec<Position>,
+    /// Position of `bgp.control_socket` and `bgp.routes_file`.
+    bgp_control_socket: Position,
+    bgp_routes_file: Position,
 }
 
 /// Layout is not meaning: configurations that differ only in where their values sit in

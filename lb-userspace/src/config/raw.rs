@@ -22,6 +22,17 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) service: Vec<Spanned<RawService>>,
     pub(super) cluster: Option<Spanned<RawCluster>>,
+    pub(super) bgp: Option<Spanned<RawBgp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBgp {
+    pub(super) control_socket: Spanned<String>,
+    pub(super) routes_file: Spanned<String>,
+    #[serde(default)]
+    pub(super) return_routes: Vec<Spanned<String>>,
+    pub(super) withdraw_delay_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

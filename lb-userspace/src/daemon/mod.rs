@@ -37,12 +37,14 @@ use crate::{
 };
 
 mod backends;
+mod bgp;
 mod cluster_router;
 mod flood;
 mod health_results;
 mod scrape;
 mod server;
 
+pub use bgp::BgpState;
 pub use cluster_router::{CLUSTER_POLL, ClusterRouter, known_services, prepare_cluster};
 pub use server::run;
 
@@ -71,6 +73,8 @@ pub struct Controller {
     pub handed_over: bool,
     /// The router side of the cluster protocol, with `[cluster]`.
     cluster: Option<ClusterRouter>,
+    /// What BIRD announces, with `[bgp]`.
+    pub bgp: Option<BgpState>,
 }
 
 /// A health check the controller wants running.
@@ -140,6 +144,7 @@ impl Controller {
                     syn_cookies: BTreeMap::new(),
                     handed_over: false,
                     cluster: None,
+                    bgp: None,
                 };
                 controller.resume_syn_cookies();
                 Ok(controller)
@@ -226,6 +231,7 @@ impl Controller {
                 Reply::Applied(self.remove_backend(service, backend)?)
             }
             Request::Nodes => Reply::Nodes(self.nodes()?),
+            Request::Drain => Reply::Drained(self.drain()?),
             Request::Handover => {
                 self.handed_over = true;
                 Reply::HandedOver(api::HandedOver { handed_over: true })
@@ -295,6 +301,7 @@ impl Controller {
             flows_expired: self.flows_expired,
             adopted: self.dataplane.adopted(),
             metrics: self.config.metrics,
+            bgp: self.bgp_status(),
         }
     }
 
@@ -379,7 +386,15 @@ impl Controller {
                 self.config_path.display()
             );
         }
+        if config.bgp != self.config.bgp {
+            bail!(
+                "{}: [bgp] can only change with a restart",
+                self.config_path.display()
+            );
+        }
         let summary = self.apply_new_config(config)?;
+        // The VIPs and SNAT addresses may have changed.
+        self.update_routes();
         if let Some(cluster) = &self.cluster {
             lock(&cluster.engine).set_services(known_services(&self.config), Instant::now());
         }

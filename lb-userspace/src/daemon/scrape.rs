@@ -6,7 +6,7 @@ use crate::cluster::router::NodeState;
 impl Controller {
     /// The Prometheus text exposition of the current state.
     pub fn metrics(&self) -> Result<String> {
-        let scrape = Scrape::default();
+        let mut scrape = Scrape::default();
         for (name, value) in self.dataplane.global_counters()? {
             scrape
                 .packets_by_verdict
@@ -129,6 +129,16 @@ impl Controller {
                     })
                     .set(count as i64);
             }
+        }
+        if let Some(bgp) = self.bgp_status() {
+            let metrics = crate::metrics::BgpMetrics::default();
+            metrics
+                .routes_announced
+                .set(bgp.routes_announced.unwrap_or(0) as i64);
+            metrics.routes_wanted.set(bgp.routes_wanted as i64);
+            metrics.configure_failures.inc_by(bgp.configure_failures);
+            metrics.draining.set(i64::from(bgp.state == "draining"));
+            scrape.bgp = Some(metrics);
         }
         scrape.config_generation.set(self.generation as i64);
         scrape

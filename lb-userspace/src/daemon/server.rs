@@ -11,13 +11,17 @@ pub(super) async fn serve_connection(controller: Arc<Mutex<Controller>>, stream:
         Ok(0) => return,
         Ok(_) => match serde_json::from_str::<Request>(&line) {
             Ok(request) => {
-                let controller = controller.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    let mut controller = lock(&controller);
+                let drain = request == Request::Drain;
+                let c = controller.clone();
+                let mut result = tokio::task::spawn_blocking(move || {
+                    let mut controller = lock(&c);
                     controller.handle(&request)
                 })
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("request failed: {e}")));
+                if drain && result.is_ok() {
+                    result = bgp::drained(controller.clone()).await;
+                }
                 Answer::from_result(result)
             }
             Err(e) => Answer::from_result(Err(anyhow::anyhow!("malformed request: {e}"))),
@@ -78,6 +82,11 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
             return Err(e);
         }
     };
+    // BIRD must answer before anything is loaded: a wrong socket refuses the start.
+    if let Err(e) = bgp::check_bird(&config).await {
+        let _ = fs::remove_file(&socket);
+        return Err(e);
+    }
     let mut controller = match Controller::start(config_path, config, mode_override, replace) {
         Ok(controller) => controller,
         Err(e) => {
@@ -98,11 +107,25 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
         }
         None => None,
     };
+    controller.start_announcing();
     let controller = Arc::new(Mutex::new(controller));
 
     let result = serve(controller.clone(), &socket, listener, metrics).await;
     if let Some(task) = cluster_task {
         task.abort();
+    }
+    // SIGTERM with [bgp]: the routers move the traffic away before the data path goes.
+    // A handover keeps the routes: the new daemon announces the same.
+    let withdraw = {
+        let mut controller = lock(&controller);
+        if controller.handed_over {
+            None
+        } else {
+            controller.withdraw_for_exit()
+        }
+    };
+    if let Some((status, delay)) = withdraw {
+        bgp::withdraw_and_wait(status, delay).await;
     }
     let _ = fs::remove_file(&socket);
     let mut controller = lock(&controller);

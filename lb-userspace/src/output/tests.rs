@@ -27,6 +27,7 @@ fn status() {
             "flows_expired  11",
             "adopted        false",
             "metrics        -",
+            "bgp            -",
             "",
             "INTERFACE  IFINDEX  XDP MODE",
             "veth-lb    7        native",
@@ -189,5 +190,25 @@ fn json_is_pretty_with_sorted_keys() {
             "}",
         ])
         .trim_end()
+    );
+}
+
+/// `lb drain` and the `bgp` line of `lb status`: one line, failures when there were any.
+#[test]
+fn drained() {
+    assert_eq!(
+        render(&Reply::Drained(samples::bgp())),
+        "draining, 0 routes wanted, 0 announced, 1 configure failures\n"
+    );
+    let mut bgp = samples::bgp();
+    bgp.state = "announcing".into();
+    bgp.routes_wanted = 3;
+    bgp.routes_announced = None;
+    bgp.in_sync = false;
+    bgp.last_error = Some("BIRD at /run/bird.ctl: cannot connect".into());
+    assert_eq!(
+        render(&Reply::Drained(bgp)),
+        "announcing, 3 routes wanted, - announced (BIRD not in sync), 1 configure failures, \
+         last: BIRD at /run/bird.ctl: cannot connect\n"
     );
 }

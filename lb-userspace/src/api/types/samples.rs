@@ -21,6 +21,7 @@ pub fn status() -> Status {
         flows_expired: 11,
         adopted: false,
         metrics: None,
+        bgp: None,
     }
 }
 
@@ -189,5 +190,17 @@ pub fn nodes() -> Nodes {
             tokens: 600,
             applied: Some((NodeState::Draining, 0)),
         }],
+    }
+}
+
+pub fn bgp() -> BgpStatus {
+    BgpStatus {
+        state: "draining".into(),
+        routes_wanted: 0,
+        routes_announced: Some(0),
+        in_sync: true,
+        configures: 2,
+        configure_failures: 1,
+        last_error: None,
     }
 }

@@ -33,6 +33,7 @@ fn status() {
             "flows_expired": 11,
             "adopted": false,
             "metrics": null,
+            "bgp": null,
         }),
     );
     let mut status = samples::status();
@@ -353,4 +354,21 @@ fn a_reply_of_the_wrong_shape_is_refused() {
     assert!(Reply::decode(&Request::Status, json!([])).is_err());
     assert!(Reply::decode(&Request::Nodes, summary_json()).is_err());
     assert!(Reply::decode(&Request::Flows, Value::Null).is_err());
+}
+
+#[test]
+fn drained() {
+    assert_shape(
+        Request::Drain,
+        Reply::Drained(samples::bgp()),
+        json!({
+            "state": "draining",
+            "routes_wanted": 0,
+            "routes_announced": 0,
+            "in_sync": true,
+            "configures": 2,
+            "configure_failures": 1,
+            "last_error": null,
+        }),
+    );
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::*;
 use crate::domain::{DEFAULT_CLUSTER_PORT, DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT_MS, HealthProbe};
 
+mod bgp;
 mod cluster;
 mod instance;
 mod limits;

@@ -142,6 +142,7 @@ fn full_config_parses_into_expected_struct() {
         ],
         cluster: None,
         peers: None,
+        bgp: None,
         origin: Origin::default(),
     };
     assert_eq!(config, expected);

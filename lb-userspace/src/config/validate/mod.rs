@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawCluster, RawConfig};
-use super::{ClusterConfig, Config, ConfigError, DEFAULT_NAME, Origin, Position, position};
+use super::raw::{RawBgp, RawCluster, RawConfig};
+use super::{
+    BgpConfig, ClusterConfig, Config, ConfigError, DEFAULT_NAME, DEFAULT_WITHDRAW_DELAY_MS, Origin,
+    Position, position,
+};
 use crate::domain::{
     self, DEFAULT_CLUSTER_PORT, DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT_MS, DEFAULT_SNAT_PORT_MAX,
     DEFAULT_SNAT_PORT_MIN, Limits, PORTS, Timeouts,
@@ -247,6 +250,17 @@ impl Parser<'_> {
             Some(cluster) => Some(self.cluster(cluster)?),
         };
         let services = self.services(&raw.service, &limits, cluster.is_some())?;
+        let (bgp, bgp_control_socket, bgp_routes_file) = match &raw.bgp {
+            None => (None, Position::default(), Position::default()),
+            Some(bgp) => {
+                let raw_bgp = bgp.get_ref();
+                (
+                    Some(self.bgp(raw_bgp)?),
+                    position(self.text, raw_bgp.control_socket.span().start),
+                    position(self.text, raw_bgp.routes_file.span().start),
+                )
+            }
+        };
 
         Ok(Config {
             name,
@@ -261,9 +275,12 @@ impl Parser<'_> {
             services,
             cluster,
             peers: None,
+            bgp,
             origin: Origin {
                 path: self.path.to_owned(),
                 attach: attach_positions,
+                bgp_control_socket,
+                bgp_routes_file,
             },
         })
     }
@@ -382,6 +399,63 @@ impl Parser<'_> {
                 1..=20,
                 DEFAULT_DEAD_AFTER,
             )?,
+        })
+    }
+}
+
+impl Parser<'_> {
+    fn bgp(&self, bgp: &RawBgp) -> Result<BgpConfig, ConfigError> {
+        let socket = &bgp.control_socket;
+        if socket.get_ref().is_empty() {
+            return Err(self.error(socket.span(), "bgp.control_socket must not be empty"));
+        }
+        if socket.get_ref().len() > MAX_SOCKET_PATH_LEN {
+            return Err(self.error(
+                socket.span(),
+                format!(
+                    "bgp.control_socket is {} bytes long, more than a Unix socket path can \
+                     hold ({MAX_SOCKET_PATH_LEN})",
+                    socket.get_ref().len()
+                ),
+            ));
+        }
+        let routes_file = &bgp.routes_file;
+        // BIRD includes the file by the same path from its own working directory.
+        if !routes_file.get_ref().starts_with('/') || routes_file.get_ref().ends_with('/') {
+            return Err(self.error(
+                routes_file.span(),
+                format!(
+                    "bgp.routes_file must be an absolute file path (BIRD includes it by that \
+                     path), got {:?}",
+                    routes_file.get_ref()
+                ),
+            ));
+        }
+        let mut return_routes: Vec<domain::Prefix> = Vec::new();
+        for entry in &bgp.return_routes {
+            let prefix: domain::Prefix = entry
+                .get_ref()
+                .parse()
+                .map_err(|e: String| self.error(entry.span(), format!("bgp.return_routes: {e}")))?;
+            if return_routes.contains(&prefix) {
+                return Err(self.error(
+                    entry.span(),
+                    format!("bgp.return_routes lists {prefix} twice"),
+                ));
+            }
+            return_routes.push(prefix);
+        }
+        let withdraw_delay_ms: u64 = self.int_or(
+            bgp.withdraw_delay_ms.as_ref(),
+            "bgp.withdraw_delay_ms",
+            0..=60_000,
+            DEFAULT_WITHDRAW_DELAY_MS,
+        )?;
+        Ok(BgpConfig {
+            control_socket: PathBuf::from(socket.get_ref()),
+            routes_file: PathBuf::from(routes_file.get_ref()),
+            return_routes,
+            withdraw_delay: Duration::from_millis(withdraw_delay_ms),
         })
     }
 }
