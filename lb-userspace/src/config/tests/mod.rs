@@ -12,6 +12,7 @@ mod cluster;
 mod instance;
 mod limits;
 mod parsing;
+mod peers;
 mod services;
 mod syntax;
 

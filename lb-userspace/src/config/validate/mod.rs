@@ -11,12 +11,15 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{RawCluster, RawConfig};
-use super::{ClusterConfig, Config, ConfigError, DEFAULT_NAME, Origin, Position, position};
+use super::{
+    ClusterConfig, Config, ConfigError, DEFAULT_NAME, Origin, PeersConfig, Position, position,
+};
 use crate::domain::{
     self, DEFAULT_CLUSTER_PORT, DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT_MS, DEFAULT_SNAT_PORT_MAX,
     DEFAULT_SNAT_PORT_MIN, Limits, PORTS, Timeouts,
 };
 
+mod peers;
 mod service;
 
 /// The instance name becomes a bpffs directory and part of the socket path.
@@ -247,6 +250,13 @@ impl Parser<'_> {
             Some(cluster) => Some(self.cluster(cluster)?),
         };
         let services = self.services(&raw.service, &limits, cluster.is_some())?;
+        let (peers, peers_key_file) = match &raw.peers {
+            None => (None, None),
+            Some(peers) => {
+                let (config, at) = self.peers(peers)?;
+                (Some(config), Some(at))
+            }
+        };
 
         Ok(Config {
             name,
@@ -260,10 +270,11 @@ impl Parser<'_> {
             snat_port_max,
             services,
             cluster,
-            peers: None,
+            peers,
             origin: Origin {
                 path: self.path.to_owned(),
                 attach: attach_positions,
+                peers_key_file,
             },
         })
     }
