@@ -1,3 +1,4 @@
 //! Flow sharing between balancer instances (docs/scale-out.md, "Peers").
 
 pub mod record;
+pub mod wire;
