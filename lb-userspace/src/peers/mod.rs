@@ -1,4 +1,5 @@
 //! Flow sharing between balancer instances (docs/scale-out.md, "Peers").
 
+pub mod membership;
 pub mod record;
 pub mod wire;
