@@ -85,6 +85,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Balancer peers (`[peers]`): this instance's state (transition, ready, draining),
+    /// each peer's state, flows held, announcement lag and last heard, and the counters.
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
     /// Change backends of the running system (not the config file).
     Backend {
         #[command(subcommand)]
@@ -256,6 +262,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Backends { json } => (Request::Backends, json),
         Command::Sessions { json } => (Request::Sessions, json),
         Command::Nodes { json } => (Request::Nodes, json),
+        Command::Peers { json } => (Request::Peers, json),
         Command::Backend { action } => (
             match action {
                 BackendAction::Drain { backend } => Request::BackendDrain { backend },

@@ -30,7 +30,9 @@ use crate::{
     domain::{BackendAddr, BackendDown, HealthCheck, XdpMode},
     flows,
     health::{self, Health},
-    metrics::{BackendLabels, EventLabels, ReasonLabels, Scrape, ServiceLabels, StateLabels},
+    metrics::{
+        BackendLabels, EventLabels, PeerLabels, ReasonLabels, Scrape, ServiceLabels, StateLabels,
+    },
     services::{ApplySummary, Overrides, ServiceTable},
     sync::lock,
     sys,
@@ -40,10 +42,12 @@ mod backends;
 mod cluster_router;
 mod flood;
 mod health_results;
+mod peers;
 mod scrape;
 mod server;
 
 pub use cluster_router::{CLUSTER_POLL, ClusterRouter, known_services, prepare_cluster};
+pub use peers::{flows_by_owner, own_snat, prepare_peers, snapshot};
 pub use server::run;
 
 /// How often the daemon looks after its housekeeping: health-check tasks, session
@@ -71,6 +75,8 @@ pub struct Controller {
     pub handed_over: bool,
     /// The router side of the cluster protocol, with `[cluster]`.
     cluster: Option<ClusterRouter>,
+    /// The peer protocol, with `[peers]`.
+    peers: Option<crate::peers::io::PeersHandle>,
 }
 
 /// A health check the controller wants running.
@@ -140,6 +146,7 @@ impl Controller {
                     syn_cookies: BTreeMap::new(),
                     handed_over: false,
                     cluster: None,
+                    peers: None,
                 };
                 controller.resume_syn_cookies();
                 Ok(controller)
@@ -226,6 +233,7 @@ impl Controller {
                 Reply::Applied(self.remove_backend(service, backend)?)
             }
             Request::Nodes => Reply::Nodes(self.nodes()?),
+            Request::Peers => Reply::Peers(self.peers_status()?),
             Request::Handover => {
                 self.handed_over = true;
                 Reply::HandedOver(api::HandedOver { handed_over: true })
@@ -379,6 +387,12 @@ impl Controller {
                 self.config_path.display()
             );
         }
+        if config.peers != self.config.peers {
+            bail!(
+                "{}: [peers] can only change with a restart",
+                self.config_path.display()
+            );
+        }
         let summary = self.apply_new_config(config)?;
         if let Some(cluster) = &self.cluster {
             lock(&cluster.engine).set_services(known_services(&self.config), Instant::now());
@@ -407,6 +421,9 @@ impl Controller {
             &self.config.timeouts,
         );
         self.flows_expired += removed as u64;
+        if let Some(peers) = &self.peers {
+            peers.set_flows_held(&flows_by_owner(&entries));
+        }
         // Connections counted on the snapshot: the few removed just now were idle.
         self.flow_summary = flows::FlowSummary {
             connections: flows::connections_per_backend(&entries),
@@ -418,6 +435,9 @@ impl Controller {
 
     /// SIGTERM: detach and unpin. After a handover: leave everything to the new daemon.
     pub fn shutdown(&mut self) {
+        if let Some(peers) = &self.peers {
+            peers.stop();
+        }
         if self.handed_over {
             self.dataplane.release();
         } else {
