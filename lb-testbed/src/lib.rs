@@ -14,6 +14,7 @@
 //!   with `BPF_PROG_TEST_RUN` ([`Harness`]), in a namespace from [`harness_netns`].
 //! - [`packet`]: frames built and parsed with etherparse for the harness.
 //! - [`daemon`]: `lb run` on a topology, its CLI, waiting until it answers.
+//! - [`peers`]: namespaces for several `lb run` instances as peers ([`peers::PeerNet`]).
 //! - [`flood`]: a second client namespace sending a spoofed SYN flood ([`flood::Flooder`]).
 //! - Traffic helpers, one module each: [`http_server`] (the test servers' HTTP side),
 //!   [`http_client`], [`udp`], [`payload`].
@@ -31,6 +32,7 @@ pub mod http_server;
 pub mod netns;
 pub mod packet;
 pub mod payload;
+pub mod peers;
 mod process;
 mod server;
 pub mod topology;

@@ -386,6 +386,10 @@ async fn session(shared: &Shared, outbox: &Outbox) -> Result<()> {
     lock(&shared.membership).outgoing(peer.node_id, true, Instant::now());
     outbox.resync.store(false, Ordering::Release);
     outbox.active.store(true, Ordering::Release);
+    let mut heartbeat = tokio::time::interval(dead_after / 4);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate: the hello counts as it.
+    heartbeat.tick().await;
     let hello = shared.framed(&shared.message(PacketType::Hello, peer))?;
     write_with_timeout(&mut stream, &hello, dead_after).await?;
     if shared.announce {
@@ -396,7 +400,18 @@ async fn session(shared: &Shared, outbox: &Outbox) -> Result<()> {
             .await
             .ok()
             .context("daemon gone")?;
-        let snapshot = answer.await.unwrap_or_default();
+        // The controller may take a while (starting, or a large flow table): keep
+        // the peer hearing from us meanwhile, or it would count us down.
+        tokio::pin!(answer);
+        let snapshot = loop {
+            tokio::select! {
+                reply = &mut answer => break reply.unwrap_or_default(),
+                _ = heartbeat.tick() => {
+                    let bytes = shared.framed(&shared.message(PacketType::Heartbeat, peer))?;
+                    write_with_timeout(&mut stream, &bytes, dead_after).await?;
+                }
+            }
+        };
         let count = snapshot.len() as u64;
         for chunk in snapshot.chunks(wire::MAX_ANNOUNCEMENTS) {
             let mut message = shared.message(PacketType::Announcements, peer);
@@ -409,8 +424,6 @@ async fn session(shared: &Shared, outbox: &Outbox) -> Result<()> {
     write_with_timeout(&mut stream, &done, dead_after).await?;
     log::info!("peers: synced to node {} at {}", peer.node_id, peer.address);
 
-    let mut heartbeat = tokio::time::interval(dead_after / 4);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut read_half, mut write_half) = stream.into_split();
     let mut scratch = [0u8; 64];
     loop {
