@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_integration::lb_binary;
+use lb_integration::{lb_binary, test_dir};
 use lb_testbed::{
     daemon::lb_cli,
     peers::{PeerNet, XDP_IFACE, peer_ip},
@@ -49,12 +49,7 @@ struct Peers {
 impl Peers {
     fn up(count: usize) -> Peers {
         let prefix = unique_prefix();
-        let dir = lb_binary()
-            .parent()
-            .unwrap()
-            .join("netns-tests")
-            .join(&prefix);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir(&prefix);
         let key_file = dir.join("peers.key");
         std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
         let net = PeerNet::up(&prefix, count).expect("peer namespaces");

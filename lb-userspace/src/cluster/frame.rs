@@ -126,18 +126,39 @@ pub fn u64_value(field_type: u16, value: &[u8]) -> Result<u64, String> {
         })
 }
 
-/// Why a message did not get past [`open`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpenError {
+/// Why bytes are not an acceptable message, in either protocol. Each has its own counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
     /// Shorter than a header and a tag.
     Truncated(usize),
-    /// Longer than the protocol's bound.
-    Oversized(usize),
+    /// Longer than the protocol's bound (`max`).
+    Oversized { len: usize, max: usize },
     /// Cluster ID of another cluster (checked before the tag, so it costs no HMAC).
     WrongCluster(u16),
     /// The tag does not match: wrong key or altered bytes.
     BadTag,
+    /// Authentic but not well-formed: the text says what is wrong.
+    Malformed(String),
 }
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Truncated(len) => write!(
+                f,
+                "truncated message ({len} bytes, need at least {MIN_MESSAGE})"
+            ),
+            Self::Oversized { len, max } => {
+                write!(f, "oversized message ({len} bytes, at most {max})")
+            }
+            Self::WrongCluster(id) => write!(f, "message for cluster {id}"),
+            Self::BadTag => f.write_str("authentication tag does not match (wrong key?)"),
+            Self::Malformed(why) => write!(f, "malformed message: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
 
 /// Cluster ID of a message long enough to hold a header, before any authentication.
 pub fn peek_cluster_id(message: &[u8]) -> Option<u16> {
@@ -153,22 +174,25 @@ pub fn open<'a>(
     max_len: usize,
     key: &ClusterKey,
     cluster_id: u16,
-) -> Result<&'a [u8], OpenError> {
+) -> Result<&'a [u8], DecodeError> {
     if message.len() < MIN_MESSAGE {
-        return Err(OpenError::Truncated(message.len()));
+        return Err(DecodeError::Truncated(message.len()));
     }
     if message.len() > max_len {
-        return Err(OpenError::Oversized(message.len()));
+        return Err(DecodeError::Oversized {
+            len: message.len(),
+            max: max_len,
+        });
     }
     let got = peek_cluster_id(message).unwrap_or_default();
     if got != cluster_id {
-        return Err(OpenError::WrongCluster(got));
+        return Err(DecodeError::WrongCluster(got));
     }
     let (body, tag) = message.split_at(message.len() - TAG_LEN);
     let mut mac = key.mac();
     mac.update(body);
     // Constant-time comparison.
-    mac.verify_slice(tag).map_err(|_| OpenError::BadTag)?;
+    mac.verify_slice(tag).map_err(|_| DecodeError::BadTag)?;
     Ok(body)
 }
 

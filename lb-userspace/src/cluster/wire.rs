@@ -25,9 +25,9 @@
 
 use std::{fmt, net::Ipv4Addr};
 
-use super::frame::{self, OpenError, Words};
+use super::frame::{self, Words};
 pub use super::frame::{
-    ClusterKey, FIELD_HEADER_LEN, HEADER_LEN, MIN_KEY_LEN, TAG_LEN, peek_cluster_id,
+    ClusterKey, DecodeError, FIELD_HEADER_LEN, HEADER_LEN, MIN_KEY_LEN, TAG_LEN, peek_cluster_id,
 };
 use crate::domain::Protocol;
 
@@ -200,41 +200,6 @@ pub struct Message {
     pub fields: Fields,
 }
 
-/// Why a datagram was not accepted. Each has its own router counter.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DecodeError {
-    /// Shorter than a header and a tag.
-    Truncated(usize),
-    /// Longer than [`MAX_DATAGRAM`].
-    Oversized(usize),
-    /// Cluster ID of another cluster (checked before the tag, so it costs no HMAC).
-    WrongCluster(u16),
-    /// The tag does not match: wrong key or altered bytes.
-    BadTag,
-    /// Authentic but not well-formed: the text says what is wrong.
-    Malformed(String),
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Truncated(len) => write!(
-                f,
-                "truncated datagram ({len} bytes, need at least {MIN_DATAGRAM})"
-            ),
-            Self::Oversized(len) => write!(
-                f,
-                "oversized datagram ({len} bytes, at most {MAX_DATAGRAM})"
-            ),
-            Self::WrongCluster(id) => write!(f, "message for cluster {id}"),
-            Self::BadTag => f.write_str("authentication tag does not match (wrong key?)"),
-            Self::Malformed(why) => write!(f, "malformed message: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
-
 /// Packet type of a datagram, before any authentication (used to budget joins cheaply).
 pub fn peek_packet_type(datagram: &[u8]) -> Option<PacketType> {
     datagram
@@ -323,12 +288,7 @@ fn put(out: &mut Vec<u8>, field_type: u16, value: &[u8]) {
 
 /// Checks size, cluster ID and tag, then parses. Never panics, whatever the input.
 pub fn decode(datagram: &[u8], key: &ClusterKey, cluster_id: u16) -> Result<Message, DecodeError> {
-    let body = frame::open(datagram, MAX_DATAGRAM, key, cluster_id).map_err(|e| match e {
-        OpenError::Truncated(len) => DecodeError::Truncated(len),
-        OpenError::Oversized(len) => DecodeError::Oversized(len),
-        OpenError::WrongCluster(id) => DecodeError::WrongCluster(id),
-        OpenError::BadTag => DecodeError::BadTag,
-    })?;
+    let body = frame::open(datagram, MAX_DATAGRAM, key, cluster_id)?;
     let malformed = |why: String| DecodeError::Malformed(why);
     let words = Words::read(body);
     let packet_type = PacketType::from_u16(words.packet_type)

@@ -94,7 +94,7 @@ impl Reject {
     pub fn of(error: &DecodeError) -> Reject {
         match error {
             DecodeError::Truncated(_) => Reject::Truncated,
-            DecodeError::Oversized(_) => Reject::Oversized,
+            DecodeError::Oversized { .. } => Reject::Oversized,
             DecodeError::WrongCluster(_) => Reject::WrongCluster,
             DecodeError::BadTag => Reject::BadTag,
             DecodeError::Malformed(_) => Reject::Malformed,

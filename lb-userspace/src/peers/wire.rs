@@ -3,9 +3,10 @@
 //! typed fields, HMAC-SHA256) with packet types and a function of its own, sent over
 //! TCP, each message preceded by its length (u32, big-endian).
 
-use std::{fmt, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use crate::cluster::frame::{self, ClusterKey, HEADER_LEN, OpenError, Words};
+pub use crate::cluster::frame::DecodeError;
+use crate::cluster::frame::{self, ClusterKey, HEADER_LEN, Words};
 use crate::cluster::wire::field as common_field;
 
 use super::record::{ANNOUNCEMENT_BYTES, Announcement, RecordError};
@@ -126,38 +127,6 @@ pub struct Message {
     pub announcements: Vec<Announcement>,
 }
 
-/// Why bytes are not an acceptable message. Each has its own counter.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DecodeError {
-    Truncated(usize),
-    Oversized(usize),
-    WrongCluster(u16),
-    BadTag,
-    /// Authentic but not well-formed: the text says what is wrong.
-    Malformed(String),
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Truncated(len) => {
-                write!(
-                    f,
-                    "truncated message ({len} bytes, need at least {MIN_MESSAGE})"
-                )
-            }
-            Self::Oversized(len) => {
-                write!(f, "oversized message ({len} bytes, at most {MAX_MESSAGE})")
-            }
-            Self::WrongCluster(id) => write!(f, "message for cluster {id}"),
-            Self::BadTag => f.write_str("authentication tag does not match (wrong key?)"),
-            Self::Malformed(why) => write!(f, "malformed message: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
-
 /// Encodes `message` with its tag, without the length prefix ([`framed`] adds it).
 pub fn encode(message: &Message, key: &ClusterKey) -> Result<Vec<u8>, String> {
     let h = &message.header;
@@ -235,19 +204,17 @@ pub fn check_length(length: u32) -> Result<usize, DecodeError> {
         return Err(DecodeError::Truncated(length));
     }
     if length > MAX_MESSAGE {
-        return Err(DecodeError::Oversized(length));
+        return Err(DecodeError::Oversized {
+            len: length,
+            max: MAX_MESSAGE,
+        });
     }
     Ok(length)
 }
 
 /// Checks size, cluster ID and tag, then parses. Never panics, whatever the input.
 pub fn decode(bytes: &[u8], key: &ClusterKey, cluster_id: u16) -> Result<Message, DecodeError> {
-    let body = frame::open(bytes, MAX_MESSAGE, key, cluster_id).map_err(|e| match e {
-        OpenError::Truncated(len) => DecodeError::Truncated(len),
-        OpenError::Oversized(len) => DecodeError::Oversized(len),
-        OpenError::WrongCluster(id) => DecodeError::WrongCluster(id),
-        OpenError::BadTag => DecodeError::BadTag,
-    })?;
+    let body = frame::open(bytes, MAX_MESSAGE, key, cluster_id)?;
     let malformed = DecodeError::Malformed;
     let words = Words::read(body);
     let packet_type = PacketType::from_u16(words.packet_type)

@@ -231,7 +231,10 @@ fn rejections_by_reason() {
     );
     assert_eq!(
         decode(&vec![0; MAX_DATAGRAM + 1], &key(), CLUSTER),
-        Err(DecodeError::Oversized(MAX_DATAGRAM + 1))
+        Err(DecodeError::Oversized {
+            len: MAX_DATAGRAM + 1,
+            max: MAX_DATAGRAM
+        })
     );
     assert_eq!(
         decode(&good, &key(), CLUSTER + 1),
@@ -513,7 +516,7 @@ proptest! {
                 // Whatever was accepted re-encodes within limits.
                 prop_assert!(encode(&message, &key()).is_ok());
             }
-            Err(DecodeError::Malformed(_)) | Err(DecodeError::Oversized(_)) => {}
+            Err(DecodeError::Malformed(_)) | Err(DecodeError::Oversized { .. }) => {}
             Err(other) => prop_assert!(false, "unexpected {:?}", other),
         }
     }

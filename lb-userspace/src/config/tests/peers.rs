@@ -3,9 +3,8 @@
 use super::*;
 use crate::domain::{DEFAULT_JOIN_TIMEOUT_MS, DEFAULT_PEER_DEAD_AFTER_MS};
 
-const PEERS: &str = r#"[interfaces]
-attach = ["lb-ext"]
-[peers]
+/// `[peers]` (two peers) after a valid single-service file.
+const PEERS_TABLE: &str = r#"[peers]
 node_id = 1
 cluster_id = 9
 key_file = "/etc/lb/peers.key"
@@ -16,18 +15,15 @@ address = "198.18.0.2:7395"
 [[peers.peer]]
 node_id = 3
 address = "198.18.0.3:7395"
-[[service]]
-name = "web"
-vip = "198.18.1.10"
-port = 80
-snat_ip = "198.19.1.1"
-[[service.backend]]
-address = "198.19.0.11"
 "#;
+
+fn peers_config() -> String {
+    with_service(PEERS_TABLE)
+}
 
 #[test]
 fn peers_table_parses_with_defaults() {
-    let config = parse(PEERS).unwrap();
+    let config = parse(&peers_config()).unwrap();
     assert_eq!(
         config.peers,
         Some(PeersConfig {
@@ -50,7 +46,7 @@ fn peers_table_parses_with_defaults() {
             dead_after: Duration::from_millis(DEFAULT_PEER_DEAD_AFTER_MS),
         })
     );
-    let set = PEERS.replace(
+    let set = peers_config().replace(
         "cluster_id = 9\n",
         "cluster_id = 9\nannounce = false\njoin_timeout_ms = 0\ndead_after_ms = 400\n",
     );
@@ -59,14 +55,13 @@ fn peers_table_parses_with_defaults() {
     assert_eq!(peers.join_timeout, Duration::ZERO);
     assert_eq!(peers.dead_after, Duration::from_millis(400));
     // No peers listed: a cluster of one, still with its node id.
-    let alone = PEERS.split("[[peers.peer]]").next().unwrap().to_string()
-        + &PEERS[PEERS.find("[[service]]").unwrap()..];
+    let alone = with_service(PEERS_TABLE.split("[[peers.peer]]").next().unwrap());
     assert!(parse(&alone).unwrap().peers.unwrap().members.is_empty());
 }
 
 #[test]
 fn peers_keys_are_checked() {
-    let with = |from: &str, to: &str| PEERS.replacen(from, to, 1);
+    let with = |from: &str, to: &str| peers_config().replacen(from, to, 1);
     assert_refused(
         &with("node_id = 1\n", "node_id = 0\n"),
         "node_id = 0",
@@ -146,8 +141,9 @@ fn peers_keys_are_checked() {
 
 #[test]
 fn peers_key_is_read_and_checked_at_the_key_file_line() {
-    let config = parse(PEERS).unwrap();
-    let line = first_line_of(PEERS, "key_file = ");
+    let text = peers_config();
+    let config = parse(&text).unwrap();
+    let line = first_line_of(&text, "key_file = ");
     let key = config
         .peers_key(|path| {
             assert_eq!(path, Path::new("/etc/lb/peers.key"));

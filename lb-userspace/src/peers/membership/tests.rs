@@ -333,7 +333,13 @@ fn every_bad_message_is_refused_by_reason_and_changes_nothing() {
     // Decoding refusals are counted by theirs.
     for (error, reason) in [
         (DecodeError::Truncated(3), Reject::Truncated),
-        (DecodeError::Oversized(70_000), Reject::Oversized),
+        (
+            DecodeError::Oversized {
+                len: 70_000,
+                max: 65_536,
+            },
+            Reject::Oversized,
+        ),
         (DecodeError::WrongCluster(8), Reject::WrongCluster),
         (DecodeError::BadTag, Reject::BadTag),
         (DecodeError::Malformed("x".into()), Reject::Malformed),

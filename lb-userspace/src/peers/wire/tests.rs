@@ -140,7 +140,10 @@ fn bad_input_is_refused_by_reason() {
     );
     assert_eq!(
         decode(&vec![0; MAX_MESSAGE + 1], &key(), CLUSTER),
-        Err(DecodeError::Oversized(MAX_MESSAGE + 1))
+        Err(DecodeError::Oversized {
+            len: MAX_MESSAGE + 1,
+            max: MAX_MESSAGE
+        })
     );
     assert_eq!(
         decode(&good, &key(), CLUSTER + 1),
@@ -163,7 +166,10 @@ fn bad_input_is_refused_by_reason() {
     );
     assert_eq!(
         check_length(MAX_MESSAGE as u32 + 1),
-        Err(DecodeError::Oversized(MAX_MESSAGE + 1))
+        Err(DecodeError::Oversized {
+            len: MAX_MESSAGE + 1,
+            max: MAX_MESSAGE
+        })
     );
     assert_eq!(check_length(100), Ok(100));
 
