@@ -8,7 +8,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
     path::PathBuf,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -21,7 +21,12 @@ use lb_testbed::{
 };
 use lb_userspace::{
     cluster::frame::ClusterKey,
-    peers::wire::{self, Header, Message, NodeState, PacketType},
+    config::{PeerConfig, PeersConfig},
+    peers::{
+        io::{self as peers_io, PeerInput, QUEUE_LIMIT},
+        record::{Announcement, FlowRecord, RecordOp},
+        wire::{self, Header, Message, NodeState, PacketType},
+    },
 };
 use serde_json::Value;
 
@@ -442,4 +447,213 @@ fn forged_other_cluster_and_replayed_messages_are_dropped_and_counted() {
     );
     drop(good);
     peers.net.stop(a);
+}
+
+/// Reads one length-prefixed message from `stream` and decodes it.
+fn read_message(stream: &mut TcpStream) -> Message {
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).expect("a length prefix");
+    let length = wire::check_length(u32::from_be_bytes(prefix)).unwrap();
+    let mut bytes = vec![0u8; length];
+    stream.read_exact(&mut bytes).expect("a message");
+    wire::decode(
+        &bytes,
+        &ClusterKey::new(KEY.as_bytes()).unwrap(),
+        CLUSTER_ID,
+    )
+    .unwrap()
+}
+
+/// The next message of another type than heartbeat.
+fn read_skipping_heartbeats(stream: &mut TcpStream) -> Message {
+    loop {
+        let message = read_message(stream);
+        if message.header.packet_type != PacketType::Heartbeat {
+            return message;
+        }
+    }
+}
+
+fn announcement(port: u16) -> Announcement {
+    let at = |ip: [u8; 4], port| SocketAddrV4::new(ip.into(), port);
+    Announcement {
+        op: RecordOp::Upsert,
+        record: FlowRecord {
+            owner: 1,
+            proto: 6,
+            state: 2,
+            client: at([198, 18, 79, 1], port),
+            vip: at([198, 18, 78, 10], 80),
+            backend: at([198, 19, 78, 11], 80),
+            snat: Some(at([198, 19, 77, 1], port)),
+            synproxy: 0,
+            wscales: 0,
+            seq_delta: 0,
+            ts_delta: 0,
+            proxy_isn: 0,
+            age_ms: 1,
+        },
+    }
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn the_sender_syncs_batches_heartbeats_and_resyncs_a_peer_whose_queue_overflows() {
+    // The transport alone, in instance 0's namespace; a raw node 2 in instance 1's.
+    let net = PeerNet::up(&unique_prefix(), 2).expect("peer namespaces");
+    const DEAD_AFTER: u64 = 400;
+    let config = PeersConfig {
+        node_id: 1,
+        cluster_id: CLUSTER_ID,
+        key_file: PathBuf::from("/unused"),
+        listen: SocketAddrV4::new(peer_ip(0), PORT),
+        members: vec![PeerConfig {
+            node_id: 2,
+            address: SocketAddrV4::new(peer_ip(1), PORT),
+        }],
+        announce: true,
+        join_timeout: Duration::from_secs(30),
+        dead_after: Duration::from_millis(DEAD_AFTER),
+    };
+    let listener =
+        net.nodes[1].enter(|| TcpListener::bind(SocketAddrV4::new(peer_ip(1), PORT)).unwrap());
+    let (started, handle) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runtime = net.nodes[0].enter(move || {
+        // Threads started here are in this namespace, and so are their sockets.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let own_snat = vec![Ipv4Addr::new(198, 19, 77, 1)];
+                let (handle, mut inbox) =
+                    peers_io::Peers::start(&config, KEY.as_bytes().to_vec(), own_snat).unwrap();
+                started.send(handle).unwrap();
+                let serve = async {
+                    while let Some(input) = inbox.recv().await {
+                        if let PeerInput::SnapshotWanted { reply } = input {
+                            let _ = reply.send((1..=3).map(announcement).collect());
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        })
+    });
+    let handle = handle.recv_timeout(Duration::from_secs(5)).unwrap();
+    listener.set_nonblocking(false).unwrap();
+    let (mut conn, from) = listener.accept().unwrap();
+    assert_eq!(
+        from.ip(),
+        std::net::IpAddr::V4(peer_ip(0)),
+        "from the listen address"
+    );
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+    // Hello, the snapshot, sync-done.
+    let hello = read_message(&mut conn);
+    assert_eq!(hello.header.packet_type, PacketType::Hello);
+    assert_eq!((hello.header.from_node, hello.header.to_node), (1, 2));
+    assert_eq!(
+        (hello.header.source, hello.header.destination),
+        (peer_ip(0), peer_ip(1))
+    );
+    assert_eq!(hello.state, Some(NodeState::Transition));
+    assert_eq!(hello.snat, vec![Ipv4Addr::new(198, 19, 77, 1)]);
+    let snapshot = read_skipping_heartbeats(&mut conn);
+    assert_eq!(snapshot.header.packet_type, PacketType::Announcements);
+    assert_eq!(
+        snapshot.announcements,
+        (1..=3).map(announcement).collect::<Vec<_>>()
+    );
+    let done = read_skipping_heartbeats(&mut conn);
+    assert_eq!(done.header.packet_type, PacketType::SyncDone);
+    assert!(hello.sequence < snapshot.sequence && snapshot.sequence < done.sequence);
+
+    // Heartbeats every dead_after / 4.
+    let first = read_message(&mut conn);
+    let at = Instant::now();
+    let second = read_message(&mut conn);
+    assert_eq!(
+        (first.header.packet_type, second.header.packet_type),
+        (PacketType::Heartbeat, PacketType::Heartbeat)
+    );
+    assert!(at.elapsed() <= Duration::from_millis(DEAD_AFTER / 4 + 100));
+    assert!(second.sequence > first.sequence);
+
+    // Live announcements, ten calls in a row: a few messages carry all of them.
+    for call in 0..10u16 {
+        handle.announce(
+            (0..100)
+                .map(|i| announcement(1000 + call * 100 + i))
+                .collect(),
+        );
+    }
+    let mut received = Vec::new();
+    let mut messages = 0;
+    while received.len() < 1000 {
+        let message = read_skipping_heartbeats(&mut conn);
+        assert_eq!(message.header.packet_type, PacketType::Announcements);
+        messages += 1;
+        received.extend(message.announcements);
+    }
+    assert_eq!(received.len(), 1000);
+    assert_eq!(received[999], announcement(1999));
+    assert!(messages < 10, "{messages} messages for 10 batches");
+    // Counted once written: a moment after the reader has them.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while handle.status().counters.announcements_sent < 1003 {
+        assert!(Instant::now() < deadline, "{:?}", handle.status().counters);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = handle.status();
+    assert_eq!(status.counters.announcements_sent, 1003);
+    assert_eq!(status.counters.queue_overflows, 0);
+
+    // More than its queue holds (a peer that does not keep up): the connection is dropped and
+    // a new one starts over with a fresh snapshot. Nothing waits meanwhile.
+    let call = Instant::now();
+    handle.announce((0..=QUEUE_LIMIT).map(|i| announcement(i as u16)).collect());
+    assert!(call.elapsed() < Duration::from_millis(500));
+    assert_eq!(
+        handle.status().counters.queue_overflows,
+        QUEUE_LIMIT as u64 + 1
+    );
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("the old connection should end: {e}"),
+        }
+    }
+    let (mut again, _) = listener.accept().unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let hello_again = read_message(&mut again);
+    assert_eq!(hello_again.header.packet_type, PacketType::Hello);
+    assert_eq!(hello_again.instance, hello.instance);
+    assert!(hello_again.sequence > second.sequence);
+    let resync = read_skipping_heartbeats(&mut again);
+    assert_eq!(resync.announcements.len(), 3);
+
+    // Draining shows in the heartbeats.
+    handle.set_draining();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let message = read_message(&mut again);
+        if message.state == Some(NodeState::Draining) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no draining heartbeat");
+    }
+    handle.stop();
+    let _ = stop.send(());
+    runtime.join().unwrap();
 }
