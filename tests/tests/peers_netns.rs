@@ -33,6 +33,7 @@ use serde_json::Value;
 const CLUSTER_ID: u16 = 9;
 const KEY: &str = "netns-peers-key-0123456789abcdef";
 const PORT: u16 = 7395;
+const METRICS_PORT: u16 = 9477;
 
 fn unique_prefix() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -75,7 +76,7 @@ impl Peers {
         let mut config = format!(
             "name = \"{prefix}i{i}\"\n\
              [interfaces]\nattach = [\"{XDP_IFACE}\"]\nxdp_mode = \"native\"\n\
-             [control]\nsocket = \"{socket}\"\n\
+             [control]\nsocket = \"{socket}\"\nmetrics = \"{ip}:{METRICS_PORT}\"\n\
              [peers]\nnode_id = {node}\ncluster_id = {CLUSTER_ID}\nkey_file = \"{key}\"\n\
              listen = \"{ip}:{PORT}\"\njoin_timeout_ms = {join_timeout_ms}\n\
              dead_after_ms = {dead_after_ms}\n",
@@ -127,6 +128,20 @@ impl Peers {
             std::thread::sleep(Duration::from_millis(50));
         }
         pid
+    }
+
+    /// The Prometheus text of instance `i`, fetched from inside its namespace.
+    fn metrics(&self, i: usize) -> String {
+        self.net.nodes[i].enter(move || {
+            let mut stream =
+                TcpStream::connect(SocketAddrV4::new(peer_ip(i), METRICS_PORT)).unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
+                .unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        })
     }
 
     fn peers(&self, i: usize) -> Value {
@@ -436,6 +451,15 @@ fn forged_other_cluster_and_replayed_messages_are_dropped_and_counted() {
         serde_json::from_str::<Value>(&flows).unwrap(),
         serde_json::json!([])
     );
+    let metrics = peers.metrics(0);
+    for (reason, count) in &expected {
+        let line = format!("lb_peer_rejected_total{{reason=\"{reason}\"}} {count}");
+        assert!(metrics.contains(&line), "no {line:?} in:\n{metrics}");
+    }
+    assert!(metrics.contains("lb_peer_rejected_total{reason=\"stale\"} 0"));
+    assert!(metrics.contains("lb_peer_announcements_received_total 0"));
+    assert!(metrics.contains("lb_peer_up{peer=\"2\"} 1"));
+    assert!(metrics.contains("lb_peers_ready 1"));
     // The good connection still works: its next message is accepted.
     good.write_all(&raw.message(PacketType::Heartbeat, 102))
         .unwrap();
