@@ -319,6 +319,7 @@ fn render_peers(peers: &PeersStatus) -> String {
         ("announcements_received", c.announcements_received),
         ("announcements_applied", c.announcements_applied),
         ("queue_overflows", c.queue_overflows),
+        ("connections_refused", c.connections_refused),
     ]
     .iter()
     .map(|(name, value)| vec![(*name).to_string(), value.to_string()])

@@ -469,6 +469,18 @@ fn forged_other_cluster_and_replayed_messages_are_dropped_and_counted() {
         "accepting node 2's heartbeat",
         |s| s["counters"]["messages_received"] == 3,
     );
+    // Strangers' idle connections are capped (2 per peer and 16 spare): the good one
+    // and 17 more are open, the rest are closed at once and counted.
+    let idle: Vec<TcpStream> = (0..20).map(|_| connect_as_node2(&peers)).collect();
+    peers.wait(0, Duration::from_secs(2), "refusing 3 connections", |s| {
+        s["counters"]["connections_refused"] == 3
+    });
+    good.write_all(&raw.message(PacketType::Heartbeat, 103))
+        .unwrap();
+    peers.wait(0, Duration::from_secs(2), "still accepting node 2", |s| {
+        s["counters"]["messages_received"] == 4 && peer_state(s, 2) == "up"
+    });
+    drop(idle);
     drop(good);
     peers.net.stop(a);
 }

@@ -152,6 +152,7 @@ fn peers() {
             "announcements_received     40",
             "announcements_applied      0",
             "queue_overflows            0",
+            "connections_refused        0",
             "rejected_address_mismatch  0",
             "rejected_bad_tag           2",
             "rejected_malformed         0",

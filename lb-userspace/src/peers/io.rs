@@ -32,6 +32,10 @@ const INBOX_LIMIT: usize = 1024;
 /// Reconnect delays: doubled from the first to the last after each failure.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Open incoming connections beyond the peers' own (each may have a superseded one
+/// for a moment) that are tolerated: more are closed at once, so strangers opening
+/// connections cannot pile up readers.
+const SPARE_CONNECTIONS: usize = 16;
 
 /// What the peers ask of the controller.
 #[derive(Debug)]
@@ -262,11 +266,17 @@ async fn listen(shared: Arc<Shared>, listener: TcpListener) {
         let SocketAddr::V4(from) = from else {
             continue;
         };
+        // Hold the lock over the spawn, so the reader's own removal comes after.
+        let mut readers = lock(&shared.readers);
+        if readers.len() >= 2 * shared.outboxes.len() + SPARE_CONNECTIONS {
+            drop(readers);
+            lock(&shared.membership).count_refused_connection();
+            log::debug!("peers: too many open connections, closed one from {from}");
+            continue;
+        }
         next += 1;
         let conn = next;
         lock(&shared.membership).accepted(conn, *from.ip());
-        // Hold the lock over the spawn, so the reader's own removal comes after.
-        let mut readers = lock(&shared.readers);
         let task = tokio::spawn(read(shared.clone(), conn, from, stream));
         readers.insert(conn, task.abort_handle());
     }

@@ -139,6 +139,8 @@ pub struct PeerCounters {
     /// Announcements not queued for a peer because its queue was full (its connection
     /// is dropped and resynchronised).
     pub queue_overflows: u64,
+    /// Incoming connections closed at once: too many were open.
+    pub connections_refused: u64,
     /// Dropped messages by reason ([`Reject::name`]); `over_budget` counts announcements.
     pub rejected: BTreeMap<String, u64>,
 }
@@ -513,6 +515,10 @@ impl Membership {
 
     pub fn count_applied(&mut self, announcements: u64) {
         self.counters.announcements_applied += announcements;
+    }
+
+    pub fn count_refused_connection(&mut self) {
+        self.counters.connections_refused += 1;
     }
 
     pub fn count_overflow(&mut self, announcements: u64) {

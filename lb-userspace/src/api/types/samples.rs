@@ -243,6 +243,7 @@ pub fn peers() -> PeersStatus {
             announcements_received: 40,
             announcements_applied: 0,
             queue_overflows: 0,
+            connections_refused: 0,
             rejected,
         },
     }

@@ -373,6 +373,7 @@ fn peers() {
                 "announcements_received": 40,
                 "announcements_applied": 0,
                 "queue_overflows": 0,
+                "connections_refused": 0,
                 "rejected": {
                     "address_mismatch": 0,
                     "bad_tag": 2,
