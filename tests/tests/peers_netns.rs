@@ -100,6 +100,23 @@ impl Peers {
         ));
         let path = self.dir.join(format!("lb{i}.toml"));
         std::fs::write(&path, config).unwrap();
+        let (pid, log) = self.spawn(i, &path);
+        let lb = lb_binary();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lb_cli(&lb, &self.socket(i), &["status"]).is_err() {
+            assert!(
+                !self.net.exited(pid),
+                "lb {i} exited at start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(Instant::now() < deadline, "lb {i} did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pid
+    }
+
+    /// `lb run --config <path>` in instance `i`'s namespace; its PID and log.
+    fn spawn(&self, i: usize, path: &std::path::Path) -> (u32, PathBuf) {
         let log = self.dir.join(format!("lb{i}.log"));
         let lb = lb_binary();
         let pid = self
@@ -117,17 +134,7 @@ impl Peers {
                 &log,
             )
             .expect("spawn lb run");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while lb_cli(&lb, &self.socket(i), &["status"]).is_err() {
-            assert!(
-                !self.net.exited(pid),
-                "lb {i} exited at start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            assert!(Instant::now() < deadline, "lb {i} did not answer");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        pid
+        (pid, log)
     }
 
     /// The Prometheus text of instance `i`, fetched from inside its namespace.
@@ -183,6 +190,45 @@ fn peer_state(status: &Value, node: u64) -> String {
         .find(|p| p["node_id"] == node)
         .map(|p| p["state"].as_str().unwrap().to_string())
         .unwrap()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_short_peers_key_refuses_the_start_naming_the_line() {
+    let peers = Peers::up(1);
+    std::fs::write(&peers.key_file, "short\n").unwrap();
+    let config = format!(
+        "name = \"{p}i0\"\n[interfaces]\nattach = [\"{XDP_IFACE}\"]\n\
+         [control]\nsocket = \"{socket}\"\n\
+         [peers]\nnode_id = 1\ncluster_id = {CLUSTER_ID}\nkey_file = \"{key}\"\n\
+         listen = \"{ip}:{PORT}\"\n",
+        p = peers.prefix,
+        socket = peers.socket(0),
+        key = peers.key_file.display(),
+        ip = peer_ip(0),
+    );
+    let path = peers.dir.join("short.toml");
+    std::fs::write(&path, &config).unwrap();
+    let (pid, log) = peers.spawn(0, &path);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !peers.net.exited(pid) {
+        assert!(Instant::now() < deadline, "lb run did not refuse to start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = config
+        .lines()
+        .position(|l| l.starts_with("key_file"))
+        .unwrap()
+        + 1;
+    assert!(
+        text.contains(&format!("{}:{line}:", path.display()))
+            && text.contains("5 bytes, need at least 16"),
+        "{text}"
+    );
+    // Nothing was left behind.
+    assert!(!std::path::Path::new(&peers.socket(0)).exists());
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/{}i0", peers.prefix)).exists());
 }
 
 #[test]
