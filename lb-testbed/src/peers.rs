@@ -26,6 +26,11 @@ pub fn peer_ip(i: usize) -> Ipv4Addr {
 /// same namespace).
 pub const XDP_IFACE: &str = "px0";
 
+/// MAC address of instance `i`'s [`XDP_IFACE`] (fixed, so a test can address frames to it).
+pub fn xdp_mac(i: usize) -> String {
+    format!("02:00:00:00:77:{:02x}", i + 1)
+}
+
 /// The namespaces of `count` instances and their segment.
 pub struct PeerNet {
     /// Instance namespaces, `<prefix>n0`, `<prefix>n1`, ...
@@ -48,9 +53,21 @@ impl PeerNet {
             switch.ip(&format!("link set p{i} up"))?;
             ns.ip(&format!("addr add {}/24 dev eth0", peer_ip(i)))?;
             ns.ip("link set eth0 up")?;
-            ns.add_veth(XDP_IFACE, "px1")?;
+            ns.ip(&format!(
+                "link add {XDP_IFACE} address {} type veth peer name px1",
+                xdp_mac(i)
+            ))?;
             ns.ip(&format!("link set {XDP_IFACE} up"))?;
             ns.ip("link set px1 up")?;
+            // Frames sent out of px1 carry full checksums (veth would leave them to an
+            // offload that never happens, and the XDP program checks them).
+            let status = netns_command(ns.name(), &["ethtool", "-K", "px1", "tx", "off"])?
+                .stdout(Stdio::null())
+                .status()
+                .context("running ethtool")?;
+            if !status.success() {
+                anyhow::bail!("ethtool -K px1 tx off failed in {}", ns.name());
+            }
             nodes.push(ns);
         }
         Ok(PeerNet {

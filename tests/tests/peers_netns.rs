@@ -17,7 +17,7 @@ use std::{
 use lb_integration::{lb_binary, test_dir};
 use lb_testbed::{
     daemon::lb_cli,
-    peers::{PeerNet, XDP_IFACE, peer_ip},
+    peers::{PeerNet, XDP_IFACE, peer_ip, xdp_mac},
 };
 use lb_userspace::{
     cluster::frame::ClusterKey,
@@ -34,6 +34,7 @@ const CLUSTER_ID: u16 = 9;
 const KEY: &str = "netns-peers-key-0123456789abcdef";
 const PORT: u16 = 7395;
 const METRICS_PORT: u16 = 9477;
+const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 78, 10);
 
 fn unique_prefix() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -242,6 +243,25 @@ fn two_instances_sync_and_see_each_other_go_down() {
     peers.wait(0, Duration::from_secs(5), "ready alone", |s| {
         s["state"] == "ready" && peer_state(s, 2) == "down"
     });
+    // A connection in node 1's flow table before node 2 starts: a SYN to the VIP sent
+    // out of px1 reaches the XDP program on px0 (the SYN goes unanswered; the flow stays).
+    let ns = &peers.net.nodes[0];
+    ns.ip(&format!("route add {VIP}/32 dev px1")).unwrap();
+    ns.ip(&format!(
+        "neigh add {VIP} lladdr {} dev px1 nud permanent",
+        xdp_mac(0)
+    ))
+    .unwrap();
+    ns.enter(|| {
+        let _ = TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((VIP, 80)),
+            Duration::from_millis(300),
+        );
+    });
+    let flows = lb_cli(&lb_binary(), &peers.socket(0), &["flows", "--json"]).unwrap();
+    let flows: Value = serde_json::from_str(&flows).unwrap();
+    let stats = lb_cli(&lb_binary(), &peers.socket(0), &["stats", "--json"]).unwrap();
+    assert_eq!(flows.as_array().unwrap().len(), 1, "{flows:#} {stats}");
     let b = peers.start(1, &[0], 30_000, DEAD_AFTER);
     let took = peers.wait(1, Duration::from_secs(10), "ready", |s| {
         s["state"] == "ready" && s["ready"] == true && peer_state(s, 1) == "up"
@@ -250,6 +270,14 @@ fn two_instances_sync_and_see_each_other_go_down() {
     peers.wait(0, Duration::from_secs(5), "seeing node 2 up", |s| {
         peer_state(s, 2) == "up" && s["live_nodes"] == serde_json::json!([1, 2])
     });
+    // Node 1's snapshot to node 2 carried that connection.
+    let b_status = peers.peers(1);
+    assert_eq!(
+        b_status["counters"]["announcements_received"], 1,
+        "{b_status:#}"
+    );
+    assert_eq!(b_status["peers"][0]["announcements_received"], 1);
+    assert_eq!(peers.peers(0)["counters"]["announcements_sent"], 1);
     let a_status = peers.peers(0);
     assert_eq!(a_status["peer_snat"], serde_json::json!(["198.19.77.2"]));
     let row = &a_status["peers"][0];
