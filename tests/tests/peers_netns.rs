@@ -118,23 +118,29 @@ impl Peers {
 
     /// `lb run --config <path>` in instance `i`'s namespace; its PID and log.
     fn spawn(&self, i: usize, path: &std::path::Path) -> (u32, PathBuf) {
-        let log = self.dir.join(format!("lb{i}.log"));
+        self.spawn_with(i, path, &[], "")
+    }
+
+    /// `lb run --config <path> <extra>...`, logging to `lb<i><suffix>.log`.
+    fn spawn_with(
+        &self,
+        i: usize,
+        path: &std::path::Path,
+        extra: &[&str],
+        suffix: &str,
+    ) -> (u32, PathBuf) {
+        let log = self.dir.join(format!("lb{i}{suffix}.log"));
         let lb = lb_binary();
-        let pid = self
-            .net
-            .spawn(
-                i,
-                &[
-                    "env",
-                    "RUST_LOG=info,lb_userspace::peers=debug",
-                    lb.to_str().unwrap(),
-                    "run",
-                    "--config",
-                    path.to_str().unwrap(),
-                ],
-                &log,
-            )
-            .expect("spawn lb run");
+        let mut args = vec![
+            "env",
+            "RUST_LOG=info,lb_userspace::peers=debug",
+            lb.to_str().unwrap(),
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let pid = self.net.spawn(i, &args, &log).expect("spawn lb run");
         (pid, log)
     }
 
@@ -307,6 +313,39 @@ fn two_instances_sync_and_see_each_other_go_down() {
     peers.wait(0, Duration::from_secs(5), "seeing node 2 up again", |s| {
         peer_state(s, 2) == "up"
     });
+    // Replaced (`lb run --replace`): the new daemon takes over peers.listen too, and is
+    // back up on node 1 with a new instance.
+    // (Without the metrics endpoint: `--replace` binds it before the old daemon lets go.)
+    let config = std::fs::read_to_string(peers.dir.join("lb1.toml")).unwrap();
+    let replacing = peers.dir.join("lb1-replacing.toml");
+    std::fs::write(
+        &replacing,
+        config
+            .lines()
+            .filter(|l| !l.starts_with("metrics"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let (b2, b2_log) = peers.spawn_with(1, &replacing, &["--replace"], "-replaced");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !peers.net.exited(b) {
+        assert!(
+            Instant::now() < deadline,
+            "the old daemon did not hand over"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peers.net.stop(b);
+    peers.wait(
+        0,
+        Duration::from_secs(10),
+        "seeing the replacing node 2 up",
+        |s| peer_state(s, 2) == "up",
+    );
+    let log = std::fs::read_to_string(&b2_log).unwrap();
+    assert!(log.contains("synced to node 1"), "{log}");
+    let b = b2;
     // Stopped: its connection closes, down at once.
     peers.net.stop(b);
     peers.wait(

@@ -128,6 +128,10 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
     if let Some(task) = peers_task {
         task.abort();
     }
+    // Before the socket goes: a replacing daemon waits for it, then binds peers.listen.
+    if let Some(peers) = &lock(&controller).peers {
+        peers.stop();
+    }
     let _ = fs::remove_file(&socket);
     let mut controller = lock(&controller);
     controller.shutdown();

@@ -98,7 +98,7 @@ impl Peers {
         own_snat: Vec<Ipv4Addr>,
     ) -> Result<(PeersHandle, PeerInbox)> {
         let key = ClusterKey::new(&key).map_err(|e| anyhow::anyhow!("peers.key_file: {e}"))?;
-        let listener = std::net::TcpListener::bind(config.listen)
+        let listener = bind_listener(config.listen)
             .with_context(|| format!("peers.listen: cannot listen on {}", config.listen))?;
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
@@ -151,6 +151,20 @@ impl Peers {
             },
             inbox,
         ))
+    }
+}
+
+/// Binds `listen`. An address in use is tried again for a moment: a daemon handing over
+/// (`lb run --replace`) may still be closing its listener.
+fn bind_listener(listen: SocketAddrV4) -> std::io::Result<std::net::TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::net::TcpListener::bind(listen) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            result => return result,
+        }
     }
 }
 
