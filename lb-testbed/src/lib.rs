@@ -16,6 +16,7 @@
 //! - [`daemon`]: `lb run` on a topology, its CLI, waiting until it answers.
 //! - [`scaleout`]: balancer instances behind ECMP routers that learn the routes from
 //!   each instance's BIRD (docs/scale-out.md), [`scaleout::ScaleOut`].
+//! - [`peers`]: namespaces for several `lb run` instances as peers ([`peers::PeerNet`]).
 //! - [`flood`]: a second client namespace sending a spoofed SYN flood ([`flood::Flooder`]).
 //! - Traffic helpers, one module each: [`http_server`] (the test servers' HTTP side),
 //!   [`http_client`], [`udp`], [`payload`].
@@ -33,6 +34,7 @@ pub mod http_server;
 pub mod netns;
 pub mod packet;
 pub mod payload;
+pub mod peers;
 mod process;
 pub mod scaleout;
 mod server;

@@ -28,6 +28,11 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(DEFAULT_H
 /// Missed heartbeats before the other side counts as gone (`cluster.dead_after`,
 /// `lb node --dead-after`).
 pub const DEFAULT_DEAD_AFTER: u32 = 3;
+/// How long a starting instance waits for its reachable peers' snapshots
+/// (`peers.join_timeout_ms`).
+pub const DEFAULT_JOIN_TIMEOUT_MS: u64 = 5000;
+/// Silence after which a peer is down (`peers.dead_after_ms`).
+pub const DEFAULT_PEER_DEAD_AFTER_MS: u64 = 1000;
 
 /// Ports of services and backends (0 names no port).
 pub const PORTS: RangeInclusive<i64> = 1..=u16::MAX as i64;

@@ -91,6 +91,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Balancer peers (`[peers]`): this instance's state (transition, ready, draining),
+    /// each peer's state, flows held, announcement lag and last heard, and the counters.
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
     /// Change backends of the running system (not the config file).
     Backend {
         #[command(subcommand)]
@@ -263,6 +269,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sessions { json } => (Request::Sessions, json),
         Command::Nodes { json } => (Request::Nodes, json),
         Command::Drain { json } => (Request::Drain, json),
+        Command::Peers { json } => (Request::Peers, json),
         Command::Backend { action } => (
             match action {
                 BackendAction::Drain { backend } => Request::BackendDrain { backend },

@@ -32,6 +32,11 @@ pub struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: String,
 }
@@ -60,6 +65,17 @@ pub struct Scrape {
     pub cluster_events: Family<EventLabels, Counter>,
     /// Announced endpoints by state.
     pub cluster_endpoints: Family<StateLabels, Gauge>,
+    /// Peer protocol (docs/scale-out.md, "Peer protocol").
+    pub peer_announcements_sent: Counter,
+    pub peer_announcements_received: Counter,
+    pub peer_announcements_applied: Counter,
+    pub peer_rejected: Family<ReasonLabels, Counter>,
+    /// Delay of each peer's last announcement batch, milliseconds.
+    pub peer_lag_ms: Family<PeerLabels, Gauge>,
+    /// 1 while a peer is up (synced and heard within dead_after).
+    pub peer_up: Family<PeerLabels, Gauge>,
+    /// 1 once this instance's transition is over.
+    pub peers_ready: Gauge,
     pub config_generation: Gauge,
     pub last_reload_ok: Gauge,
     pub sessions: Gauge,
@@ -174,6 +190,37 @@ impl Scrape {
             "cluster_endpoints",
             "Announced endpoints by state",
             s.cluster_endpoints,
+        );
+        registry.register(
+            "peer_announcements_sent",
+            "Flow announcements sent to peers",
+            s.peer_announcements_sent,
+        );
+        registry.register(
+            "peer_announcements_received",
+            "Flow announcements accepted from peers",
+            s.peer_announcements_received,
+        );
+        registry.register(
+            "peer_announcements_applied",
+            "Flow announcements from peers applied to the flow table",
+            s.peer_announcements_applied,
+        );
+        registry.register(
+            "peer_rejected",
+            "Peer messages dropped, by reason (over_budget: announcements)",
+            s.peer_rejected,
+        );
+        registry.register(
+            "peer_lag_ms",
+            "Delay of a peer's last announcement batch, milliseconds",
+            s.peer_lag_ms,
+        );
+        registry.register("peer_up", "1 while a peer is up", s.peer_up);
+        registry.register(
+            "peers_ready",
+            "1 once this instance has synced with its peers (or join_timeout passed)",
+            s.peers_ready,
         );
         registry.register(
             "config_generation",

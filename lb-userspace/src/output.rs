@@ -6,7 +6,9 @@ use std::fmt::{Display, Write as _};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::{BackendRow, FlowRow, Nodes, Reply, SessionRow, Stats, Status, serde_name};
+use crate::api::{
+    BackendRow, FlowRow, Nodes, PeersStatus, Reply, SessionRow, Stats, Status, serde_name,
+};
 
 /// Left-aligned columns sized to their widest cell.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -49,6 +51,7 @@ pub fn render(reply: &Reply) -> String {
         Reply::Sessions(sessions) => render_sessions(sessions),
         Reply::Applied(summary) => format!("applied: {}\n", compact(summary)),
         Reply::Nodes(nodes) => render_nodes(nodes),
+        Reply::Peers(peers) => render_peers(peers),
         Reply::HandedOver(handed_over) => format!("{}\n", compact(handed_over)),
         Reply::Drained(bgp) => format!("{}\n", bgp_summary(bgp)),
     }
@@ -298,6 +301,59 @@ fn render_nodes(nodes: &Nodes) -> String {
         &["ROUTER COUNTER", "VALUE"],
         &counter_rows(&nodes.counters),
     ));
+    out
+}
+
+/// This instance, its peers (state, flows held, lag, last heard), then the counters.
+fn render_peers(peers: &PeersStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node {}  cluster {}  listen {}  state {}  join timeout {} ms  dead after {} ms",
+        peers.node_id,
+        peers.cluster_id,
+        peers.listen,
+        serde_name(&peers.state),
+        peers.join_timeout_ms,
+        peers.dead_after_ms,
+    );
+    out.push('\n');
+    out.push_str(&items_table(
+        &peers.peers,
+        &[
+            ("PEER", |p| format!("{} {}", p.node_id, p.address)),
+            ("STATE", |p| serde_name(&p.state)),
+            ("ANNOUNCED", |p| {
+                or_dash(p.announced.map(|s| serde_name(&s)))
+            }),
+            ("OUTGOING", |p| serde_name(&p.outgoing)),
+            ("FLOWS", |p| p.flows_held.to_string()),
+            ("LAG(ms)", |p| or_dash(p.lag_ms)),
+            ("LAST HEARD(ms)", |p| or_dash(p.last_heard_ms)),
+            ("RECEIVED", |p| p.announcements_received.to_string()),
+            ("QUEUED", |p| p.queued.to_string()),
+        ],
+        "peers",
+    ));
+    out.push('\n');
+    let c = &peers.counters;
+    let mut rows: Vec<Vec<String>> = [
+        ("messages_received", c.messages_received),
+        ("announcements_sent", c.announcements_sent),
+        ("announcements_received", c.announcements_received),
+        ("announcements_applied", c.announcements_applied),
+        ("queue_overflows", c.queue_overflows),
+        ("connections_refused", c.connections_refused),
+    ]
+    .iter()
+    .map(|(name, value)| vec![(*name).to_string(), value.to_string()])
+    .collect();
+    rows.extend(
+        c.rejected
+            .iter()
+            .map(|(reason, value)| vec![format!("rejected_{reason}"), value.to_string()]),
+    );
+    out.push_str(&table(&["PEER COUNTER", "VALUE"], &rows));
     out
 }
 

@@ -25,6 +25,18 @@ pub fn lb_binary() -> PathBuf {
     profile_dir.join("lb")
 }
 
+/// The directory (created) where a test named by `prefix` keeps its configs, keys and
+/// logs: `target/<profile>/netns-tests/<prefix>`.
+pub fn test_dir(prefix: &str) -> PathBuf {
+    let dir = lb_binary()
+        .parent()
+        .expect("target/<profile>")
+        .join("netns-tests")
+        .join(prefix);
+    std::fs::create_dir_all(&dir).expect("creating the test directory");
+    dir
+}
+
 /// A standard config for the testbed: web (tcp/80) and dns-like (udp/5353) services
 /// in full-NAT mode over the three servers with the given weights, plus `extra` TOML
 /// (e.g. a `[timeouts]` table) placed before the services.

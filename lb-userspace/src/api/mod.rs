@@ -1,7 +1,7 @@
 //! Operator API over a Unix socket: one JSON request line, one JSON answer line.
 //!
 //! Request: a [`Request`], tagged by `command`: `status`, `stats`, `flows`, `reload`,
-//! `backends`, `sessions`, `nodes`, `backend-drain`, `backend-undrain`, `backend-weight`,
+//! `backends`, `sessions`, `nodes`, `peers`, `backend-drain`, `backend-undrain`, `backend-weight`,
 //! `backend-add`, `backend-remove`, `drain` and `handover`, e.g. `{"command":"status"}` or
 //! `{"command":"backend-drain","backend":"198.19.0.11:80"}`.
 //! Answer: `{"ok":true,"result":...}` with the request's [`Reply`] as the result, or
@@ -37,6 +37,8 @@ pub enum Request {
     Sessions,
     /// The cluster router's health-and-load table and counters.
     Nodes,
+    /// The peer protocol: this instance's state, its peers, the counters.
+    Peers,
     /// Backend `address[:port]` (in every service) takes no new flows.
     #[serde(rename = "backend-drain")]
     BackendDrain {

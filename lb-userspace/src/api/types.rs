@@ -16,6 +16,8 @@ pub use crate::{
     },
     domain::AttachedMode,
     flows::{FlowRow, ProxyColumns},
+    peers::membership::{Outgoing as PeerOutgoing, PeerCounters, PeerRow, PeerState, PeersStatus},
+    peers::wire::NodeState as PeerNodeState,
     services::ApplySummary,
 };
 
@@ -33,6 +35,7 @@ pub enum Reply {
     /// Oldest first.
     Sessions(Vec<SessionRow>),
     Nodes(Nodes),
+    Peers(PeersStatus),
     /// A backend change (drain, undrain, weight, add, remove): what applying it changed.
     Applied(ApplySummary),
     HandedOver(HandedOver),
@@ -52,6 +55,7 @@ impl Reply {
             Request::Backends => Reply::Backends(from_value(result)?),
             Request::Sessions => Reply::Sessions(from_value(result)?),
             Request::Nodes => Reply::Nodes(from_value(result)?),
+            Request::Peers => Reply::Peers(from_value(result)?),
             Request::BackendDrain { .. }
             | Request::BackendUndrain { .. }
             | Request::BackendWeight { .. }

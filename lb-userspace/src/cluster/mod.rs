@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod allotment;
 pub mod backends;
+pub mod frame;
 pub mod io;
 pub mod router;
 pub mod wire;

@@ -390,7 +390,7 @@ impl RouterEngine {
         let c = &mut self.counters;
         match drop {
             DropReason::Decode(DecodeError::Truncated(_)) => &mut c.drop_truncated,
-            DropReason::Decode(DecodeError::Oversized(_)) => &mut c.drop_oversized,
+            DropReason::Decode(DecodeError::Oversized { .. }) => &mut c.drop_oversized,
             DropReason::Decode(DecodeError::WrongCluster(_)) => &mut c.drop_wrong_cluster,
             DropReason::Decode(DecodeError::BadTag) => &mut c.drop_bad_tag,
             DropReason::Decode(DecodeError::Malformed(_)) => &mut c.drop_malformed,
@@ -417,7 +417,10 @@ impl RouterEngine {
             return Err(DropReason::Decode(DecodeError::Truncated(datagram.len())));
         }
         if datagram.len() > wire::MAX_DATAGRAM {
-            return Err(DropReason::Decode(DecodeError::Oversized(datagram.len())));
+            return Err(DropReason::Decode(DecodeError::Oversized {
+                len: datagram.len(),
+                max: wire::MAX_DATAGRAM,
+            }));
         }
         let cluster = wire::peek_cluster_id(datagram).unwrap_or_default();
         if cluster != self.settings.cluster_id {

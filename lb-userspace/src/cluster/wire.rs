@@ -23,29 +23,22 @@
 //!
 //! All integers are big-endian. Header words the protocol marks N/A are zero.
 
-use std::{fmt, net::Ipv4Addr, path::Path};
+use std::{fmt, net::Ipv4Addr};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
+use super::frame::{self, Words};
+pub use super::frame::{
+    ClusterKey, DecodeError, FIELD_HEADER_LEN, HEADER_LEN, MIN_KEY_LEN, TAG_LEN, peek_cluster_id,
+};
 use crate::domain::Protocol;
 
-/// Seven 32-bit words.
-pub const HEADER_LEN: usize = 28;
-/// HMAC-SHA256 output.
-pub const TAG_LEN: usize = 32;
 /// A header and a tag with no fields: nothing shorter can be a message.
-pub const MIN_DATAGRAM: usize = HEADER_LEN + TAG_LEN;
+pub const MIN_DATAGRAM: usize = frame::MIN_MESSAGE;
 /// Fits an Ethernet MTU with IP and UDP headers, so a message is never fragmented.
 pub const MAX_DATAGRAM: usize = 1400;
-/// Field type + field length.
-pub const FIELD_HEADER_LEN: usize = 4;
 /// Services one node may offer in one message.
 pub const MAX_SERVICES: usize = 32;
 /// Longest service name (`[A-Za-z0-9_.-]`).
 pub const MAX_SERVICE_NAME: usize = 32;
-/// Shortest accepted cluster key.
-pub const MIN_KEY_LEN: usize = 16;
 
 /// Packet type (header word 3, high half).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -207,89 +200,6 @@ pub struct Message {
     pub fields: Fields,
 }
 
-/// Why a datagram was not accepted. Each has its own router counter.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DecodeError {
-    /// Shorter than a header and a tag.
-    Truncated(usize),
-    /// Longer than [`MAX_DATAGRAM`].
-    Oversized(usize),
-    /// Cluster ID of another cluster (checked before the tag, so it costs no HMAC).
-    WrongCluster(u16),
-    /// The tag does not match: wrong key or altered bytes.
-    BadTag,
-    /// Authentic but not well-formed: the text says what is wrong.
-    Malformed(String),
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Truncated(len) => write!(
-                f,
-                "truncated datagram ({len} bytes, need at least {MIN_DATAGRAM})"
-            ),
-            Self::Oversized(len) => write!(
-                f,
-                "oversized datagram ({len} bytes, at most {MAX_DATAGRAM})"
-            ),
-            Self::WrongCluster(id) => write!(f, "message for cluster {id}"),
-            Self::BadTag => f.write_str("authentication tag does not match (wrong key?)"),
-            Self::Malformed(why) => write!(f, "malformed message: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
-
-/// The shared secret of one cluster.
-#[derive(Clone)]
-pub struct ClusterKey(Vec<u8>);
-
-impl fmt::Debug for ClusterKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClusterKey(..)")
-    }
-}
-
-impl ClusterKey {
-    pub fn new(bytes: &[u8]) -> Result<Self, String> {
-        if bytes.len() < MIN_KEY_LEN {
-            return Err(format!(
-                "cluster key is {} bytes, need at least {MIN_KEY_LEN}",
-                bytes.len()
-            ));
-        }
-        Ok(Self(bytes.to_vec()))
-    }
-
-    /// The file's bytes without trailing whitespace (so `echo secret > F` works).
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))?;
-        let end = bytes
-            .iter()
-            .rposition(|b| !b.is_ascii_whitespace())
-            .map_or(0, |i| i + 1);
-        Self::new(&bytes[..end]).map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))
-    }
-
-    #[expect(
-        clippy::expect_used,
-        reason = "HMAC accepts keys of any length; new_from_slice cannot fail for it"
-    )]
-    fn mac(&self) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length")
-    }
-}
-
-/// Cluster ID of a datagram long enough to hold a header, before any authentication.
-pub fn peek_cluster_id(datagram: &[u8]) -> Option<u16> {
-    datagram
-        .get(10..12)
-        .map(|b| u16::from_be_bytes([b[0], b[1]]))
-}
-
 /// Packet type of a datagram, before any authentication (used to budget joins cheaply).
 pub fn peek_packet_type(datagram: &[u8]) -> Option<PacketType> {
     datagram
@@ -316,16 +226,19 @@ pub fn encode(message: &Message, key: &ClusterKey) -> Result<Vec<u8>, String> {
         ));
     }
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(&h.source.octets());
-    out.extend_from_slice(&h.destination.octets());
-    out.extend_from_slice(&h.priority.to_be_bytes());
-    out.extend_from_slice(&h.cluster_id.to_be_bytes());
-    out.extend_from_slice(&(h.packet_type as u16).to_be_bytes());
-    out.extend_from_slice(&(h.function as u16).to_be_bytes());
-    out.extend_from_slice(&h.router.octets());
-    out.extend_from_slice(&h.management.octets());
-    out.extend_from_slice(&h.source_port.to_be_bytes());
-    out.extend_from_slice(&h.destination_port.to_be_bytes());
+    Words {
+        source: h.source,
+        destination: h.destination,
+        priority: h.priority,
+        cluster_id: h.cluster_id,
+        packet_type: h.packet_type as u16,
+        function: h.function as u16,
+        router: h.router,
+        management: h.management,
+        source_port: h.source_port,
+        destination_port: h.destination_port,
+    }
+    .put(&mut out);
 
     put(&mut out, field::SEQUENCE, &f.sequence.to_be_bytes());
     put(&mut out, field::TIMESTAMP_MS, &f.timestamp_ms.to_be_bytes());
@@ -359,9 +272,7 @@ pub fn encode(message: &Message, key: &ClusterKey) -> Result<Vec<u8>, String> {
         other => other.to_string(),
     })?;
 
-    let mut mac = key.mac();
-    mac.update(&out);
-    out.extend_from_slice(&mac.finalize().into_bytes());
+    frame::sign(&mut out, key);
     if out.len() > MAX_DATAGRAM {
         return Err(format!(
             "message is {} bytes, at most {MAX_DATAGRAM}",
@@ -372,92 +283,49 @@ pub fn encode(message: &Message, key: &ClusterKey) -> Result<Vec<u8>, String> {
 }
 
 fn put(out: &mut Vec<u8>, field_type: u16, value: &[u8]) {
-    out.extend_from_slice(&field_type.to_be_bytes());
-    // Values are at most a service entry (36 bytes): the length always fits.
-    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    out.extend_from_slice(value);
+    frame::put_field(out, field_type, value);
 }
 
 /// Checks size, cluster ID and tag, then parses. Never panics, whatever the input.
 pub fn decode(datagram: &[u8], key: &ClusterKey, cluster_id: u16) -> Result<Message, DecodeError> {
-    if datagram.len() < MIN_DATAGRAM {
-        return Err(DecodeError::Truncated(datagram.len()));
-    }
-    if datagram.len() > MAX_DATAGRAM {
-        return Err(DecodeError::Oversized(datagram.len()));
-    }
-    let got_cluster = peek_cluster_id(datagram).unwrap_or_default();
-    if got_cluster != cluster_id {
-        return Err(DecodeError::WrongCluster(got_cluster));
-    }
-    let (body, tag) = datagram.split_at(datagram.len() - TAG_LEN);
-    let mut mac = key.mac();
-    mac.update(body);
-    // Constant-time comparison.
-    mac.verify_slice(tag).map_err(|_| DecodeError::BadTag)?;
-
+    let body = frame::open(datagram, MAX_DATAGRAM, key, cluster_id)?;
     let malformed = |why: String| DecodeError::Malformed(why);
-    let word = |i: usize| [body[i], body[i + 1], body[i + 2], body[i + 3]];
-    let half = |i: usize| u16::from_be_bytes([body[i], body[i + 1]]);
-    let type_value = half(12);
-    let packet_type = PacketType::from_u16(type_value)
-        .ok_or_else(|| malformed(format!("unknown packet type {type_value}")))?;
-    let function_value = half(14);
+    let words = Words::read(body);
+    let packet_type = PacketType::from_u16(words.packet_type)
+        .ok_or_else(|| malformed(format!("unknown packet type {}", words.packet_type)))?;
     let function = Function::of(packet_type);
-    if function_value != function as u16 {
+    if words.function != function as u16 {
         return Err(malformed(format!(
-            "function {function_value} with packet type {}",
+            "function {} with packet type {}",
+            words.function,
             packet_type.name()
         )));
     }
     let header = Header {
-        source: Ipv4Addr::from(word(0)),
-        destination: Ipv4Addr::from(word(4)),
-        priority: half(8),
-        cluster_id: half(10),
+        source: words.source,
+        destination: words.destination,
+        priority: words.priority,
+        cluster_id: words.cluster_id,
         packet_type,
         function,
-        router: Ipv4Addr::from(word(16)),
-        management: Ipv4Addr::from(word(20)),
-        source_port: half(24),
-        destination_port: half(26),
+        router: words.router,
+        management: words.management,
+        source_port: words.source_port,
+        destination_port: words.destination_port,
     };
 
     let mut fields = Fields::default();
     let mut seen: Vec<u16> = Vec::new();
-    let mut rest = &body[HEADER_LEN..];
-    while !rest.is_empty() {
-        if rest.len() < FIELD_HEADER_LEN {
-            return Err(malformed(format!("{} trailing bytes", rest.len())));
-        }
-        let field_type = u16::from_be_bytes([rest[0], rest[1]]);
-        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
-        let Some(value) = rest.get(FIELD_HEADER_LEN..FIELD_HEADER_LEN + len) else {
-            return Err(malformed(format!(
-                "field {field_type:#06x} of {len} bytes runs past the end"
-            )));
-        };
-        rest = &rest[FIELD_HEADER_LEN + len..];
+    for field in frame::fields(&body[HEADER_LEN..]) {
+        let (field_type, value) = field.map_err(malformed)?;
         if field_type != field::SERVICE {
             if seen.contains(&field_type) {
                 return Err(malformed(format!("field {field_type:#06x} appears twice")));
             }
             seen.push(field_type);
         }
-        let u32_value = || -> Result<u32, DecodeError> {
-            <[u8; 4]>::try_from(value)
-                .map(u32::from_be_bytes)
-                .map_err(|_| {
-                    malformed(format!("field {field_type:#06x} must be 4 bytes, is {len}"))
-                })
-        };
-        let u64_value = || -> Result<u64, DecodeError> {
-            <[u8; 8]>::try_from(value)
-                .map(u64::from_be_bytes)
-                .map_err(|_| {
-                    malformed(format!("field {field_type:#06x} must be 8 bytes, is {len}"))
-                })
-        };
+        let u32_value = || frame::u32_value(field_type, value).map_err(malformed);
+        let u64_value = || frame::u64_value(field_type, value).map_err(malformed);
         match field_type {
             field::SEQUENCE => fields.sequence = u64_value()?,
             field::TIMESTAMP_MS => fields.timestamp_ms = u64_value()?,

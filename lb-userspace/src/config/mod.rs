@@ -247,6 +247,34 @@ impl Config {
             message: message.into(),
         }
     }
+
+    /// The peers' key (`peers.key_file`, read with `read`), at least
+    /// [`crate::cluster::frame::MIN_KEY_LEN`] bytes without trailing whitespace. A
+    /// missing or short key is an error at the line of `key_file`.
+    pub fn peers_key(
+        &self,
+        read: impl Fn(&Path) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(peers) = &self.peers else {
+            return Ok(None);
+        };
+        let at = self.origin.peers_key_file.unwrap_or_default();
+        let error = |message: String| ConfigError {
+            path: self.origin.path.clone(),
+            line: at.line,
+            column: at.column,
+            message,
+        };
+        let bytes = read(&peers.key_file).map_err(|e| {
+            error(format!(
+                "peers.key_file: cannot read {}: {e}",
+                peers.key_file.display()
+            ))
+        })?;
+        crate::cluster::frame::key_bytes(&bytes)
+            .map(|key| Some(key.to_vec()))
+            .map_err(|e| error(format!("peers.key_file {}: {e}", peers.key_file.display())))
+    }
 }
 
 /// Where the configuration came from, for errors found after parsing.
@@ -258,6 +286,8 @@ struct Origin {
     /// Position of `bgp.control_socket` and `bgp.routes_file`.
     bgp_control_socket: Position,
     bgp_routes_file: Position,
+    /// Position of `peers.key_file`, with `[peers]`.
+    peers_key_file: Option<Position>,
 }
 
 /// Layout is not meaning: configurations that differ only in where their values sit in

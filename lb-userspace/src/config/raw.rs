@@ -23,6 +23,7 @@ pub(super) struct RawConfig {
     pub(super) service: Vec<Spanned<RawService>>,
     pub(super) cluster: Option<Spanned<RawCluster>>,
     pub(super) bgp: Option<Spanned<RawBgp>>,
+    pub(super) peers: Option<Spanned<RawPeers>>,
 }
 
 #[derive(Deserialize)]
@@ -33,6 +34,27 @@ pub(super) struct RawBgp {
     #[serde(default)]
     pub(super) return_routes: Vec<Spanned<String>>,
     pub(super) withdraw_delay_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeers {
+    pub(super) node_id: Spanned<i64>,
+    pub(super) cluster_id: Spanned<i64>,
+    pub(super) key_file: Spanned<String>,
+    pub(super) listen: Spanned<String>,
+    #[serde(default)]
+    pub(super) peer: Vec<Spanned<RawPeer>>,
+    pub(super) announce: Option<bool>,
+    pub(super) join_timeout_ms: Option<Spanned<i64>>,
+    pub(super) dead_after_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeer {
+    pub(super) node_id: Spanned<i64>,
+    pub(super) address: Spanned<String>,
 }
 
 #[derive(Deserialize)]

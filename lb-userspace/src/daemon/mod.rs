@@ -30,7 +30,9 @@ use crate::{
     domain::{BackendAddr, BackendDown, HealthCheck, XdpMode},
     flows,
     health::{self, Health},
-    metrics::{BackendLabels, EventLabels, ReasonLabels, Scrape, ServiceLabels, StateLabels},
+    metrics::{
+        BackendLabels, EventLabels, PeerLabels, ReasonLabels, Scrape, ServiceLabels, StateLabels,
+    },
     services::{ApplySummary, Overrides, ServiceTable},
     sync::lock,
     sys,
@@ -41,11 +43,13 @@ mod bgp;
 mod cluster_router;
 mod flood;
 mod health_results;
+mod peers;
 mod scrape;
 mod server;
 
 pub use bgp::BgpState;
 pub use cluster_router::{CLUSTER_POLL, ClusterRouter, known_services, prepare_cluster};
+pub use peers::{flows_by_owner, own_snat, prepare_peers, snapshot};
 pub use server::run;
 
 /// How often the daemon looks after its housekeeping: health-check tasks, session
@@ -75,6 +79,8 @@ pub struct Controller {
     cluster: Option<ClusterRouter>,
     /// What BIRD announces, with `[bgp]`.
     pub bgp: Option<BgpState>,
+    /// The peer protocol, with `[peers]`.
+    peers: Option<crate::peers::io::PeersHandle>,
 }
 
 /// A health check the controller wants running.
@@ -145,6 +151,7 @@ impl Controller {
                     handed_over: false,
                     cluster: None,
                     bgp: None,
+                    peers: None,
                 };
                 controller.resume_syn_cookies();
                 Ok(controller)
@@ -232,6 +239,7 @@ impl Controller {
             }
             Request::Nodes => Reply::Nodes(self.nodes()?),
             Request::Drain => Reply::Drained(self.drain()?),
+            Request::Peers => Reply::Peers(self.peers_status()?),
             Request::Handover => {
                 self.handed_over = true;
                 Reply::HandedOver(api::HandedOver { handed_over: true })
@@ -392,6 +400,12 @@ impl Controller {
                 self.config_path.display()
             );
         }
+        if config.peers != self.config.peers {
+            bail!(
+                "{}: [peers] can only change with a restart",
+                self.config_path.display()
+            );
+        }
         let summary = self.apply_new_config(config)?;
         // The VIPs and SNAT addresses may have changed.
         self.update_routes();
@@ -422,6 +436,9 @@ impl Controller {
             &self.config.timeouts,
         );
         self.flows_expired += removed as u64;
+        if let Some(peers) = &self.peers {
+            peers.set_flows_held(&flows_by_owner(&entries));
+        }
         // Connections counted on the snapshot: the few removed just now were idle.
         self.flow_summary = flows::FlowSummary {
             connections: flows::connections_per_backend(&entries),
@@ -433,6 +450,9 @@ impl Controller {
 
     /// SIGTERM: detach and unpin. After a handover: leave everything to the new daemon.
     pub fn shutdown(&mut self) {
+        if let Some(peers) = &self.peers {
+            peers.stop();
+        }
         if self.handed_over {
             self.dataplane.release();
         } else {

@@ -140,6 +140,37 @@ impl Controller {
             metrics.draining.set(i64::from(bgp.state == "draining"));
             scrape.bgp = Some(metrics);
         }
+        if let Some(peers) = &self.peers {
+            let status = peers.status();
+            let c = &status.counters;
+            scrape.peer_announcements_sent.inc_by(c.announcements_sent);
+            scrape
+                .peer_announcements_received
+                .inc_by(c.announcements_received);
+            scrape
+                .peer_announcements_applied
+                .inc_by(c.announcements_applied);
+            for (reason, value) in &c.rejected {
+                scrape
+                    .peer_rejected
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.clone(),
+                    })
+                    .inc_by(*value);
+            }
+            for peer in &status.peers {
+                let labels = PeerLabels {
+                    peer: peer.node_id.to_string(),
+                };
+                if let Some(lag) = peer.lag_ms {
+                    scrape.peer_lag_ms.get_or_create(&labels).set(lag as i64);
+                }
+                scrape.peer_up.get_or_create(&labels).set(i64::from(
+                    peer.state == crate::peers::membership::PeerState::Up,
+                ));
+            }
+            scrape.peers_ready.set(i64::from(status.ready));
+        }
         scrape.config_generation.set(self.generation as i64);
         scrape
             .last_reload_ok

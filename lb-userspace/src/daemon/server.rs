@@ -87,12 +87,31 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
         let _ = fs::remove_file(&socket);
         return Err(e);
     }
-    let mut controller = match Controller::start(config_path, config, mode_override, replace) {
-        Ok(controller) => controller,
+    // The peers' key and listen port too; the protocol starts here, so that a started
+    // instance is reachable (and in transition) as soon as possible.
+    let peers = match prepare_peers(&config) {
+        Ok(peers) => peers,
         Err(e) => {
             let _ = fs::remove_file(&socket);
             return Err(e);
         }
+    };
+    let mut controller = match Controller::start(config_path, config, mode_override, replace) {
+        Ok(controller) => controller,
+        Err(e) => {
+            if let Some((handle, _)) = &peers {
+                handle.stop();
+            }
+            let _ = fs::remove_file(&socket);
+            return Err(e);
+        }
+    };
+    let peers_inbox = match peers {
+        Some((handle, inbox)) => {
+            controller.peers = Some(handle);
+            Some(inbox)
+        }
+        None => None,
     };
     let cluster_task = match cluster {
         Some((router, udp)) => {
@@ -109,6 +128,8 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
     };
     controller.start_announcing();
     let controller = Arc::new(Mutex::new(controller));
+    let peers_task =
+        peers_inbox.map(|inbox| tokio::spawn(super::peers::serve_inbox(controller.clone(), inbox)));
 
     let result = serve(controller.clone(), &socket, listener, metrics).await;
     if let Some(task) = cluster_task {
@@ -126,6 +147,13 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
     };
     if let Some((status, delay)) = withdraw {
         bgp::withdraw_and_wait(status, delay).await;
+    }
+    if let Some(task) = peers_task {
+        task.abort();
+    }
+    // Before the socket goes: a replacing daemon waits for it, then binds peers.listen.
+    if let Some(peers) = &lock(&controller).peers {
+        peers.stop();
     }
     let _ = fs::remove_file(&socket);
     let mut controller = lock(&controller);

@@ -134,6 +134,43 @@ fn nodes() {
     );
 }
 
+/// This instance, the peers, then the counters (rejections by reason).
+#[test]
+fn peers() {
+    assert_eq!(
+        render(&Reply::Peers(samples::peers())),
+        text(&[
+            "node 1  cluster 9  listen 198.18.0.1:7395  state ready  join timeout 5000 ms  dead after 1000 ms",
+            "",
+            "PEER               STATE  ANNOUNCED  OUTGOING   FLOWS  LAG(ms)  LAST HEARD(ms)  RECEIVED  QUEUED",
+            "2 198.18.0.2:7395  up     ready      connected  17     3        120             40        0",
+            "3 198.18.0.3:7395  down   -          failed     0      -        -               0         0",
+            "2 peers",
+            "",
+            "PEER COUNTER               VALUE",
+            "messages_received          52",
+            "announcements_sent         33",
+            "announcements_received     40",
+            "announcements_applied      0",
+            "queue_overflows            0",
+            "connections_refused        0",
+            "rejected_address_mismatch  0",
+            "rejected_bad_tag           2",
+            "rejected_malformed         0",
+            "rejected_misdirected       0",
+            "rejected_node_mismatch     0",
+            "rejected_over_budget       0",
+            "rejected_oversized         0",
+            "rejected_replay            0",
+            "rejected_stale             0",
+            "rejected_truncated         0",
+            "rejected_unexpected_type   0",
+            "rejected_unknown_node      0",
+            "rejected_wrong_cluster     0",
+        ])
+    );
+}
+
 #[test]
 fn changes_show_what_was_applied() {
     let summary = r#"{"backends_added":1,"backends_removed":0,"ring_slots_written":130,"rings_swapped":2,"services_added":1,"services_changed":2,"services_removed":0}"#;

@@ -1,3 +1,6 @@
 //! Flow sharing between balancer instances (docs/scale-out.md, "Peers").
 
+pub mod io;
+pub mod membership;
 pub mod record;
+pub mod wire;

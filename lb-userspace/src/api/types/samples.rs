@@ -204,3 +204,60 @@ pub fn bgp() -> BgpStatus {
         last_error: None,
     }
 }
+
+pub fn peers() -> PeersStatus {
+    let mut rejected: std::collections::BTreeMap<String, u64> =
+        crate::peers::membership::Reject::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), 0))
+            .collect();
+    rejected.insert("bad_tag".into(), 2);
+    PeersStatus {
+        node_id: 1,
+        cluster_id: 9,
+        listen: "198.18.0.1:7395".parse().unwrap(),
+        state: PeerNodeState::Ready,
+        ready: true,
+        live_nodes: [1, 2].into(),
+        peer_snat: vec!["198.19.1.2".parse().unwrap()],
+        join_timeout_ms: 5000,
+        dead_after_ms: 1000,
+        peers: vec![
+            PeerRow {
+                node_id: 2,
+                address: "198.18.0.2:7395".parse().unwrap(),
+                state: PeerState::Up,
+                announced: Some(PeerNodeState::Ready),
+                outgoing: PeerOutgoing::Connected,
+                last_heard_ms: Some(120),
+                flows_held: 17,
+                lag_ms: Some(3),
+                announcements_received: 40,
+                queued: 0,
+                snat: vec!["198.19.1.2".parse().unwrap()],
+            },
+            PeerRow {
+                node_id: 3,
+                address: "198.18.0.3:7395".parse().unwrap(),
+                state: PeerState::Down,
+                announced: None,
+                outgoing: PeerOutgoing::Failed,
+                last_heard_ms: None,
+                flows_held: 0,
+                lag_ms: None,
+                announcements_received: 0,
+                queued: 0,
+                snat: vec![],
+            },
+        ],
+        counters: PeerCounters {
+            messages_received: 52,
+            announcements_sent: 33,
+            announcements_received: 40,
+            announcements_applied: 0,
+            queue_overflows: 0,
+            connections_refused: 0,
+            rejected,
+        },
+    }
+}

@@ -327,6 +327,81 @@ fn nodes() {
 }
 
 #[test]
+fn peers() {
+    let peer_up = json!({
+        "node_id": 2,
+        "address": "198.18.0.2:7395",
+        "state": "up",
+        "announced": "ready",
+        "outgoing": "connected",
+        "last_heard_ms": 120,
+        "flows_held": 17,
+        "lag_ms": 3,
+        "announcements_received": 40,
+        "queued": 0,
+        "snat": ["198.19.1.2"],
+    });
+    let peer_down = json!({
+        "node_id": 3,
+        "address": "198.18.0.3:7395",
+        "state": "down",
+        "announced": null,
+        "outgoing": "failed",
+        "last_heard_ms": null,
+        "flows_held": 0,
+        "lag_ms": null,
+        "announcements_received": 0,
+        "queued": 0,
+        "snat": [],
+    });
+    assert_shape(
+        Request::Peers,
+        Reply::Peers(samples::peers()),
+        json!({
+            "node_id": 1,
+            "cluster_id": 9,
+            "listen": "198.18.0.1:7395",
+            "state": "ready",
+            "ready": true,
+            "live_nodes": [1, 2],
+            "peer_snat": ["198.19.1.2"],
+            "join_timeout_ms": 5000,
+            "dead_after_ms": 1000,
+            "peers": [peer_up, peer_down],
+            "counters": {
+                "messages_received": 52,
+                "announcements_sent": 33,
+                "announcements_received": 40,
+                "announcements_applied": 0,
+                "queue_overflows": 0,
+                "connections_refused": 0,
+                "rejected": {
+                    "address_mismatch": 0,
+                    "bad_tag": 2,
+                    "malformed": 0,
+                    "misdirected": 0,
+                    "node_mismatch": 0,
+                    "over_budget": 0,
+                    "oversized": 0,
+                    "replay": 0,
+                    "stale": 0,
+                    "truncated": 0,
+                    "unexpected_type": 0,
+                    "unknown_node": 0,
+                    "wrong_cluster": 0,
+                },
+            },
+        }),
+    );
+    let mut transition = samples::peers();
+    transition.state = PeerNodeState::Transition;
+    transition.peers[0].state = PeerState::Syncing;
+    let value = json_of(&transition);
+    assert_eq!(value["state"], "transition");
+    assert_eq!(value["peers"][0]["state"], "syncing");
+}
+
+#[test]
 fn handover() {
     assert_shape(
         Request::Handover,

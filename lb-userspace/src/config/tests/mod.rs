@@ -13,6 +13,7 @@ mod cluster;
 mod instance;
 mod limits;
 mod parsing;
+mod peers;
 mod services;
 mod syntax;
 

@@ -13,13 +13,14 @@ use toml::Spanned;
 use super::raw::{RawBgp, RawCluster, RawConfig};
 use super::{
     BgpConfig, ClusterConfig, Config, ConfigError, DEFAULT_NAME, DEFAULT_WITHDRAW_DELAY_MS, Origin,
-    Position, position,
+    PeersConfig, Position, position,
 };
 use crate::domain::{
     self, DEFAULT_CLUSTER_PORT, DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT_MS, DEFAULT_SNAT_PORT_MAX,
     DEFAULT_SNAT_PORT_MIN, Limits, PORTS, Timeouts,
 };
 
+mod peers;
 mod service;
 
 /// The instance name becomes a bpffs directory and part of the socket path.
@@ -261,6 +262,13 @@ impl Parser<'_> {
                 )
             }
         };
+        let (peers, peers_key_file) = match &raw.peers {
+            None => (None, None),
+            Some(peers) => {
+                let (config, at) = self.peers(peers)?;
+                (Some(config), Some(at))
+            }
+        };
 
         Ok(Config {
             name,
@@ -274,13 +282,14 @@ impl Parser<'_> {
             snat_port_max,
             services,
             cluster,
-            peers: None,
+            peers,
             bgp,
             origin: Origin {
                 path: self.path.to_owned(),
                 attach: attach_positions,
                 bgp_control_socket,
                 bgp_routes_file,
+                peers_key_file,
             },
         })
     }
