@@ -258,6 +258,26 @@ impl Harness {
         self.dp.program()
     }
 
+    /// Every event waiting in `FLOW_EVENTS`, oldest first (the ring is emptied).
+    pub fn flow_events(&mut self) -> Vec<lb_common::FlowEvent> {
+        self.dp.read_flow_events(usize::MAX)
+    }
+
+    /// Writes the `SETTINGS` entry (node id, announcements) as `lb run` with `[peers]`
+    /// would; the next `apply` writes the config's again.
+    pub fn set_settings(&mut self, settings: lb_common::Settings) -> Result<()> {
+        self.dp.set_settings(settings)
+    }
+
+    pub fn settings(&self) -> Result<lb_common::Settings> {
+        self.dp.settings()
+    }
+
+    /// The verifier's instruction count of each program, by name.
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>> {
+        self.dp.verified_instructions()
+    }
+
     /// A global counter (`lb_common::counters::*`), summed over CPUs. Panics on error.
     pub fn counter(&self, index: u32) -> u64 {
         self.try_counter(index).expect("global counters")
