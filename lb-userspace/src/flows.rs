@@ -33,7 +33,7 @@ pub fn state_name(state: u8) -> &'static str {
 /// proxy opening the server side) < the server's SYN+ACK seen < established (TCP, or any
 /// UDP flow) < half closed (one side's FIN seen) < closing (both FINs, or an RST) < reset
 /// (marked by the controller: its next packet gets a RST).
-fn state_rank(state: u8) -> u8 {
+pub(crate) fn state_rank(state: u8) -> u8 {
     match state {
         FLOW_STATE_SYN_SEEN | FLOW_STATE_SYNPROXY => 0,
         FLOW_STATE_SYN_ACK_SEEN => 1,
@@ -48,7 +48,7 @@ fn state_rank(state: u8) -> u8 {
 }
 
 /// Of the states of a connection's two entries, the further advanced one.
-fn further_state(a: u8, b: u8) -> u8 {
+pub(crate) fn further_state(a: u8, b: u8) -> u8 {
     if state_rank(b) > state_rank(a) { b } else { a }
 }
 

@@ -1,3 +1,6 @@
 //! Flow sharing between balancer instances (docs/scale-out.md, "Peers").
 
+pub mod activity;
+pub mod events;
+pub mod install;
 pub mod record;
