@@ -273,6 +273,26 @@ impl Harness {
         self.dp.settings()
     }
 
+    /// Installs `batch` as if announced by peer `from_node` to an instance with node id
+    /// `self_node`, as the daemon does (`daemon::apply_announcements`).
+    pub fn apply_announcements(
+        &mut self,
+        self_node: u16,
+        from_node: u16,
+        batch: &[lb_userspace::peers::record::Announcement],
+    ) -> lb_userspace::peers::install::ApplyStats {
+        let mut activity = lb_userspace::peers::activity::RemoteActivity::new(1024);
+        lb_userspace::daemon::apply_announcements(
+            &mut self.dp,
+            &self.table,
+            &mut activity,
+            self_node,
+            from_node,
+            batch,
+            sys::monotonic_ns(),
+        )
+    }
+
     /// The verifier's instruction count of each program, by name.
     pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>> {
         self.dp.verified_instructions()

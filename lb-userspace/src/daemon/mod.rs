@@ -40,10 +40,12 @@ mod backends;
 mod cluster_router;
 mod flood;
 mod health_results;
+mod peer_flows;
 mod scrape;
 mod server;
 
 pub use cluster_router::{CLUSTER_POLL, ClusterRouter, known_services, prepare_cluster};
+pub use peer_flows::{PeerFlows, apply_announcements};
 pub use server::run;
 
 /// How often the daemon looks after its housekeeping: health-check tasks, session
@@ -71,6 +73,8 @@ pub struct Controller {
     pub handed_over: bool,
     /// The router side of the cluster protocol, with `[cluster]`.
     cluster: Option<ClusterRouter>,
+    /// Flow sharing with peers (`[peers]`): remote activity, the collector's memory.
+    peer_flows: PeerFlows,
 }
 
 /// A health check the controller wants running.
@@ -124,6 +128,7 @@ impl Controller {
         let mut dataplane = Dataplane::load_with(config.limits, Some(&dir), pinned)?;
         match Self::program_and_attach(&mut dataplane, &config, mode_override, adopt, replace) {
             Ok((table, overrides)) => {
+                let peer_flows = PeerFlows::new(config.limits.max_flows);
                 let mut controller = Controller {
                     config_path: config_path.to_path_buf(),
                     config,
@@ -140,6 +145,7 @@ impl Controller {
                     syn_cookies: BTreeMap::new(),
                     handed_over: false,
                     cluster: None,
+                    peer_flows,
                 };
                 controller.resume_syn_cookies();
                 Ok(controller)
@@ -395,25 +401,8 @@ impl Controller {
     }
 
     pub fn expire_flows(&mut self) -> usize {
-        let started = Instant::now();
-        let entries = self.dataplane.flow_entries();
-        self.update_syn_cookies(&entries);
-        let expired = flows::expired(&entries, sys::monotonic_ns(), &self.config.timeouts);
-        // The snapshot may be stale by now: each candidate is judged again as it goes.
-        let removed = flows::remove_idle(
-            &mut self.dataplane,
-            &expired,
-            sys::monotonic_ns(),
-            &self.config.timeouts,
-        );
-        self.flows_expired += removed as u64;
-        // Connections counted on the snapshot: the few removed just now were idle.
-        self.flow_summary = flows::FlowSummary {
-            connections: flows::connections_per_backend(&entries),
-            entries: entries.len().saturating_sub(removed),
-            pass: started.elapsed(),
-        };
-        removed
+        // No live peer: every flow expires by this instance's timers, as without peers.
+        self.expire_flows_with(&std::collections::BTreeSet::new()).0
     }
 
     /// SIGTERM: detach and unpin. After a handover: leave everything to the new daemon.

@@ -209,6 +209,48 @@ pub fn writes(
     writes
 }
 
+/// Announcements refused, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rejected {
+    /// No service here at the record's VIP, port and protocol.
+    pub unknown_service: u64,
+    /// The service here has no backend at the record's backend address.
+    pub unknown_backend: u64,
+    /// Would change the forwarding of a flow this instance owns.
+    pub owned_by_receiver: u64,
+    /// A removal from other than the copy's owner.
+    pub owner_mismatch: u64,
+}
+
+/// What one batch of a peer's announcements did here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApplyStats {
+    /// Flows installed (new here).
+    pub installed: u64,
+    /// Copies replaced, and own flows that took progress.
+    pub updated: u64,
+    pub removed: u64,
+    pub touched: u64,
+    /// Nothing new in the record.
+    pub unchanged: u64,
+    pub rejected: Rejected,
+}
+
+impl ApplyStats {
+    /// Counts one merge decision.
+    pub fn count(&mut self, action: Action) {
+        match action {
+            Action::Install => self.installed += 1,
+            Action::Replace | Action::Progress(_) => self.updated += 1,
+            Action::Remove => self.removed += 1,
+            Action::Touch => self.touched += 1,
+            Action::Nothing => self.unchanged += 1,
+            Action::Reject(Rejection::OwnedByReceiver) => self.rejected.owned_by_receiver += 1,
+            Action::Reject(Rejection::OwnerMismatch) => self.rejected.owner_mismatch += 1,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddrV4;
