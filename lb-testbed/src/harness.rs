@@ -335,6 +335,11 @@ impl Harness {
         self.dp.insert_flow(key, entry)
     }
 
+    /// Deletes a flow-table entry; whether it was there.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> bool {
+        self.dp.remove_flow(key)
+    }
+
     /// Kernel memory of the flow table, from its own accounting (`memlock` in fdinfo).
     pub fn flow_table_bytes(&self) -> Result<u64> {
         memlock(self.dp.flow_map())
