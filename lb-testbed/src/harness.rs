@@ -263,6 +263,11 @@ impl Harness {
         self.dp.read_flow_events(usize::MAX)
     }
 
+    /// Hands out `FLOW_EVENTS` for a `FlowEventReader` (once).
+    pub fn take_flow_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.dp.take_flow_events()
+    }
+
     /// Writes the `SETTINGS` entry (node id, announcements) as `lb run` with `[peers]`
     /// would; the next `apply` writes the config's again.
     pub fn set_settings(&mut self, settings: lb_common::Settings) -> Result<()> {

@@ -9,7 +9,7 @@ use lb_common::{FLOW_DIR_CLIENT_TO_SERVER, FlowEntry, FlowKey};
 
 use super::Controller;
 use crate::{
-    dataplane::Dataplane,
+    dataplane::{Dataplane, events::FlowEventReader},
     flows::{self, GcOutcome, Sharing},
     peers::{
         activity::RemoteActivity,
@@ -49,6 +49,12 @@ impl Controller {
     /// This instance's node id (`[peers]`), 0 without peers.
     pub fn node_id(&self) -> u16 {
         self.config.peers.as_ref().map_or(0, |peers| peers.node_id)
+    }
+
+    /// The reader of the data path's flow events, for the task that announces them
+    /// (once; `None` afterwards). Must be called inside the tokio runtime.
+    pub fn flow_event_reader(&mut self) -> Option<std::io::Result<FlowEventReader>> {
+        self.dataplane.take_flow_events().map(FlowEventReader::new)
     }
 
     /// Applies a batch of announcements from peer `from_node` to the flow table

@@ -557,6 +557,46 @@ fn a_full_ring_counts_lost_events_and_still_forwards() {
     });
 }
 
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_reader_waits_for_events_and_hands_them_out_in_batches() {
+    use lb_userspace::dataplane::events::FlowEventReader;
+    use std::time::Duration;
+    use tokio::time::timeout;
+
+    with_harness(|h| {
+        announce(h, OWNER, true);
+        let ring = h.take_flow_events().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut reader = FlowEventReader::new(ring).unwrap();
+            let quiet = timeout(Duration::from_millis(200), reader.next_batch(8)).await;
+            assert!(quiet.is_err(), "no event, no batch");
+            for sport in 40000..40003 {
+                let (verdict, _) = h.run(&Tcp::syn(CLIENT, sport, VIP, 80).build(&[]));
+                assert_eq!(verdict, XDP_REDIRECT);
+            }
+            let wait = Duration::from_secs(2);
+            let first = timeout(wait, reader.next_batch(2)).await.unwrap();
+            let rest = timeout(wait, reader.next_batch(8)).await.unwrap();
+            let ports: Vec<u16> = first
+                .iter()
+                .chain(&rest)
+                .map(|e| u16::from_be(e.key.src_port))
+                .collect();
+            assert_eq!(ports, [40000, 40001, 40002]);
+            assert_eq!(first.len(), 2, "at most max");
+            // A later event wakes the reader again.
+            let _ = h.run(&Tcp::syn(CLIENT, 40003, VIP, 80).build(&[]));
+            let later = timeout(wait, reader.next_batch(8)).await.unwrap();
+            assert_eq!(later.len(), 1);
+        });
+    });
+}
+
 /// The verifier accepts both programs well under its budget; the counts are printed
 /// for the record (`--nocapture`).
 #[test]
