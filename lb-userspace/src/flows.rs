@@ -359,6 +359,43 @@ pub fn touches(
     announcements
 }
 
+/// The upserts a peer gets on connect (`Controller::sync_snapshot`): every connection
+/// this instance owns (`self_node`, or 0: made before it had peers) or whose owner is not
+/// in `live`, once, by its forward entry, with the further state of its two entries. A
+/// copy of a down owner's flow keeps that owner.
+pub fn sync_records(
+    entries: &[(FlowKey, FlowEntry)],
+    self_node: u16,
+    live: &BTreeSet<u16>,
+    now_ns: u64,
+) -> Vec<Announcement> {
+    let reverse_states: HashMap<FlowKey, u8> = entries
+        .iter()
+        .filter(|(_, entry)| entry.direction != FLOW_DIR_CLIENT_TO_SERVER)
+        .map(|(key, entry)| (*key, entry.state))
+        .collect();
+    let sharing = Sharing {
+        self_node,
+        live,
+        activity: None,
+    };
+    entries
+        .iter()
+        .filter(|(_, entry)| entry.direction == FLOW_DIR_CLIENT_TO_SERVER)
+        .filter(|(_, entry)| !sharing.held_for_live_owner(entry))
+        .map(|(key, entry)| {
+            let mut record = FlowRecord::from_entry(key, entry, now_ns);
+            if let Some(&state) = reverse_states.get(&entry.peer_key(key.proto)) {
+                record.state = further_state(entry.state, state);
+            }
+            Announcement {
+                op: RecordOp::Upsert,
+                record,
+            }
+        })
+        .collect()
+}
+
 /// One connection, as `lb flows` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowRow {
@@ -863,6 +900,46 @@ mod tests {
         assert_eq!(touched[0].record.owner, 2);
         assert_eq!(touched[0].record.forward_key(), entries[0].0);
         assert!(touches(&entries, &sharing, &mut previous, 15 * SEC).is_empty());
+    }
+
+    #[test]
+    fn a_joining_peer_gets_own_flows_and_down_owners_flows_once_each() {
+        let mut entries = owned_pair(1, 0, 0);
+        // The reverse entry saw the client's FIN last: the further state is sent.
+        entries[1].1.state = FLOW_STATE_HALF_CLOSED_CLIENT;
+        let with_port = |owner: u16, port: u16| {
+            // Another client port, and another SNAT port so the reverse key differs too.
+            owned_pair(owner, 0, 0)
+                .into_iter()
+                .map(move |(mut k, mut e)| {
+                    if e.direction == FLOW_DIR_CLIENT_TO_SERVER {
+                        (k.src_port, e.new_src_port) = (port.to_be(), port.to_be());
+                    } else {
+                        (k.dst_port, e.new_dst_port) = (port.to_be(), port.to_be());
+                    }
+                    (k, e)
+                })
+        };
+        entries.extend(with_port(0, 1001)); // made before peers
+        entries.extend(with_port(2, 1002)); // a live peer's
+        entries.extend(with_port(3, 1003)); // a down peer's
+        let live = BTreeSet::from([2]);
+        let mut sent: Vec<(u16, u16, u8)> = sync_records(&entries, 1, &live, 0)
+            .iter()
+            .map(|a| {
+                assert_eq!(a.op, RecordOp::Upsert);
+                (a.record.client.port(), a.record.owner, a.record.state)
+            })
+            .collect();
+        sent.sort();
+        assert_eq!(
+            sent,
+            [
+                (1000, 1, FLOW_STATE_HALF_CLOSED_CLIENT),
+                (1001, 0, FLOW_STATE_ESTABLISHED),
+                (1003, 3, FLOW_STATE_ESTABLISHED),
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use lb_common::{FLOW_DIR_CLIENT_TO_SERVER, FlowEntry, FlowKey};
+use lb_common::{FlowEntry, FlowKey};
 
 use super::Controller;
 use crate::{
@@ -76,33 +76,12 @@ impl Controller {
     /// this instance had peers) or by a node not in `live`, each connection once with
     /// the further state of its two entries.
     pub fn sync_snapshot(&self, live: &BTreeSet<u16>) -> Vec<Announcement> {
-        let self_node = self.node_id();
-        let now = sys::monotonic_ns();
-        let entries = self.dataplane.flow_entries();
-        let reverse_states: HashMap<FlowKey, u8> = entries
-            .iter()
-            .filter(|(_, entry)| entry.direction != FLOW_DIR_CLIENT_TO_SERVER)
-            .map(|(key, entry)| (*key, entry.state))
-            .collect();
-        entries
-            .iter()
-            .filter(|(_, entry)| entry.direction == FLOW_DIR_CLIENT_TO_SERVER)
-            .filter(|(_, entry)| {
-                install::owned_here(entry, self_node) || !live.contains(&entry.owner)
-            })
-            .map(|(key, entry)| {
-                let mut record = FlowRecord::from_entry(key, entry, now);
-                if let Some(&state) = reverse_states.get(&entry.peer_key(key.proto)) {
-                    record.state = flows::further_state(entry.state, state);
-                }
-                // Announced by this instance: a copy of a down owner's flow keeps that
-                // owner.
-                Announcement {
-                    op: RecordOp::Upsert,
-                    record,
-                }
-            })
-            .collect()
+        flows::sync_records(
+            &self.dataplane.flow_entries(),
+            self.node_id(),
+            live,
+            sys::monotonic_ns(),
+        )
     }
 
     /// A collector pass with peers: copies held for the `live` peers stay, peers'

@@ -508,6 +508,119 @@ fn a_record_for_a_flow_the_receiver_owns_does_not_change_it() {
     });
 }
 
+/// A peer's record of client:40000 → VIP:80 through 198.19.0.11:8080 (service "web"),
+/// established, SNAT port 20500.
+fn peer_record() -> FlowRecord {
+    use std::net::SocketAddrV4;
+    FlowRecord {
+        owner: OWNER,
+        proto: IPPROTO_TCP,
+        state: FLOW_STATE_ESTABLISHED,
+        client: SocketAddrV4::new(CLIENT, 40000),
+        vip: SocketAddrV4::new(VIP, 80),
+        backend: SocketAddrV4::new(SERVER1, 8080),
+        snat: Some(SocketAddrV4::new(SNAT, 20500)),
+        synproxy: 0,
+        wscales: 0,
+        seq_delta: 0,
+        ts_delta: 0,
+        proxy_isn: 0,
+        age_ms: 3000,
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_record_of_an_unknown_service_or_backend_makes_no_entry() {
+    use std::net::SocketAddrV4;
+    with_harness(|h| {
+        let upsert = |record| Announcement {
+            op: RecordOp::Upsert,
+            record,
+        };
+        let no_service = FlowRecord {
+            vip: SocketAddrV4::new(VIP, 81),
+            ..peer_record()
+        };
+        let udp = FlowRecord {
+            proto: IPPROTO_UDP,
+            ..peer_record()
+        };
+        // 198.19.0.13:5353 is a backend here, but of "dns", not of "web".
+        let no_backend = FlowRecord {
+            backend: SocketAddrV4::new(SERVER3, 5353),
+            ..peer_record()
+        };
+        let other_port = FlowRecord {
+            backend: SocketAddrV4::new(SERVER1, 8081),
+            ..peer_record()
+        };
+        let stats = h.apply_announcements(
+            RECEIVER,
+            OWNER,
+            &[
+                upsert(no_service),
+                upsert(udp),
+                upsert(no_backend),
+                upsert(other_port),
+            ],
+        );
+        assert_eq!(stats.rejected.unknown_service, 2, "{stats:?}");
+        assert_eq!(stats.rejected.unknown_backend, 2, "{stats:?}");
+        assert_eq!(stats.installed, 0);
+        assert!(h.table().backend_id((SERVER3, 5353)).is_some());
+        assert!(h.flows().is_empty(), "no flow entry");
+        // The client's next segment finds no flow, as before.
+        let ack = Tcp {
+            syn: false,
+            seq: 1001,
+            ack: Some(5001),
+            ..Tcp::syn(CLIENT, 40000, VIP, 80)
+        };
+        assert_eq!(h.run(&ack.build(&[])).0, XDP_DROP);
+        assert_eq!(h.counter(counters::DROP_NO_FLOW), 1);
+    });
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_owners_removal_deletes_the_copy_and_touches_write_nothing() {
+    with_harness(|h| {
+        let record = peer_record();
+        let stats = h.apply_announcements(
+            RECEIVER,
+            OWNER,
+            &[Announcement {
+                op: RecordOp::Upsert,
+                record,
+            }],
+        );
+        assert_eq!(stats.installed, 1);
+        let installed = h.flows();
+        assert_eq!(installed.len(), 2);
+        let stats = h.apply_announcements(
+            RECEIVER,
+            OWNER,
+            &[Announcement {
+                op: RecordOp::Touch,
+                record,
+            }],
+        );
+        assert_eq!(stats.touched, 1);
+        assert_eq!(h.flows(), installed, "a touch is activity, not a write");
+        let stats = h.apply_announcements(
+            RECEIVER,
+            OWNER,
+            &[Announcement {
+                op: RecordOp::Remove,
+                record,
+            }],
+        );
+        assert_eq!(stats.removed, 1);
+        assert!(h.flows().is_empty(), "both entries gone");
+    });
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_full_ring_counts_lost_events_and_still_forwards() {
