@@ -149,4 +149,8 @@ counters! {
     /// A packet for a stage program (the SYN proxy's handshake) while the stage is not
     /// installed, which only happens while a daemon loads: dropped.
     DROP_STAGE_MISSING = 55, "drop_stage_missing";
+    /// Flow events (docs/scale-out.md, "Flow records") that found `FLOW_EVENTS` full:
+    /// the event is lost, the packet forwarded as usual; peers learn the flow from a
+    /// later change or the next sync.
+    FLOW_EVENTS_LOST = 56, "flow_events_lost";
 }

@@ -56,7 +56,8 @@ pub mod map_names {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const SNAT_POOLS: &str = "SNAT_POOLS";
     pub const STAGES: &str = "STAGES";
-    pub const ALL: [&str; 15] = [
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    pub const ALL: [&str; 16] = [
         SERVICES,
         BACKENDS,
         MAGLEV_RINGS,
@@ -72,6 +73,7 @@ pub mod map_names {
         FRAGMENTS,
         SNAT_POOLS,
         STAGES,
+        FLOW_EVENTS,
     ];
 }
 
@@ -431,6 +433,10 @@ pub const FLOW_EVENT_CREATED: u8 = 1;
 /// The data path changed what a flow's forwarding depends on (TCP state, SYN-proxy
 /// deltas); `entry` is the changed one, either direction.
 pub const FLOW_EVENT_CHANGED: u8 = 2;
+/// The data path removed both entries of a flow (a SYN reusing a closed connection's
+/// tuple, a SYN proxy's server side that failed, a RST to a reset flow); `entry` is
+/// either one.
+pub const FLOW_EVENT_REMOVED: u8 = 3;
 
 /// `FLOW_EVENTS` ring buffer size in bytes (a power of two, a multiple of the page size):
 /// about 40,000 events between two reads of the daemon.
@@ -551,6 +557,7 @@ mod pod {
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentEntry {}
     unsafe impl aya::Pod for super::SnatPool {}
+    unsafe impl aya::Pod for super::FlowEvent {}
 }
 
 #[cfg(test)]
@@ -575,5 +582,6 @@ mod tests {
         assert_eq!(size_of::<FragmentKey>(), 12);
         assert_eq!(size_of::<FragmentEntry>(), 32);
         assert_eq!(size_of::<SnatPool>(), 4 * MAX_SNAT_IPS);
+        assert_eq!(size_of::<FlowEvent>(), 96);
     }
 }

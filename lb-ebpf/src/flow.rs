@@ -1,9 +1,11 @@
 //! The flow table: per-direction entries, TCP state for timeouts, coarse last-seen.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use lb_common::{FlowEntry, FlowKey, LAST_SEEN_GRANULARITY_NS, tcp_state};
+use lb_common::{
+    FLOW_EVENT_CHANGED, FLOW_EVENT_REMOVED, FlowEntry, FlowKey, LAST_SEEN_GRANULARITY_NS, tcp_state,
+};
 
-use crate::maps::FLOWS;
+use crate::{events, maps::FLOWS};
 
 /// Updates state and last-seen of a hit entry. `tcp_flags` is `None` for UDP.
 /// Returns true when it wrote the entry's last-seen (the cue to refresh its next hop).
@@ -11,12 +13,13 @@ use crate::maps::FLOWS;
 /// The TCP state follows `lb_common::tcp_state`; a plain segment of an established
 /// connection is ruled out by one test of its flags before the machine runs. State
 /// changes are mirrored into the peer entry (one extra lookup, only on the few packets
-/// that change state) so the garbage collector can judge each entry alone.
+/// that change state) so the garbage collector can judge each entry alone, and reported
+/// to the daemon for its peers (`events`) on those packets only.
 ///
 /// # Safety
 /// `entry` must come from a lookup in `FLOWS` during this program run.
 #[inline(always)]
-pub unsafe fn touch(entry: *mut FlowEntry, tcp_flags: Option<u8>, proto: u8, now: u64) -> bool {
+pub unsafe fn touch(key: &FlowKey, entry: *mut FlowEntry, tcp_flags: Option<u8>, now: u64) -> bool {
     // SAFETY: map value pointer valid for this run (caller).
     unsafe {
         if let Some(flags) = tcp_flags {
@@ -26,10 +29,11 @@ pub unsafe fn touch(entry: *mut FlowEntry, tcp_flags: Option<u8>, proto: u8, now
                 if next != state {
                     (*entry).state = next;
                     (*entry).last_seen_ns = now;
-                    if let Some(peer) = FLOWS.get_ptr_mut((*entry).peer_key(proto)) {
+                    if let Some(peer) = FLOWS.get_ptr_mut((*entry).peer_key(key.proto)) {
                         (*peer).state = next;
                         (*peer).last_seen_ns = now;
                     }
+                    events::report(FLOW_EVENT_CHANGED, key, &*entry);
                     return true;
                 }
             }
@@ -51,9 +55,18 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Removes both entries of a connection (a SYN reusing a closed connection's tuple).
+/// Removes both entries of a connection (a SYN reusing a closed connection's tuple, a
+/// proxied connection whose server side failed), and reports it for the peers' copies.
 #[inline(always)]
 pub fn remove_pair(key: &FlowKey, entry: &FlowEntry) {
+    remove_unannounced(key, entry);
+    events::report(FLOW_EVENT_REMOVED, key, entry);
+}
+
+/// `remove_pair` for a connection that was never announced (its creation undone on the
+/// spot).
+#[inline(always)]
+pub fn remove_unannounced(key: &FlowKey, entry: &FlowEntry) {
     let _ = FLOWS.remove(entry.peer_key(key.proto));
     let _ = FLOWS.remove(key);
 }

@@ -128,7 +128,7 @@ pub unsafe fn later(
         if offset == end {
             (*record).end = new_end as u16;
         }
-        let refresh = flow::touch(entry, None, proto, now);
+        let refresh = flow::touch(&flow_key, entry, None, now);
         count(counters::FLOW_HITS);
         count(counters::FRAGMENTS_FOLLOWED);
         let frame_len = (ctx.data_end() - ctx.data()) as u64;

@@ -17,6 +17,7 @@
 
 mod csum;
 mod eligibility;
+mod events;
 mod flow;
 mod frag;
 mod fwd;
@@ -266,7 +267,7 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
                     }
                     synproxy::translate(ctx, tcp, &*entry, flags, doff_bytes);
                 }
-                let refresh = flow::touch(entry, tcp_flags, proto, flow::now());
+                let refresh = flow::touch(&key, entry, tcp_flags, flow::now());
                 count(counters::FLOW_HITS);
                 account((*entry).service_id, (*entry).backend_id, frame_len);
                 if first_fragment {
@@ -454,8 +455,9 @@ pub struct FlowInit {
     pub proxy_isn: u32,
 }
 
-/// Creates both flow entries of a new connection and returns the forward one.
-/// Counts the reason when it cannot.
+/// Creates both flow entries of a new connection, owned by this instance
+/// (`Settings::node_id`), and returns the forward one. Counts the reason when it
+/// cannot. Reports the new flow (`events`).
 #[inline(always)]
 fn create_flow(service: &Service, key: &FlowKey, init: &FlowInit) -> Option<FlowEntry> {
     if service.backend_count == 0 {
@@ -463,6 +465,7 @@ fn create_flow(service: &Service, key: &FlowKey, init: &FlowInit) -> Option<Flow
         return None;
     }
     let now = flow::now();
+    let node_id = events::settings().0;
     let Some((backend_id, backend)) = session::pick_backend(service, key, now) else {
         count(counters::DROP_NO_BACKEND);
         return None;
@@ -488,7 +491,7 @@ fn create_flow(service: &Service, key: &FlowKey, init: &FlowInit) -> Option<Flow
         last_seen_ns: now,
         tx_dmac: [0; 6],
         tx_smac: [0; 6],
-        owner: 0,
+        owner: node_id,
         _pad: 0,
     };
     let mut reverse_key = FlowKey {
@@ -528,6 +531,7 @@ fn create_flow(service: &Service, key: &FlowKey, init: &FlowInit) -> Option<Flow
         count(counters::DROP_FLOW_INSERT);
         return None;
     }
+    events::report(lb_common::FLOW_EVENT_CREATED, key, &forward);
     Some(forward)
 }
 

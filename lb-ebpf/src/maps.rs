@@ -4,13 +4,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RING_SLOTS,
-    DEFAULT_MAX_SERVICES, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey,
-    MAX_ELIGIBILITY_PREFIXES, MAX_FRAGMENTS, MAX_INTERFACES, MAX_LOCAL_ADDRS, MAX_SESSIONS,
-    Service, ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, counters,
+    DEFAULT_MAX_SERVICES, EligibilityKey, FLOW_EVENTS_BYTES, FlowEntry, FlowKey, FragmentEntry,
+    FragmentKey, MAX_ELIGIBILITY_PREFIXES, MAX_FRAGMENTS, MAX_INTERFACES, MAX_LOCAL_ADDRS,
+    MAX_SESSIONS, Service, ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool,
+    counters,
 };
 
 /// (VIP, port, protocol) → policy for new flows.
@@ -82,3 +83,8 @@ pub static OPT_SCRATCH: PerCpuArray<crate::tcpopt::TcpOpts> = PerCpuArray::with_
 /// Service id → its SNAT addresses, for services with several (`Service::snat_count`).
 #[map]
 pub static SNAT_POOLS: Array<SnatPool> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Created and changed flows for the daemon to announce to its peers
+/// (docs/scale-out.md, "Flow records"); written only with `Settings::announce` set.
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);

@@ -516,7 +516,12 @@ pub unsafe fn on_ack(
             None => {
                 // No room for the SYN: forget the pair, so that the client's next
                 // segment (its cookie is still valid) opens the server side afresh.
-                flow::remove_pair(key, &forward);
+                // Reported from the map's copy: this stage has no stack to spare.
+                if let Some(created) = FLOWS.get_ptr(key) {
+                    // SAFETY: map value valid for this run.
+                    crate::events::report(lb_common::FLOW_EVENT_REMOVED, key, unsafe { &*created });
+                }
+                flow::remove_unannounced(key, &forward);
                 count(counters::SYNPROXY_SERVER_FAILED);
                 XDP_DROP
             }
@@ -605,6 +610,7 @@ pub unsafe fn on_handshake(
                 (*e).state = FLOW_STATE_ESTABLISHED;
                 (*e).last_seen_ns = now;
             }
+            crate::events::report(lb_common::FLOW_EVENT_CHANGED, key, &*entry);
             count(counters::SYNPROXY_SERVER_DONE);
             // The ACK completing the server handshake, from the client's (rewritten)
             // address. Its window: 64 KiB in the client's scale until the client's next

@@ -258,6 +258,51 @@ impl Harness {
         self.dp.program()
     }
 
+    /// Every event waiting in `FLOW_EVENTS`, oldest first (the ring is emptied).
+    pub fn flow_events(&mut self) -> Vec<lb_common::FlowEvent> {
+        self.dp.read_flow_events(usize::MAX)
+    }
+
+    /// Hands out `FLOW_EVENTS` for a `FlowEventReader` (once).
+    pub fn take_flow_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.dp.take_flow_events()
+    }
+
+    /// Writes the `SETTINGS` entry (node id, announcements) as `lb run` with `[peers]`
+    /// would; the next `apply` writes the config's again.
+    pub fn set_settings(&mut self, settings: lb_common::Settings) -> Result<()> {
+        self.dp.set_settings(settings)
+    }
+
+    pub fn settings(&self) -> Result<lb_common::Settings> {
+        self.dp.settings()
+    }
+
+    /// Installs `batch` as if announced by peer `from_node` to an instance with node id
+    /// `self_node`, as the daemon does (`daemon::apply_announcements`).
+    pub fn apply_announcements(
+        &mut self,
+        self_node: u16,
+        from_node: u16,
+        batch: &[lb_userspace::peers::record::Announcement],
+    ) -> lb_userspace::peers::install::ApplyStats {
+        let mut activity = lb_userspace::peers::activity::RemoteActivity::new(1024);
+        lb_userspace::daemon::apply_announcements(
+            &mut self.dp,
+            &self.table,
+            &mut activity,
+            self_node,
+            from_node,
+            batch,
+            sys::monotonic_ns(),
+        )
+    }
+
+    /// The verifier's instruction count of each program, by name.
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>> {
+        self.dp.verified_instructions()
+    }
+
     /// A global counter (`lb_common::counters::*`), summed over CPUs. Panics on error.
     pub fn counter(&self, index: u32) -> u64 {
         self.try_counter(index).expect("global counters")
@@ -293,6 +338,11 @@ impl Harness {
     /// Writes a flow-table entry, as the controller does (e.g. to mark it for reset).
     pub fn set_flow(&mut self, key: FlowKey, entry: FlowEntry) -> Result<()> {
         self.dp.insert_flow(key, entry)
+    }
+
+    /// Deletes a flow-table entry; whether it was there.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> bool {
+        self.dp.remove_flow(key)
     }
 
     /// Kernel memory of the flow table, from its own accounting (`memlock` in fdinfo).

@@ -9,7 +9,9 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray, lpm_trie::LpmTrie},
+    maps::{
+        Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::LpmTrie,
+    },
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -28,6 +30,7 @@ use crate::{
 };
 
 pub mod batch;
+pub mod events;
 mod tables;
 
 pub use tables::possible_cpus;
@@ -122,6 +125,8 @@ pub struct Dataplane {
     /// Records of fragmented datagrams (the data path alone writes them).
     fragments: HashMap<MapData, FragmentKey, FragmentEntry>,
     snat_pools: Array<MapData, SnatPool>,
+    /// FLOW_EVENTS until the daemon's reader takes it (`take_flow_events`).
+    flow_events: Option<RingBuf<MapData>>,
     /// Interfaces the program is attached to: name → (ifindex, mode, link).
     attached: StdHashMap<String, (u32, AttachedMode, AttachedLink)>,
     pin_dir: Option<PathBuf>,
@@ -191,7 +196,11 @@ where
 /// Maps that an adopting daemon creates (and pins) when the earlier one had none: they
 /// hold only short-lived state, so a daemon from before they existed can still be
 /// replaced in place (docs/architecture.md, "Fragments").
-const CREATED_ON_ADOPT: [&str; 2] = [map_names::FRAGMENTS, map_names::STAGES];
+const CREATED_ON_ADOPT: [&str; 3] = [
+    map_names::FRAGMENTS,
+    map_names::STAGES,
+    map_names::FLOW_EVENTS,
+];
 
 /// Whether an earlier daemon left attached, pinned state under `dir` to adopt.
 pub fn has_pinned_state(dir: &Path) -> bool {
@@ -298,6 +307,7 @@ impl Dataplane {
             fragments: take(&mut ebpf, map_names::FRAGMENTS)?,
             _stages: stages,
             snat_pools: take(&mut ebpf, map_names::SNAT_POOLS)?,
+            flow_events: Some(take(&mut ebpf, map_names::FLOW_EVENTS)?),
             ebpf,
             attached: StdHashMap::new(),
             pin_dir: pin_dir.map(Path::to_path_buf),
@@ -351,6 +361,23 @@ impl Dataplane {
             .program_mut(XDP_PROGRAM_NAME)
             .context("XDP program missing")?
             .try_into()?)
+    }
+
+    /// The verifier's instruction count of `lb_xdp` and of each stage program, by name:
+    /// how close each is to the kernel's budget (docs/architecture.md, "Programs").
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>> {
+        std::iter::once(XDP_PROGRAM_NAME)
+            .chain(lb_common::STAGE_PROGRAM_NAMES)
+            .map(|name| {
+                let program: &Xdp = self
+                    .ebpf
+                    .program(name)
+                    .with_context(|| format!("program {name} missing"))?
+                    .try_into()?;
+                let count = program.info()?.verified_instruction_count().unwrap_or(0);
+                Ok((name, count))
+            })
+            .collect()
     }
 
     /// Attaches to `ifname`: `Some(mode)` forces a mode, `None` tries native first and

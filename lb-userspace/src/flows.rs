@@ -1,7 +1,10 @@
 //! The flow table seen from userspace: expiry (garbage collection) and the operator's
 //! dump in the shape of an access-correspondence table (client, VIP, SNAT, server).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    time::Duration,
+};
 
 use lb_common::{
     FLOW_DIR_CLIENT_TO_SERVER, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED,
@@ -11,7 +14,14 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{dataplane::Dataplane, domain::Timeouts};
+use crate::{
+    dataplane::Dataplane,
+    domain::Timeouts,
+    peers::{
+        activity::RemoteActivity,
+        record::{Announcement, FlowRecord, RecordOp},
+    },
+};
 
 pub fn state_name(state: u8) -> &'static str {
     match state {
@@ -33,7 +43,7 @@ pub fn state_name(state: u8) -> &'static str {
 /// proxy opening the server side) < the server's SYN+ACK seen < established (TCP, or any
 /// UDP flow) < half closed (one side's FIN seen) < closing (both FINs, or an RST) < reset
 /// (marked by the controller: its next packet gets a RST).
-fn state_rank(state: u8) -> u8 {
+pub(crate) fn state_rank(state: u8) -> u8 {
     match state {
         FLOW_STATE_SYN_SEEN | FLOW_STATE_SYNPROXY => 0,
         FLOW_STATE_SYN_ACK_SEEN => 1,
@@ -48,7 +58,7 @@ fn state_rank(state: u8) -> u8 {
 }
 
 /// Of the states of a connection's two entries, the further advanced one.
-fn further_state(a: u8, b: u8) -> u8 {
+pub(crate) fn further_state(a: u8, b: u8) -> u8 {
     if state_rank(b) > state_rank(a) { b } else { a }
 }
 
@@ -63,10 +73,16 @@ fn timeout_for(state: u8, timeouts: &Timeouts) -> Duration {
 }
 
 /// Whether a connection is idle longer than its state allows: its idle time is that
-/// of the more recently used of its two entries, and its state the further advanced
-/// one (a FIN seen in either direction means half closed), so a one-way stream does not
-/// lose its quiet direction.
-fn idle(entry: &FlowEntry, peer: Option<&FlowEntry>, now_ns: u64, timeouts: &Timeouts) -> bool {
+/// of the more recently used of its two entries (or of a peer's touch, `remote_ns`),
+/// and its state the further advanced one (a FIN seen in either direction means half
+/// closed), so a one-way stream does not lose its quiet direction.
+fn idle(
+    entry: &FlowEntry,
+    peer: Option<&FlowEntry>,
+    remote_ns: u64,
+    now_ns: u64,
+    timeouts: &Timeouts,
+) -> bool {
     let (last_seen, state) = match peer {
         Some(peer) => (
             entry.last_seen_ns.max(peer.last_seen_ns),
@@ -74,8 +90,55 @@ fn idle(entry: &FlowEntry, peer: Option<&FlowEntry>, now_ns: u64, timeouts: &Tim
         ),
         None => (entry.last_seen_ns, entry.state),
     };
-    let idle = Duration::from_nanos(now_ns.saturating_sub(last_seen));
+    let idle = Duration::from_nanos(now_ns.saturating_sub(last_seen.max(remote_ns)));
     idle > timeout_for(state, timeouts)
+}
+
+/// Key of the client → VIP entry of the connection `entry` (under `key`) belongs to.
+fn forward_key(key: &FlowKey, entry: &FlowEntry) -> FlowKey {
+    if entry.direction == FLOW_DIR_CLIENT_TO_SERVER {
+        *key
+    } else {
+        entry.peer_key(key.proto)
+    }
+}
+
+/// What the collector knows of the peers (docs/scale-out.md, "Who may change what"):
+/// a copy held for a live owner is never expired here, and peers' touches count as
+/// activity.
+#[derive(Clone, Copy)]
+pub struct Sharing<'a> {
+    /// This instance's node id (0 without peers).
+    pub self_node: u16,
+    /// Node ids of the peers seen alive.
+    pub live: &'a BTreeSet<u16>,
+    pub activity: Option<&'a RemoteActivity>,
+}
+
+impl Sharing<'_> {
+    /// A single instance: every flow expires by its own timers.
+    pub const NONE: Sharing<'static> = Sharing {
+        self_node: 0,
+        live: &BTreeSet::new(),
+        activity: None,
+    };
+
+    /// Whether `entry` is this instance's (created here, or before it had peers).
+    pub fn owns(&self, entry: &FlowEntry) -> bool {
+        entry.owner == 0 || entry.owner == self.self_node
+    }
+
+    /// Whether `entry` is a copy of a live peer's flow, which only its owner ends.
+    pub fn held_for_live_owner(&self, entry: &FlowEntry) -> bool {
+        !self.owns(entry) && self.live.contains(&entry.owner)
+    }
+
+    /// The last touch by a peer of the connection of `entry` (under `key`), or 0.
+    fn remote_ns(&self, key: &FlowKey, entry: &FlowEntry) -> u64 {
+        self.activity
+            .and_then(|activity| activity.last(&forward_key(key, entry)))
+            .unwrap_or(0)
+    }
 }
 
 /// Shortest wait between two collector passes.
@@ -146,16 +209,28 @@ pub fn half_open_per_service(entries: &[(FlowKey, FlowEntry)]) -> HashMap<u32, u
 /// of the whole table. A candidate whose peer is not a candidate is returned when it is
 /// idle on its own: its peer is busy (the pair stays, as `remove_idle` finds) or gone.
 pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, timeouts: &Timeouts) -> Vec<FlowKey> {
+    expired_shared(entries, now_ns, timeouts, &Sharing::NONE)
+}
+
+/// `expired` with peers: copies held for live owners are never candidates, and a
+/// peer's touch counts as activity.
+pub fn expired_shared(
+    entries: &[(FlowKey, FlowEntry)],
+    now_ns: u64,
+    timeouts: &Timeouts,
+    sharing: &Sharing<'_>,
+) -> Vec<FlowKey> {
     let candidates: HashMap<FlowKey, &FlowEntry> = entries
         .iter()
-        .filter(|(_, entry)| idle(entry, None, now_ns, timeouts))
+        .filter(|(_, entry)| !sharing.held_for_live_owner(entry))
+        .filter(|(key, entry)| idle(entry, None, sharing.remote_ns(key, entry), now_ns, timeouts))
         .map(|(key, entry)| (*key, entry))
         .collect();
     candidates
         .iter()
         .filter(|(key, entry)| {
             let peer = candidates.get(&entry.peer_key(key.proto)).copied();
-            idle(entry, peer, now_ns, timeouts)
+            idle(entry, peer, sharing.remote_ns(key, entry), now_ns, timeouts)
         })
         .map(|(key, _)| *key)
         .collect()
@@ -187,22 +262,142 @@ pub fn remove_idle(
     now_ns: u64,
     timeouts: &Timeouts,
 ) -> usize {
-    let mut removed = 0;
+    remove_idle_shared(table, candidates, now_ns, timeouts, &Sharing::NONE).entries
+}
+
+/// What `remove_idle_shared` removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Entries removed.
+    pub entries: usize,
+    /// The connections among them that this instance owns (with peers: `self_node`
+    /// set), whose end it announces.
+    pub own: Vec<FlowRecord>,
+}
+
+/// `remove_idle` with peers (see `expired_shared`): also returns the records of the
+/// removed connections this instance owns.
+pub fn remove_idle_shared(
+    table: &mut impl FlowTable,
+    candidates: &[FlowKey],
+    now_ns: u64,
+    timeouts: &Timeouts,
+    sharing: &Sharing<'_>,
+) -> Removed {
+    let mut removed = Removed::default();
     for key in candidates {
         let Some(entry) = table.get(key) else {
             continue; // gone already (its peer's turn, LRU, the data path)
         };
         let peer_key = entry.peer_key(key.proto);
         let peer = table.get(&peer_key);
-        if !idle(&entry, peer.as_ref(), now_ns, timeouts) {
+        if sharing.held_for_live_owner(&entry)
+            || !idle(
+                &entry,
+                peer.as_ref(),
+                sharing.remote_ns(key, &entry),
+                now_ns,
+                timeouts,
+            )
+        {
             continue;
         }
-        removed += usize::from(table.remove(key));
+        removed.entries += usize::from(table.remove(key));
         if peer.is_some() {
-            removed += usize::from(table.remove(&peer_key));
+            removed.entries += usize::from(table.remove(&peer_key));
+        }
+        if sharing.self_node != 0 && entry.owner == sharing.self_node {
+            let mut record = FlowRecord::from_entry(key, &entry, now_ns);
+            if let Some(peer) = &peer {
+                record.state = further_state(entry.state, peer.state);
+            }
+            removed.own.push(record);
         }
     }
     removed
+}
+
+/// What a collector pass yields for the peers (docs/scale-out.md, "Who may change
+/// what").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcOutcome {
+    /// The end of every own connection the pass removed.
+    pub removed: Vec<Announcement>,
+    /// Other owners' connections that saw packets here since the previous pass.
+    pub touches: Vec<Announcement>,
+}
+
+/// Touches for the connections of other owners whose entries' `last_seen_ns` moved
+/// since the previous pass; `previous` (last seen of each such entry at that pass) is
+/// replaced by this pass's. An entry seen for the first time (just installed from a
+/// record) is no activity yet.
+pub fn touches(
+    entries: &[(FlowKey, FlowEntry)],
+    sharing: &Sharing<'_>,
+    previous: &mut HashMap<FlowKey, u64>,
+    now_ns: u64,
+) -> Vec<Announcement> {
+    let mut seen = HashMap::new();
+    let mut touched = HashSet::new();
+    let mut announcements = Vec::new();
+    for (key, entry) in entries {
+        if sharing.owns(entry) {
+            continue;
+        }
+        seen.insert(*key, entry.last_seen_ns);
+        let moved = previous
+            .get(key)
+            .is_some_and(|&last| entry.last_seen_ns > last);
+        if moved && touched.insert(forward_key(key, entry)) {
+            announcements.push(Announcement {
+                op: RecordOp::Touch,
+                record: FlowRecord::from_entry(key, entry, now_ns),
+            });
+        }
+    }
+    *previous = seen;
+    announcements
+}
+
+/// The upserts a peer gets on connect (`Controller::sync_snapshot`): every connection
+/// this instance owns (`self_node`, or 0: made before it had peers) or whose owner is not
+/// in `live`, once, by its forward entry, with the further state of its two entries. A
+/// copy of a down owner's flow keeps that owner.
+pub fn sync_records(
+    entries: &[(FlowKey, FlowEntry)],
+    self_node: u16,
+    live: &BTreeSet<u16>,
+    now_ns: u64,
+) -> Vec<Announcement> {
+    let reverse_states: HashMap<FlowKey, u8> = entries
+        .iter()
+        .filter(|(_, entry)| entry.direction != FLOW_DIR_CLIENT_TO_SERVER)
+        .map(|(key, entry)| (*key, entry.state))
+        .collect();
+    let sharing = Sharing {
+        self_node,
+        live,
+        activity: None,
+    };
+    entries
+        .iter()
+        .filter(|(_, entry)| entry.direction == FLOW_DIR_CLIENT_TO_SERVER)
+        .filter(|(_, entry)| !sharing.held_for_live_owner(entry))
+        .map(|(key, entry)| {
+            let mut record = FlowRecord::from_entry(key, entry, now_ns);
+            // Made before the data path knew the node id: this instance's.
+            if record.owner == 0 {
+                record.owner = self_node;
+            }
+            if let Some(&state) = reverse_states.get(&entry.peer_key(key.proto)) {
+                record.state = further_state(entry.state, state);
+            }
+            Announcement {
+                op: RecordOp::Upsert,
+                record,
+            }
+        })
+        .collect()
 }
 
 /// One connection, as `lb flows` shows it.
@@ -219,6 +414,9 @@ pub struct FlowRow {
     pub age_secs: u64,
     pub idle_secs: u64,
     pub backend_id: u32,
+    /// Node id of the instance that created the flow (0 without peers).
+    #[serde(default)]
+    pub owner: u16,
     /// SYN proxy (the TCP flow-control columns): the balancer's initial sequence
     /// number toward the client, the SEQ delta and the timestamp delta. `None` for a
     /// connection that is not proxied.
@@ -259,6 +457,7 @@ pub fn rows(
                 age_secs: now_ns.saturating_sub(entry.created_ns) / 1_000_000_000,
                 idle_secs: now_ns.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
                 backend_id: entry.backend_id,
+                owner: entry.owner,
                 proxy: (entry.synproxy != 0).then_some(ProxyColumns {
                     // Still opening the server side: proxy_isn holds the client's
                     // ISN, seq_delta the cookie.
@@ -583,6 +782,170 @@ mod tests {
         );
     }
 
+    /// `pair` owned by `owner`.
+    fn owned_pair(owner: u16, fwd_seen: u64, rev_seen: u64) -> Vec<(FlowKey, FlowEntry)> {
+        pair(FLOW_STATE_ESTABLISHED, fwd_seen, rev_seen)
+            .into_iter()
+            .map(|(k, mut e)| {
+                e.owner = owner;
+                (k, e)
+            })
+            .collect()
+    }
+
+    /// What a shared collector pass removes (entries, own records) at `now_ns`.
+    fn collected_shared(
+        entries: &[(FlowKey, FlowEntry)],
+        now_ns: u64,
+        sharing: &Sharing<'_>,
+    ) -> Removed {
+        let mut table: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
+        let candidates = expired_shared(entries, now_ns, &timeouts(), sharing);
+        remove_idle_shared(&mut table, &candidates, now_ns, &timeouts(), sharing)
+    }
+
+    #[test]
+    fn a_copy_held_for_a_live_owner_never_expires_here() {
+        let live = BTreeSet::from([2]);
+        let sharing = Sharing {
+            self_node: 1,
+            live: &live,
+            activity: None,
+        };
+        let held = owned_pair(2, 0, 0);
+        assert!(expired_shared(&held, 1000 * SEC, &timeouts(), &sharing).is_empty());
+        // Judged again as it goes: a candidate of an earlier pass is kept as well.
+        let mut table: HashMap<FlowKey, FlowEntry> = held.iter().copied().collect();
+        let candidates = vec![held[0].0, held[1].0];
+        let removed =
+            remove_idle_shared(&mut table, &candidates, 1000 * SEC, &timeouts(), &sharing);
+        assert_eq!(removed, Removed::default());
+        // Its owner down: expired like an own flow, and not announced.
+        let down = Sharing {
+            live: &BTreeSet::new(),
+            ..sharing
+        };
+        let removed = collected_shared(&held, 101 * SEC, &down);
+        assert_eq!((removed.entries, removed.own.len()), (2, 0));
+    }
+
+    #[test]
+    fn own_flows_expire_as_before_and_their_end_is_announced() {
+        let live = BTreeSet::from([2]);
+        let sharing = Sharing {
+            self_node: 1,
+            live: &live,
+            activity: None,
+        };
+        let own = owned_pair(1, 10 * SEC, 20 * SEC);
+        assert_eq!(
+            collected_shared(&own, 110 * SEC, &sharing),
+            Removed::default()
+        );
+        let removed = collected_shared(&own, 121 * SEC, &sharing);
+        assert_eq!(removed.entries, 2);
+        assert_eq!(removed.own.len(), 1);
+        assert_eq!(removed.own[0].client.to_string(), "198.18.0.2:1000");
+        assert_eq!(removed.own[0].owner, 1);
+        // Created before the instance had peers: expired, nothing to announce.
+        let unowned = owned_pair(0, 10 * SEC, 20 * SEC);
+        let removed = collected_shared(&unowned, 121 * SEC, &sharing);
+        assert_eq!((removed.entries, removed.own.len()), (2, 0));
+    }
+
+    #[test]
+    fn a_peers_touch_keeps_a_flow_alive() {
+        let live = BTreeSet::new();
+        let mut activity = RemoteActivity::new(16);
+        let own = owned_pair(1, 10 * SEC, 10 * SEC);
+        // The connection's forward key, touched through either entry.
+        activity.touch(own[0].0, 100 * SEC);
+        let sharing = Sharing {
+            self_node: 1,
+            live: &live,
+            activity: Some(&activity),
+        };
+        assert_eq!(collected_shared(&own, 150 * SEC, &sharing).entries, 0);
+        assert_eq!(collected_shared(&own, 201 * SEC, &sharing).entries, 2);
+        // A down owner's flow too: the peer that touched it still uses it.
+        let held = owned_pair(3, 10 * SEC, 10 * SEC);
+        assert_eq!(collected_shared(&held, 150 * SEC, &sharing).entries, 0);
+    }
+
+    #[test]
+    fn touches_name_other_owners_flows_that_saw_packets_since_the_last_pass() {
+        let live = BTreeSet::from([2]);
+        let sharing = Sharing {
+            self_node: 1,
+            live: &live,
+            activity: None,
+        };
+        let mut entries = owned_pair(2, 10 * SEC, 10 * SEC);
+        entries.extend(
+            owned_pair(1, 10 * SEC, 10 * SEC)
+                .into_iter()
+                .map(|(mut k, e)| {
+                    k.src_port = 1001;
+                    (k, e)
+                }),
+        );
+        let mut previous = HashMap::new();
+        // First sight (just installed): no activity yet.
+        assert!(touches(&entries, &sharing, &mut previous, 11 * SEC).is_empty());
+        assert_eq!(previous.len(), 2, "only the other owner's entries");
+        assert!(touches(&entries, &sharing, &mut previous, 12 * SEC).is_empty());
+        // Both entries refreshed: one touch for the connection.
+        entries[0].1.last_seen_ns = 13 * SEC;
+        entries[1].1.last_seen_ns = 13 * SEC;
+        entries[2].1.last_seen_ns = 13 * SEC;
+        let touched = touches(&entries, &sharing, &mut previous, 14 * SEC);
+        assert_eq!(touched.len(), 1);
+        assert_eq!(touched[0].op, RecordOp::Touch);
+        assert_eq!(touched[0].record.owner, 2);
+        assert_eq!(touched[0].record.forward_key(), entries[0].0);
+        assert!(touches(&entries, &sharing, &mut previous, 15 * SEC).is_empty());
+    }
+
+    #[test]
+    fn a_joining_peer_gets_own_flows_and_down_owners_flows_once_each() {
+        let mut entries = owned_pair(1, 0, 0);
+        // The reverse entry saw the client's FIN last: the further state is sent.
+        entries[1].1.state = FLOW_STATE_HALF_CLOSED_CLIENT;
+        let with_port = |owner: u16, port: u16| {
+            // Another client port, and another SNAT port so the reverse key differs too.
+            owned_pair(owner, 0, 0)
+                .into_iter()
+                .map(move |(mut k, mut e)| {
+                    if e.direction == FLOW_DIR_CLIENT_TO_SERVER {
+                        (k.src_port, e.new_src_port) = (port.to_be(), port.to_be());
+                    } else {
+                        (k.dst_port, e.new_dst_port) = (port.to_be(), port.to_be());
+                    }
+                    (k, e)
+                })
+        };
+        entries.extend(with_port(0, 1001)); // made before peers
+        entries.extend(with_port(2, 1002)); // a live peer's
+        entries.extend(with_port(3, 1003)); // a down peer's
+        let live = BTreeSet::from([2]);
+        let mut sent: Vec<(u16, u16, u8)> = sync_records(&entries, 1, &live, 0)
+            .iter()
+            .map(|a| {
+                assert_eq!(a.op, RecordOp::Upsert);
+                (a.record.client.port(), a.record.owner, a.record.state)
+            })
+            .collect();
+        sent.sort();
+        assert_eq!(
+            sent,
+            [
+                (1000, 1, FLOW_STATE_HALF_CLOSED_CLIENT),
+                (1001, 0, FLOW_STATE_ESTABLISHED),
+                (1003, 3, FLOW_STATE_ESTABLISHED),
+            ]
+        );
+    }
+
     #[test]
     fn rows_show_one_line_per_connection() {
         let entries = pair(FLOW_STATE_ESTABLISHED, 3 * SEC, 3 * SEC);
@@ -595,6 +958,7 @@ mod tests {
         assert_eq!(row.server, "198.19.0.11:8080");
         assert_eq!(row.state, "established");
         assert_eq!((row.age_secs, row.idle_secs), (5, 2));
+        assert_eq!(row.owner, 0);
     }
 
     #[test]

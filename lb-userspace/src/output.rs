@@ -370,6 +370,8 @@ fn render_flows(flows: &[FlowRow]) -> String {
             ("STATE", |f| f.state.clone()),
             ("AGE(s)", |f| f.age_secs.to_string()),
             ("IDLE(s)", |f| f.idle_secs.to_string()),
+            // Node id of the instance that created the flow; `-` without peers.
+            ("OWNER", |f| or_dash((f.owner != 0).then_some(f.owner))),
             // SYN proxy only.
             ("SEQ", |f| or_dash(f.proxy.map(|p| p.seq))),
             ("DELTA", |f| or_dash(f.proxy.map(|p| p.delta))),

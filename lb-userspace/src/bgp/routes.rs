@@ -52,7 +52,7 @@ impl RouteSet {
 /// (docs/scale-out.md, "Peers") sets `ready` and `peer_snat`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteInputs {
-    /// Synced with the peers (for now: the configuration is applied).
+    /// Synced with the peers (without peers: the configuration is applied).
     pub ready: bool,
     /// `lb drain` or SIGTERM: announce nothing, keep forwarding.
     pub draining: bool,

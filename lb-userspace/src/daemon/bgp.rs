@@ -54,9 +54,14 @@ impl Controller {
         let Some(settings) = self.config.bgp.clone() else {
             return;
         };
-        let inputs = RouteInputs {
-            ready: true,
-            ..RouteInputs::default()
+        // Without peers the instance is ready once its configuration is applied; with
+        // them, once its peers synced it (`sync_peer_routes`).
+        let inputs = match &self.peers {
+            None => RouteInputs {
+                ready: true,
+                ..RouteInputs::default()
+            },
+            Some(peers) => route_inputs(&peers.status(), false),
         };
         let routes = bgp::desired_routes(&self.config.services, &settings.return_routes, &inputs);
         self.bgp = Some(BgpState {
@@ -78,6 +83,22 @@ impl Controller {
         ));
     }
 
+    /// With `[peers]`: announce once synced, and back up the live peers' SNAT addresses
+    /// (docs/scale-out.md, "Routes"). Called on the peers' poll.
+    pub(super) fn sync_peer_routes(&mut self) {
+        let (Some(peers), Some(state)) = (&self.peers, &mut self.bgp) else {
+            return;
+        };
+        let inputs = route_inputs(&peers.status(), state.inputs.draining);
+        if inputs != state.inputs {
+            if inputs.ready && !state.inputs.ready {
+                log::info!("bgp: synced with the peers, announcing");
+            }
+            state.inputs = inputs;
+            self.update_routes();
+        }
+    }
+
     /// `lb drain`: withdraw every route, keep forwarding.
     pub(super) fn drain(&mut self) -> Result<api::BgpStatus> {
         let Some(state) = &mut self.bgp else {
@@ -87,6 +108,9 @@ impl Controller {
             log::info!("bgp: draining, withdrawing every route");
         }
         state.inputs.draining = true;
+        if let Some(peers) = &self.peers {
+            peers.set_draining();
+        }
         self.update_routes();
         self.bgp_status()
             .ok_or_else(|| anyhow::anyhow!("[bgp] went away"))
@@ -100,6 +124,9 @@ impl Controller {
         let state = self.bgp.as_mut()?;
         state.inputs.draining = true;
         let status = state.announcer.status_handle();
+        if let Some(peers) = &self.peers {
+            peers.set_draining();
+        }
         self.update_routes();
         Some((status, delay))
     }
@@ -161,4 +188,14 @@ pub(super) async fn withdraw_and_wait(status: Arc<Mutex<bgp::AnnouncerStatus>>, 
         );
     }
     tokio::time::sleep(delay).await;
+}
+
+/// What BIRD should announce as the peer protocol sees the cluster: ready once synced,
+/// the live peers' SNAT addresses as backups.
+fn route_inputs(peers: &crate::peers::membership::PeersStatus, draining: bool) -> RouteInputs {
+    RouteInputs {
+        ready: peers.ready,
+        draining,
+        peer_snat: peers.peer_snat.clone(),
+    }
 }

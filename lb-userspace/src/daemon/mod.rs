@@ -43,13 +43,15 @@ mod bgp;
 mod cluster_router;
 mod flood;
 mod health_results;
+mod peer_flows;
 mod peers;
 mod scrape;
 mod server;
 
 pub use bgp::BgpState;
 pub use cluster_router::{CLUSTER_POLL, ClusterRouter, known_services, prepare_cluster};
-pub use peers::{flows_by_owner, own_snat, prepare_peers, snapshot};
+pub use peer_flows::{PeerFlows, apply_announcements};
+pub use peers::{flows_by_owner, own_snat, prepare_peers};
 pub use server::run;
 
 /// How often the daemon looks after its housekeeping: health-check tasks, session
@@ -81,6 +83,8 @@ pub struct Controller {
     pub bgp: Option<BgpState>,
     /// The peer protocol, with `[peers]`.
     peers: Option<crate::peers::io::PeersHandle>,
+    /// Flow sharing with peers (`[peers]`): remote activity, the collector's memory.
+    peer_flows: PeerFlows,
 }
 
 /// A health check the controller wants running.
@@ -134,6 +138,7 @@ impl Controller {
         let mut dataplane = Dataplane::load_with(config.limits, Some(&dir), pinned)?;
         match Self::program_and_attach(&mut dataplane, &config, mode_override, adopt, replace) {
             Ok((table, overrides)) => {
+                let peer_flows = PeerFlows::new(config.limits.max_flows);
                 let mut controller = Controller {
                     config_path: config_path.to_path_buf(),
                     config,
@@ -152,6 +157,7 @@ impl Controller {
                     cluster: None,
                     bgp: None,
                     peers: None,
+                    peer_flows,
                 };
                 controller.resume_syn_cookies();
                 Ok(controller)
@@ -424,27 +430,19 @@ impl Controller {
     }
 
     pub fn expire_flows(&mut self) -> usize {
-        let started = Instant::now();
-        let entries = self.dataplane.flow_entries();
-        self.update_syn_cookies(&entries);
-        let expired = flows::expired(&entries, sys::monotonic_ns(), &self.config.timeouts);
-        // The snapshot may be stale by now: each candidate is judged again as it goes.
-        let removed = flows::remove_idle(
-            &mut self.dataplane,
-            &expired,
-            sys::monotonic_ns(),
-            &self.config.timeouts,
-        );
-        self.flows_expired += removed as u64;
+        let live = self
+            .peers
+            .as_ref()
+            .map(|peers| peers.status().live_nodes)
+            .unwrap_or_default();
+        let (removed, outcome) = self.expire_flows_with(&live);
         if let Some(peers) = &self.peers {
-            peers.set_flows_held(&flows_by_owner(&entries));
+            let mut batch = outcome.removed;
+            batch.extend(outcome.touches);
+            if !batch.is_empty() {
+                peers.announce(batch);
+            }
         }
-        // Connections counted on the snapshot: the few removed just now were idle.
-        self.flow_summary = flows::FlowSummary {
-            connections: flows::connections_per_backend(&entries),
-            entries: entries.len().saturating_sub(removed),
-            pass: started.elapsed(),
-        };
         removed
     }
 

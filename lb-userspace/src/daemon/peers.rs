@@ -1,12 +1,11 @@
 //! The peer protocol inside the daemon (docs/scale-out.md, "Peer protocol"): starting
-//! it from `[peers]`, answering its snapshot requests from the flow table, and the
-//! operator's view. Received announcements are not applied here yet: installing them
-//! belongs to the flow-record code, which plugs in at [`Controller::peer_announcements`].
+//! it from `[peers]`, answering its snapshot requests from the flow table, applying the
+//! announcements it receives (`daemon/peer_flows.rs`), and the operator's view.
 
 use super::*;
 use crate::peers::{
     io::{PeerInbox, PeerInput, Peers, PeersHandle},
-    record::{Announcement, FlowRecord, RecordOp},
+    record::Announcement,
 };
 
 /// Reads the key (an error names `peers.key_file`'s line) and binds `peers.listen`:
@@ -32,32 +31,6 @@ pub fn own_snat(config: &Config) -> Vec<Ipv4Addr> {
     snat
 }
 
-/// The snapshot a new peer connection starts with: one upsert per connection (its
-/// client → VIP entry) that this instance owns, or whose owner is not live. Owner 0
-/// (a flow made before the data path knew the node id) counts as this instance's.
-pub fn snapshot(
-    entries: &[(lb_common::FlowKey, lb_common::FlowEntry)],
-    now_ns: u64,
-    own: u16,
-    live: &std::collections::BTreeSet<u16>,
-) -> Vec<Announcement> {
-    entries
-        .iter()
-        .filter(|(_, e)| e.direction == lb_common::FLOW_DIR_CLIENT_TO_SERVER)
-        .filter(|(_, e)| e.owner == 0 || e.owner == own || !live.contains(&e.owner))
-        .map(|(key, entry)| {
-            let mut record = FlowRecord::from_entry(key, entry, now_ns);
-            if record.owner == 0 {
-                record.owner = own;
-            }
-            Announcement {
-                op: RecordOp::Upsert,
-                record,
-            }
-        })
-        .collect()
-}
-
 /// Connections per owner (counted on their client → VIP entries).
 pub fn flows_by_owner(
     entries: &[(lb_common::FlowKey, lb_common::FlowEntry)],
@@ -72,18 +45,22 @@ pub fn flows_by_owner(
 }
 
 impl Controller {
-    /// A batch a peer announced. Not applied yet (see the module's comment).
+    /// A batch a peer announced: installed by the flow-record rules, counted.
     pub(super) fn peer_announcements(&mut self, from: u16, batch: &[Announcement]) {
-        log::debug!("peers: {} announcements from node {from}", batch.len());
+        let stats = self.apply_announcements(from, batch);
+        log::debug!("peers: node {from}: {stats:?}");
+        if let Some(peers) = &self.peers {
+            peers.count_applied(&stats);
+        }
     }
 
+    /// What a new peer connection starts with: the flows owned here and those of owners
+    /// not live (`Controller::sync_snapshot`).
     fn peer_snapshot(&self) -> Vec<Announcement> {
-        let (Some(handle), Some(config)) = (&self.peers, &self.config.peers) else {
+        let Some(handle) = &self.peers else {
             return Vec::new();
         };
-        let live = handle.status().live_nodes;
-        let entries = self.dataplane.flow_entries();
-        snapshot(&entries, sys::monotonic_ns(), config.node_id, &live)
+        self.sync_snapshot(&handle.status().live_nodes)
     }
 
     pub(super) fn peers_status(&self) -> Result<crate::peers::membership::PeersStatus> {
@@ -91,6 +68,26 @@ impl Controller {
             Some(handle) => Ok(handle.status()),
             None => bail!("no [peers] in the config: this balancer has no peers"),
         }
+    }
+}
+
+/// How often the daemon looks at the peers' state for what BIRD announces: a synced
+/// instance starts announcing within this.
+pub const PEERS_POLL: Duration = Duration::from_millis(100);
+
+/// Most flow events turned into one batch of announcements.
+const EVENT_BATCH: usize = 4096;
+
+/// Hands the data path's flow events to the peers as announcements, in batches, until
+/// the daemon stops. Never waits on a peer (`PeersHandle::announce` only queues).
+pub(super) async fn announce_flow_events(
+    mut reader: crate::dataplane::events::FlowEventReader,
+    peers: PeersHandle,
+) {
+    loop {
+        let events = reader.next_batch(EVENT_BATCH).await;
+        let batch = crate::peers::events::announcements(&events, sys::monotonic_ns());
+        peers.announce(batch);
     }
 }
 
@@ -118,8 +115,6 @@ pub(super) async fn serve_inbox(controller: Arc<Mutex<Controller>>, mut inbox: P
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use lb_common::{FLOW_DIR_SERVER_TO_CLIENT, FlowEntry, FlowKey};
 
     use super::*;
@@ -145,24 +140,14 @@ mod tests {
     }
 
     #[test]
-    fn the_snapshot_holds_own_flows_and_those_of_down_owners_once_each() {
+    fn flows_are_counted_by_owner_on_their_forward_entries() {
         let entries = vec![
             entry(1, lb_common::FLOW_DIR_CLIENT_TO_SERVER, 1000),
             entry(1, FLOW_DIR_SERVER_TO_CLIENT, 1000),
             entry(0, lb_common::FLOW_DIR_CLIENT_TO_SERVER, 1001),
-            // A live peer's flow: it sends it itself.
             entry(2, lb_common::FLOW_DIR_CLIENT_TO_SERVER, 1002),
-            // A down owner's flow: this instance passes it on.
             entry(3, lb_common::FLOW_DIR_CLIENT_TO_SERVER, 1003),
         ];
-        let live = BTreeSet::from([1, 2]);
-        let snapshot = snapshot(&entries, 0, 1, &live);
-        let got: Vec<(u16, u16)> = snapshot
-            .iter()
-            .map(|a| (a.record.owner, a.record.client.port()))
-            .collect();
-        assert_eq!(got, vec![(1, 1000), (1, 1001), (3, 1003)]);
-        assert!(snapshot.iter().all(|a| a.op == RecordOp::Upsert));
         assert_eq!(
             flows_by_owner(&entries),
             BTreeMap::from([(0, 1), (1, 1), (2, 1), (3, 1)])

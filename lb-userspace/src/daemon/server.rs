@@ -127,6 +127,23 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
         None => None,
     };
     controller.start_announcing();
+    let peers_handle = controller.peers.clone();
+    let events = if peers_handle.is_some() {
+        controller.flow_event_reader()
+    } else {
+        None
+    };
+    let events_task = match (peers_handle, events) {
+        (Some(peers), Some(Ok(reader))) => Some(tokio::spawn(super::peers::announce_flow_events(
+            reader, peers,
+        ))),
+        (Some(_), Some(Err(e))) => {
+            controller.shutdown();
+            let _ = fs::remove_file(&socket);
+            return Err(anyhow::Error::from(e).context("reading FLOW_EVENTS"));
+        }
+        _ => None,
+    };
     let controller = Arc::new(Mutex::new(controller));
     let peers_task =
         peers_inbox.map(|inbox| tokio::spawn(super::peers::serve_inbox(controller.clone(), inbox)));
@@ -148,7 +165,7 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
     if let Some((status, delay)) = withdraw {
         bgp::withdraw_and_wait(status, delay).await;
     }
-    if let Some(task) = peers_task {
+    for task in [peers_task, events_task].into_iter().flatten() {
         task.abort();
     }
     // Before the socket goes: a replacing daemon waits for it, then binds peers.listen.
@@ -271,6 +288,9 @@ pub(super) async fn serve(
     let has_cluster = lock(&controller).cluster.is_some();
     let mut cluster_poll = tokio::time::interval(CLUSTER_POLL);
     cluster_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let has_peers = lock(&controller).peers.is_some();
+    let mut peers_poll = tokio::time::interval(super::peers::PEERS_POLL);
+    peers_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probes = HashMap::new();
     reconcile_health(&controller, &mut probes);
     let result = loop {
@@ -315,6 +335,12 @@ pub(super) async fn serve(
                 let c = controller.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     lock(&c).sync_cluster();
+                }).await;
+            }
+            _ = peers_poll.tick(), if has_peers => {
+                let c = controller.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    lock(&c).sync_peer_routes();
                 }).await;
             }
             _ = sighup.recv() => {

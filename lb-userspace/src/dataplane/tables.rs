@@ -222,6 +222,18 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Creates or replaces many flow entries, a batch of them per syscall.
+    pub fn write_flows(&mut self, entries: &[(FlowKey, FlowEntry)]) -> Result<()> {
+        if !entries.is_empty() {
+            super::batch::update_all(
+                self.flow_map(),
+                entries,
+                super::batch::BATCH_ENTRIES as usize,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Deletes a flow entry; whether it was there.
     pub fn remove_flow(&mut self, key: &FlowKey) -> bool {
         self.flows.remove(key).is_ok()

@@ -60,9 +60,9 @@ fn flows() {
     assert_eq!(
         render(&Reply::Flows(samples::flows())),
         text(&[
-            "PROTO  SERVICE  CLIENT            VIP             SNAT             SERVER            STATE        AGE(s)  IDLE(s)  SEQ    DELTA  TIMESTAMP",
-            "tcp    web      198.18.0.2:40000  198.18.0.10:80  198.19.0.1:1024  198.19.0.11:8080  established  9       1        -      -      -",
-            "tcp    web      198.18.0.3:40001  198.18.0.10:80  198.19.0.1:1024  198.19.0.11:8080  syn-proxy    9       1        12345  0      0",
+            "PROTO  SERVICE  CLIENT            VIP             SNAT             SERVER            STATE        AGE(s)  IDLE(s)  OWNER  SEQ    DELTA  TIMESTAMP",
+            "tcp    web      198.18.0.2:40000  198.18.0.10:80  198.19.0.1:1024  198.19.0.11:8080  established  9       1        1      -      -      -",
+            "tcp    web      198.18.0.3:40001  198.18.0.10:80  198.19.0.1:1024  198.19.0.11:8080  syn-proxy    9       1        1      12345  0      0",
             "2 connections",
         ])
     );
@@ -193,7 +193,7 @@ fn empty_tables_still_have_their_header_and_count() {
     assert_eq!(
         render(&Reply::Flows(Vec::new())),
         text(&[
-            "PROTO  SERVICE  CLIENT  VIP  SNAT  SERVER  STATE  AGE(s)  IDLE(s)  SEQ  DELTA  TIMESTAMP",
+            "PROTO  SERVICE  CLIENT  VIP  SNAT  SERVER  STATE  AGE(s)  IDLE(s)  OWNER  SEQ  DELTA  TIMESTAMP",
             "0 connections",
         ])
     );

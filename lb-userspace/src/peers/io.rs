@@ -212,8 +212,23 @@ impl PeersHandle {
     }
 
     /// Announcements the controller applied.
-    pub fn count_applied(&self, announcements: u64) {
-        lock(&self.shared.membership).count_applied(announcements);
+    pub fn count_applied(&self, stats: &crate::peers::install::ApplyStats) {
+        use crate::peers::membership::Reject;
+        let mut membership = lock(&self.shared.membership);
+        membership.count_applied(
+            stats.installed + stats.updated + stats.removed + stats.touched + stats.unchanged,
+        );
+        let refused = &stats.rejected;
+        for (reason, count) in [
+            (Reject::UnknownService, refused.unknown_service),
+            (Reject::UnknownBackend, refused.unknown_backend),
+            (Reject::OwnedByReceiver, refused.owned_by_receiver),
+            (Reject::OwnerMismatch, refused.owner_mismatch),
+        ] {
+            if count > 0 {
+                membership.reject(reason, count);
+            }
+        }
     }
 
     /// Stops every task; connections close.

@@ -53,10 +53,18 @@ pub enum Reject {
     Stale,
     /// Live announcements beyond the sender's budget (counted per announcement).
     OverBudget,
+    /// Authentic announcements that the flow table refused (docs/scale-out.md, "Who may
+    /// change what"), counted per announcement: no service here at the record's VIP,
+    /// port and protocol; no such backend in it; a change to the forwarding of a flow
+    /// this instance owns; a removal from other than the copy's owner.
+    UnknownService,
+    UnknownBackend,
+    OwnedByReceiver,
+    OwnerMismatch,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 13] = [
+    pub const ALL: [Reject; 17] = [
         Reject::Truncated,
         Reject::Oversized,
         Reject::WrongCluster,
@@ -70,6 +78,10 @@ impl Reject {
         Reject::Replay,
         Reject::Stale,
         Reject::OverBudget,
+        Reject::UnknownService,
+        Reject::UnknownBackend,
+        Reject::OwnedByReceiver,
+        Reject::OwnerMismatch,
     ];
 
     /// Counter name (`lb peers`, metric label `reason`).
@@ -88,6 +100,10 @@ impl Reject {
             Reject::Replay => "replay",
             Reject::Stale => "stale",
             Reject::OverBudget => "over_budget",
+            Reject::UnknownService => "unknown_service",
+            Reject::UnknownBackend => "unknown_backend",
+            Reject::OwnedByReceiver => "owned_by_receiver",
+            Reject::OwnerMismatch => "owner_mismatch",
         }
     }
 

@@ -194,6 +194,11 @@ impl ServiceTable {
             .collect()
     }
 
+    /// The installed service at (VIP, port, protocol).
+    pub fn service_at(&self, addr: ServiceAddr) -> Option<&InstalledService> {
+        self.services.get(&addr)
+    }
+
     pub fn backend_id(&self, addr: BackendAddr) -> Option<u32> {
         self.backends.get(&addr).copied()
     }

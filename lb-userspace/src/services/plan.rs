@@ -211,8 +211,13 @@ pub fn plan(
     let settings = Settings {
         snat_port_min: config.snat_port_min,
         snat_port_max: config.snat_port_max,
-        node_id: 0,
-        announce: 0,
+        // Without [peers] flows have no owner and nothing is announced.
+        node_id: config.peers.as_ref().map_or(0, |peers| peers.node_id),
+        announce: config
+            .peers
+            .as_ref()
+            .is_some_and(|peers| peers.announce)
+            .into(),
         _pad: 0,
     };
     if next.settings != Some(settings) {

@@ -786,3 +786,42 @@ fn more_local_addresses_than_the_map_holds_are_refused_before_any_write() {
     );
     model.ops.clear();
 }
+
+#[test]
+fn peers_set_the_node_id_and_the_announce_switch() {
+    let model = Model::new(capacity());
+    let settings = |config: &Config| {
+        let plan = model
+            .plan(&ServiceTable::default(), config, &Overrides::default())
+            .unwrap();
+        plan.ops
+            .iter()
+            .find_map(|op| match op {
+                Op::WriteSettings(settings) => Some(*settings),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let mut config = web(&[(SERVER1, 1)]);
+    let alone = settings(&config);
+    assert_eq!((alone.node_id, alone.announce), (0, 0));
+    let peers = crate::config::PeersConfig {
+        node_id: 7,
+        cluster_id: 1,
+        key_file: "/etc/lb/peers.key".into(),
+        listen: "198.18.9.1:7400".parse().unwrap(),
+        members: Vec::new(),
+        announce: true,
+        join_timeout: std::time::Duration::from_secs(5),
+        dead_after: std::time::Duration::from_secs(3),
+    };
+    config.peers = Some(peers.clone());
+    let shared = settings(&config);
+    assert_eq!((shared.node_id, shared.announce), (7, 1));
+    assert_eq!(shared.snat_port_min, alone.snat_port_min);
+    config.peers = Some(crate::config::PeersConfig {
+        announce: false,
+        ..peers
+    });
+    assert_eq!(settings(&config).announce, 0);
+}

@@ -34,6 +34,7 @@ mod attach;
 mod cannot_open;
 mod checksums;
 mod dnat;
+mod flow_events;
 mod flow_state;
 mod flow_table_read;
 mod fragments;

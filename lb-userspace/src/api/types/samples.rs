@@ -71,6 +71,7 @@ pub fn flows() -> Vec<FlowRow> {
         age_secs: 9,
         idle_secs: 1,
         backend_id: 2,
+        owner: 1,
         proxy: None,
     };
     let proxied = FlowRow {

@@ -108,6 +108,7 @@ fn flows() {
                 "age_secs": 9,
                 "idle_secs": 1,
                 "backend_id": 2,
+                "owner": 1,
                 "proxy": null,
             },
             {
@@ -121,6 +122,7 @@ fn flows() {
                 "age_secs": 9,
                 "idle_secs": 1,
                 "backend_id": 2,
+                "owner": 1,
                 "proxy": { "seq": 12345, "delta": 0, "timestamp": 0 },
             },
         ]),
