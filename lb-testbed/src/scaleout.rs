@@ -198,6 +198,76 @@ pub fn instance_bird_conf(i: usize, routes_file: &Path) -> String {
     )
 }
 
+/// Flow sharing among the instances (`[peers]`, docs/scale-out.md): with it, each
+/// instance's config lists every other possible instance as a peer over the back arms
+/// and adds a DNAT and a SYN-proxied echo service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeersOptions {
+    /// `peers.announce`: off shows what sharing prevents.
+    pub announce: bool,
+    /// `timeouts.tcp_established`, s: short, so connections outlive it.
+    pub tcp_established_s: u64,
+}
+
+/// Port of the peer protocol on each instance's back arm.
+pub const PEERS_PORT: u16 = 7395;
+/// VIP ports of the echo services with `[peers]`: DNAT, and full-NAT behind the SYN proxy.
+pub const DNAT_ECHO_PORT: u16 = 17;
+pub const PROXY_ECHO_PORT: u16 = 27;
+
+/// The `[peers]` (and extra services) part of instance `i`'s config.
+pub fn instance_peers_config(dir: &Path, i: usize, options: &PeersOptions) -> String {
+    let mut text = format!(
+        "[timeouts]
+tcp_established = {}
+         [peers]
+node_id = {i}
+cluster_id = 7
+key_file = \"{}\"
+listen = \"{}:{PEERS_PORT}\"
+         announce = {}
+join_timeout_ms = 3000
+dead_after_ms = 1000
+",
+        options.tcp_established_s,
+        dir.join("peers.key").display(),
+        back_link(i).1,
+        options.announce,
+    );
+    for j in (1..=MAX_INSTANCES).filter(|&j| j != i) {
+        text.push_str(&format!(
+            "[[peers.peer]]
+node_id = {j}
+address = \"{}:{PEERS_PORT}\"
+",
+            back_link(j).1
+        ));
+    }
+    for (service, port, extra) in [
+        ("echo-dnat", DNAT_ECHO_PORT, "mode = \"dnat\"\n"),
+        ("echo-proxy", PROXY_ECHO_PORT, "syn_proxy = true\n"),
+    ] {
+        text.push_str(&format!(
+            "[[service]]
+name = \"{service}\"
+vip = \"{VIP}\"
+port = {port}
+{extra}snat_ip = \"{}\"
+",
+            snat_ip(i)
+        ));
+        for ip in SERVER_IPS {
+            text.push_str(&format!(
+                "[[service.backend]]
+address = \"{ip}\"
+port = {TCP_ECHO_PORT}
+"
+            ));
+        }
+    }
+    text
+}
+
 /// The `lb run` configuration of instance `i` in testbed `prefix` whose files are in
 /// `dir`: web (tcp/80), echo (tcp/7) and udp-echo (udp/5353) on the VIP in full-NAT
 /// with the instance's own SNAT address, over the three servers, and `[bgp]`.
@@ -289,6 +359,8 @@ pub struct ScaleOut {
     instances: Vec<Option<Instance>>,
     servers: Vec<TestServer>,
     counters: Vec<Arc<Counters>>,
+    /// `[peers]` in the configs of instances added from now on.
+    peers: Option<PeersOptions>,
 }
 
 impl ScaleOut {
@@ -296,8 +368,8 @@ impl ScaleOut {
     /// and `instances` instance namespaces with BIRD running; no `lb` yet
     /// ([`start_lb`](Self::start_lb)). `dir` holds the files; `lb_binary` is `lb`.
     pub fn up(prefix: &str, dir: &Path, lb_binary: &Path, instances: usize) -> Result<ScaleOut> {
-        if !(1..=MAX_INSTANCES).contains(&instances) {
-            bail!("{instances} instances: the testbed holds 1 to {MAX_INSTANCES}");
+        if instances > MAX_INSTANCES {
+            bail!("{instances} instances: the testbed holds at most {MAX_INSTANCES}");
         }
         if prefix.is_empty()
             || prefix.len() > 20
@@ -320,11 +392,29 @@ impl ScaleOut {
             instances: Vec::new(),
             servers: Vec::new(),
             counters: (0..SERVER_COUNT).map(|_| Arc::default()).collect(),
+            peers: None,
         };
         // On error `testbed` is dropped, which removes what exists.
         testbed
             .build()
             .with_context(|| format!("building scale-out testbed {prefix}"))?;
+        for _ in 0..instances {
+            testbed.add_instance()?;
+        }
+        Ok(testbed)
+    }
+
+    /// Like [`up`](Self::up), with the instances sharing flows (`[peers]`).
+    pub fn up_with_peers(
+        prefix: &str,
+        dir: &Path,
+        lb_binary: &Path,
+        instances: usize,
+        options: PeersOptions,
+    ) -> Result<ScaleOut> {
+        let mut testbed = ScaleOut::up(prefix, dir, lb_binary, 0)?;
+        testbed.peers = Some(options);
+        std::fs::write(dir.join("peers.key"), "scale-out test cluster key\n")?;
         for _ in 0..instances {
             testbed.add_instance()?;
         }
@@ -622,10 +712,7 @@ impl ScaleOut {
         let routes_file = files.join("routes.conf");
         std::fs::write(&routes_file, routes::render(&RouteSet::default()))?;
         std::fs::write(files.join("bird.conf"), instance_bird_conf(i, &routes_file))?;
-        std::fs::write(
-            files.join("lb.toml"),
-            instance_lb_config(&self.prefix, &self.dir, i),
-        )?;
+        std::fs::write(files.join("lb.toml"), self.lb_config(i))?;
         let pid = self.spawn_bird(&self.instance_ns(i), &format!("l{i}"))?;
         if let Some(Some(instance)) = self.instances.get_mut(i - 1) {
             instance.bird = Some(pid);
@@ -657,7 +744,11 @@ impl ScaleOut {
 
     /// Instance `i`'s `lb run` configuration (also in `{dir}/l<i>/lb.toml`).
     pub fn lb_config(&self, i: usize) -> String {
-        instance_lb_config(&self.prefix, &self.dir, i)
+        let mut text = instance_lb_config(&self.prefix, &self.dir, i);
+        if let Some(options) = &self.peers {
+            text.push_str(&instance_peers_config(&self.dir, i, options));
+        }
+        text
     }
 
     pub fn lb_config_path(&self, i: usize) -> PathBuf {

@@ -33,12 +33,15 @@ struct Progress {
     echoed: AtomicU64,
     /// Longest time without an echo, in ms, since the last [`Chatter::new_window`].
     max_gap_ms: AtomicU64,
+    /// When the last echo came, in ms since the chatter started.
+    last_echo_ms: AtomicU64,
     error: Mutex<Option<String>>,
 }
 
 /// Long-lived TCP connections, each sending a numbered message every `interval` and
 /// checking every byte of every echo: the connections a scale-out step must not break.
 pub struct Chatter {
+    started: Instant,
     stop: Arc<AtomicBool>,
     progress: Vec<Arc<Progress>>,
     threads: Vec<JoinHandle<()>>,
@@ -61,9 +64,15 @@ pub struct ChatterReport {
     pub echoed: u64,
     /// The fewest echoes any connection received.
     pub fewest_echoes: u64,
-    /// The longest time any connection went without an echo in this window.
+    /// The longest time any connection went without an echo in this window, the
+    /// silence still going on included.
     pub max_gap: Duration,
+    /// Connections silent (or broken) for longer than [`STALL`], now or in this window.
+    pub stalled: usize,
 }
+
+/// A connection without an echo for this long has stalled.
+pub const STALL: Duration = Duration::from_secs(1);
 
 /// Message `n` of connection `id`: its numbers, then filler derived from them, so a
 /// byte out of place anywhere shows.
@@ -96,6 +105,7 @@ impl Chatter {
                 .collect()
         })??;
         let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
         let mut progress = Vec::new();
         let mut threads = Vec::new();
         for (id, stream) in streams.into_iter().enumerate() {
@@ -103,17 +113,19 @@ impl Chatter {
                 local_port: stream.local_addr()?.port(),
                 echoed: AtomicU64::new(0),
                 max_gap_ms: AtomicU64::new(0),
+                last_echo_ms: AtomicU64::new(0),
                 error: Mutex::new(None),
             });
             let (stop, mine) = (stop.clone(), entry.clone());
             threads.push(thread::spawn(move || {
-                if let Err(e) = exchange(stream, id, interval, &stop, &mine) {
+                if let Err(e) = exchange(stream, id, interval, started, &stop, &mine) {
                     *lock(&mine.error) = Some(format!("{e:#}"));
                 }
             }));
             progress.push(entry);
         }
         Ok(Chatter {
+            started,
             stop,
             progress,
             threads,
@@ -144,18 +156,23 @@ impl Chatter {
             .progress
             .iter()
             .map(|p| p.echoed.load(Ordering::Relaxed));
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let gaps: Vec<u64> = self
+            .progress
+            .iter()
+            .map(|p| {
+                let silent = now_ms.saturating_sub(p.last_echo_ms.load(Ordering::Relaxed));
+                p.max_gap_ms.load(Ordering::Relaxed).max(silent)
+            })
+            .collect();
+        let stall_ms = STALL.as_millis() as u64;
         ChatterReport {
             connections: self.progress.len(),
+            stalled: gaps.iter().filter(|gap| **gap > stall_ms).count(),
             broken,
             echoed: echoes.clone().sum(),
             fewest_echoes: echoes.min().unwrap_or(0),
-            max_gap: Duration::from_millis(
-                self.progress
-                    .iter()
-                    .map(|p| p.max_gap_ms.load(Ordering::Relaxed))
-                    .max()
-                    .unwrap_or(0),
-            ),
+            max_gap: Duration::from_millis(gaps.into_iter().max().unwrap_or(0)),
         }
     }
 
@@ -188,6 +205,7 @@ fn exchange(
     mut stream: TcpStream,
     id: usize,
     interval: Duration,
+    started: Instant,
     stop: &AtomicBool,
     progress: &Progress,
 ) -> Result<()> {
@@ -216,6 +234,10 @@ fn exchange(
         let gap = now.duration_since(last_echo).as_millis() as u64;
         progress.max_gap_ms.fetch_max(gap, Ordering::Relaxed);
         progress.echoed.fetch_add(1, Ordering::Relaxed);
+        progress.last_echo_ms.store(
+            now.duration_since(started).as_millis() as u64,
+            Ordering::Relaxed,
+        );
         last_echo = now;
         thread::sleep(interval.saturating_sub(now.elapsed()));
     }
