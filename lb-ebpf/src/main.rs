@@ -392,7 +392,7 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
             frag::record(ip, &key, l4_len, false);
         }
         nat::rewrite(ip, l4, &forward);
-        fwd::forward(ctx, eth, ip)
+        fwd::forward_new(ctx, eth, ip, forward.backend_id, forward.created_ns)
     }
 }
 
