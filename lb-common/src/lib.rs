@@ -201,7 +201,10 @@ pub struct NextHop {
     pub tx_ifindex: u32,
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
-    pub _pad: [u8; 4],
+    /// The egress interface's MTU as the lookup reported it: a longer packet takes a
+    /// lookup of its own (which sends it to the kernel), as it would without the cache.
+    pub mtu: u16,
+    pub _pad: [u8; 2],
 }
 
 /// Backend states (`Backend::state`). Drained and down backends are also left out of

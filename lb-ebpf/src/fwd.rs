@@ -49,7 +49,8 @@ enum Cache {
 /// Sends a new flow's first packet, rewritten toward backend `backend_id`: through
 /// the next hop this CPU cached for the backend when it was looked up for the same
 /// source, destination and ingress interface less than `LAST_SEEN_GRANULARITY_NS`
-/// before `now`, else through a FIB lookup whose result is cached. So route and
+/// before `now` (and the packet fits its MTU), else through a FIB lookup whose result
+/// is cached. So route and
 /// neighbour changes reach new flows as fast as they reach established ones.
 ///
 /// # Safety
@@ -74,6 +75,7 @@ pub unsafe fn forward_new(
             && (*hop).dst_ip == (*ip).daddr
             && (*hop).src_ip == (*ip).saddr
             && (*hop).ingress_ifindex == ctx.ingress_ifindex() as u32
+            && u16::from_be((*ip).tot_len) <= (*hop).mtu
         {
             let (dmac, smac) = ((*hop).dmac, (*hop).smac);
             return send(ctx, eth, ip, ifindex, &dmac, &smac);
@@ -143,7 +145,9 @@ unsafe fn forward_with_cache(
                 tx_ifindex: params.ifindex,
                 dmac: params.dmac,
                 smac: params.smac,
-                _pad: [0; 4],
+                // On success the lookup reports the egress MTU in place of the length.
+                mtu: params.__bindgen_anon_1.mtu_result,
+                _pad: [0; 2],
             };
         },
     }

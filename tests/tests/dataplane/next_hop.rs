@@ -114,3 +114,33 @@ fn a_cached_next_hop_serves_only_the_source_it_was_looked_up_for() {
         assert_eq!(&out[..6], &moved, "looked up for the client as source");
     });
 }
+
+/// A first datagram too big for the egress interface goes to the kernel, as the FIB
+/// lookup says (`pass_fib_failed`), also when a smaller one just cached the backend's
+/// next hop: the cache keeps the interface's MTU.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_cached_next_hop_does_not_carry_a_first_packet_over_the_mtu() {
+    with_harness(|h| {
+        let datagram = |sport, len| {
+            udp_packet(
+                CLIENT_MAC,
+                LB_EXT_MAC,
+                CLIENT,
+                sport,
+                VIP,
+                5353,
+                64,
+                &vec![0x42; len],
+            )
+        };
+        let (verdict, out) = h.run(&datagram(43000, 64));
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(Ipv4Addr::new(out[30], out[31], out[32], out[33]), SERVER3);
+        // 1,600 bytes of payload: an IPv4 packet of 1,628 bytes, over int0's 1,500.
+        let (verdict, _) = h.run(&datagram(43001, 1600));
+        assert_eq!(verdict, XDP_PASS, "the kernel fragments or refuses it");
+        assert_eq!(h.counter(counters::PASS_FIB_FAILED), 1);
+        assert_eq!(h.counter(counters::NEW_FLOWS), 2);
+    });
+}
