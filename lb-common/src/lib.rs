@@ -57,6 +57,8 @@ pub mod map_names {
     pub const SNAT_POOLS: &str = "SNAT_POOLS";
     pub const STAGES: &str = "STAGES";
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    /// Not pinned (not in `ALL`): a cache that a new daemon starts empty.
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
     pub const ALL: [&str; 16] = [
         SERVICES,
         BACKENDS,
@@ -179,6 +181,32 @@ pub struct Backend {
     /// `BACKEND_STATE_*`: sessions never pin new flows to a backend that is not active.
     pub state: u8,
     pub _pad: u8,
+}
+
+/// Next hop toward a backend (value of `NEXT_HOPS`, per CPU, indexed by backend id),
+/// written by the data path from `bpf_fib_lookup` on a new flow's first packet, so that
+/// the next new flows to that backend within `LAST_SEEN_GRANULARITY_NS` skip the FIB
+/// lookup (docs/architecture.md, "Next hops"). Valid only for the lookup's own inputs:
+/// the rewritten source and destination and the ingress interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NextHop {
+    /// CLOCK_MONOTONIC (coarse) of the lookup; older than `LAST_SEEN_GRANULARITY_NS`
+    /// means stale.
+    pub refreshed_ns: u64,
+    /// Network byte order: the source and destination the lookup was made for.
+    pub src_ip: u32,
+    pub dst_ip: u32,
+    pub ingress_ifindex: u32,
+    /// 0 = no lookup cached.
+    pub tx_ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// The egress interface's MTU as the lookup reported it: a longer packet takes a
+    /// lookup of its own (which sends it to the kernel), as it would without the cache.
+    pub mtu: u16,
+    pub _pad: [u8; 2],
 }
 
 /// Backend states (`Backend::state`). Drained and down backends are also left out of
@@ -570,6 +598,7 @@ mod tests {
         assert_eq!(size_of::<ServiceKey>(), 8);
         assert_eq!(size_of::<Service>(), 32);
         assert_eq!(size_of::<Backend>(), 8);
+        assert_eq!(size_of::<NextHop>(), 40);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<FlowEntry>(), 72);
         assert_eq!(size_of::<Settings>(), 8);

@@ -5,6 +5,12 @@
 //! `ESTABLISHED` (the client's ACK completes the handshake) → `HALF_CLOSED_CLIENT` or
 //! `HALF_CLOSED_SERVER` (that side's FIN; the other side may still send) → `CLOSING` (the
 //! other side's FIN, or an RST at any point). `CLOSING` is final.
+//!
+//! A DNAT connection's replies go straight to the client by the servers' routes, and
+//! with peers they may reach another instance than its owner (docs/scale-out.md): the
+//! owner then never sees the SYN+ACK, and the client's ACK that completes the
+//! handshake arrives before a peer's report of it. For those connections
+//! ([`next_with_bypass`]) the client's ACK after its SYN establishes the connection.
 
 use crate::{
     FLOW_DIR_CLIENT_TO_SERVER, FLOW_STATE_CLOSING, FLOW_STATE_ESTABLISHED,
@@ -60,6 +66,22 @@ pub fn next(state: u8, direction: u8, flags: u8) -> u8 {
         }
         _ => state,
     }
+}
+
+/// [`next`] for an entry whose replies may bypass this balancer (a DNAT connection's
+/// client → server entry): there, the client's plain ACK in `SYN_SEEN` completes the
+/// handshake whose SYN+ACK went another way. The price: a spoofed SYN and ACK pair keeps
+/// a DNAT entry for the established timeout rather than the SYN timeout.
+#[inline(always)]
+pub fn next_with_bypass(state: u8, direction: u8, flags: u8, replies_bypass: bool) -> u8 {
+    if replies_bypass
+        && state == FLOW_STATE_SYN_SEEN
+        && direction == FLOW_DIR_CLIENT_TO_SERVER
+        && flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_ACK
+    {
+        return FLOW_STATE_ESTABLISHED;
+    }
+    next(state, direction, flags)
 }
 
 #[cfg(test)]
@@ -164,5 +186,31 @@ mod tests {
         assert!(!may_change(FLOW_STATE_ESTABLISHED, TCP_ACK | TCP_SYN));
         assert!(may_change(FLOW_STATE_ESTABLISHED, TCP_ACK | TCP_FIN));
         assert!(may_change(FLOW_STATE_ESTABLISHED, TCP_RST));
+    }
+
+    #[test]
+    fn a_client_ack_after_its_syn_establishes_only_where_replies_bypass() {
+        assert_eq!(
+            next_with_bypass(FLOW_STATE_SYN_SEEN, CLIENT, TCP_ACK, true),
+            FLOW_STATE_ESTABLISHED
+        );
+        assert_eq!(
+            next_with_bypass(FLOW_STATE_SYN_SEEN, CLIENT, TCP_ACK, false),
+            FLOW_STATE_SYN_SEEN
+        );
+        // Only the client's plain ACK, only from SYN_SEEN.
+        assert_eq!(
+            next_with_bypass(FLOW_STATE_SYN_SEEN, SERVER, TCP_ACK, true),
+            FLOW_STATE_SYN_SEEN
+        );
+        assert_eq!(
+            next_with_bypass(FLOW_STATE_SYN_SEEN, CLIENT, TCP_ACK | TCP_RST, true),
+            FLOW_STATE_CLOSING
+        );
+        assert_eq!(
+            next_with_bypass(FLOW_STATE_SYN_ACK_SEEN, CLIENT, TCP_ACK, true),
+            FLOW_STATE_ESTABLISHED
+        );
+        assert!(may_change(FLOW_STATE_SYN_SEEN, TCP_ACK));
     }
 }

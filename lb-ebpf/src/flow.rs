@@ -25,7 +25,14 @@ pub unsafe fn touch(key: &FlowKey, entry: *mut FlowEntry, tcp_flags: Option<u8>,
         if let Some(flags) = tcp_flags {
             let state = (*entry).state;
             if tcp_state::may_change(state, flags) {
-                let next = tcp_state::next(state, (*entry).direction, flags);
+                // A DNAT connection's client → server entry keeps the client's address.
+                let replies_bypass = (*entry).new_src_ip == key.src_ip;
+                let next = tcp_state::next_with_bypass(
+                    state,
+                    (*entry).direction,
+                    flags,
+                    replies_bypass,
+                );
                 if next != state {
                     (*entry).state = next;
                     (*entry).last_seen_ns = now;

@@ -1,6 +1,8 @@
 //! Egress: FIB lookup for next hop and MACs, then a devmap redirect (also back out of the
 //! ingress interface: see `back_out`). Flow-table hits use the next hop cached in their
-//! entry (`forward_hit`): the FIB lookup was the largest single cost of a hit.
+//! entry (`forward_hit`): the FIB lookup was the largest single cost of a hit. A new
+//! flow's first packet uses its backend's next hop cached by this CPU (`forward_new`,
+//! docs/architecture.md, "Next hops").
 //! When the neighbour is not resolved the rewritten packet goes to the kernel, which
 //! resolves it and forwards: a new backend is never blackholed.
 
@@ -13,10 +15,10 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{FlowEntry, counters};
+use lb_common::{FlowEntry, LAST_SEEN_GRANULARITY_NS, NextHop, counters};
 
 use crate::{
-    maps::TX_PORTS,
+    maps::{NEXT_HOPS, TX_PORTS},
     nat::decrement_ttl,
     parse::{EthHdr, Ipv4Hdr},
     stats::count,
@@ -31,7 +33,55 @@ const AF_INET: u8 = 2;
 #[inline(always)]
 pub unsafe fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> u32 {
     // SAFETY: as the caller's.
-    unsafe { forward_with_cache(ctx, eth, ip, None) }
+    unsafe { forward_with_cache(ctx, eth, ip, Cache::None) }
+}
+
+/// Where a successful FIB lookup's next hop is kept.
+#[derive(Clone, Copy)]
+enum Cache {
+    None,
+    /// The flow entry the packet hit.
+    Flow(*mut FlowEntry),
+    /// This CPU's entry for the new flow's backend, and the time of the lookup.
+    Backend(*mut NextHop, u64),
+}
+
+/// Sends a new flow's first packet, rewritten toward backend `backend_id`: through
+/// the next hop this CPU cached for the backend when it was looked up for the same
+/// source, destination and ingress interface less than `LAST_SEEN_GRANULARITY_NS`
+/// before `now` (and the packet fits its MTU), else through a FIB lookup whose result
+/// is cached. So route and
+/// neighbour changes reach new flows as fast as they reach established ones.
+///
+/// # Safety
+/// As `forward`.
+#[inline(always)]
+pub unsafe fn forward_new(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    backend_id: u32,
+    now: u64,
+) -> u32 {
+    let Some(hop) = NEXT_HOPS.get_ptr_mut(backend_id) else {
+        // SAFETY: as the caller's.
+        return unsafe { forward(ctx, eth, ip) };
+    };
+    // SAFETY: per-CPU map value valid for this run; headers bounds-checked (caller).
+    unsafe {
+        let ifindex = (*hop).tx_ifindex;
+        if ifindex != 0
+            && now.wrapping_sub((*hop).refreshed_ns) <= LAST_SEEN_GRANULARITY_NS
+            && (*hop).dst_ip == (*ip).daddr
+            && (*hop).src_ip == (*ip).saddr
+            && (*hop).ingress_ifindex == ctx.ingress_ifindex() as u32
+            && u16::from_be((*ip).tot_len) <= (*hop).mtu
+        {
+            let (dmac, smac) = ((*hop).dmac, (*hop).smac);
+            return send(ctx, eth, ip, ifindex, &dmac, &smac);
+        }
+        forward_with_cache(ctx, eth, ip, Cache::Backend(hop, now))
+    }
 }
 
 /// `forward`, storing a successful lookup's next hop in `cache`.
@@ -40,7 +90,7 @@ unsafe fn forward_with_cache(
     ctx: &XdpContext,
     eth: *mut EthHdr,
     ip: *mut Ipv4Hdr,
-    cache: Option<*mut FlowEntry>,
+    cache: Cache,
 ) -> u32 {
     // SAFETY: all-zero is a valid value of this plain C struct.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
@@ -77,13 +127,29 @@ unsafe fn forward_with_cache(
         }
     }
 
-    if let Some(entry) = cache {
+    match cache {
+        Cache::None => {}
         // SAFETY: map value valid for this run (caller).
-        unsafe {
+        Cache::Flow(entry) => unsafe {
             (*entry).tx_ifindex = params.ifindex;
             (*entry).tx_dmac = params.dmac;
             (*entry).tx_smac = params.smac;
-        }
+        },
+        // SAFETY: per-CPU map value valid for this run (caller); `ip` bounds-checked.
+        Cache::Backend(hop, now) => unsafe {
+            *hop = NextHop {
+                refreshed_ns: now,
+                src_ip: (*ip).saddr,
+                dst_ip: (*ip).daddr,
+                ingress_ifindex: ingress,
+                tx_ifindex: params.ifindex,
+                dmac: params.dmac,
+                smac: params.smac,
+                // On success the lookup reports the egress MTU in place of the length.
+                mtu: params.__bindgen_anon_1.mtu_result,
+                _pad: [0; 2],
+            };
+        },
     }
     // SAFETY: headers are bounds-checked by the caller.
     unsafe { send(ctx, eth, ip, params.ifindex, &params.dmac, &params.smac) }
@@ -106,7 +172,7 @@ pub unsafe fn forward_hit(
     unsafe {
         let ifindex = (*entry).tx_ifindex;
         if refresh || ifindex == 0 {
-            return forward_with_cache(ctx, eth, ip, Some(entry));
+            return forward_with_cache(ctx, eth, ip, Cache::Flow(entry));
         }
         let (dmac, smac) = ((*entry).tx_dmac, (*entry).tx_smac);
         send(ctx, eth, ip, ifindex, &dmac, &smac)

@@ -10,7 +10,7 @@ use lb_common::{
     Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RING_SLOTS,
     DEFAULT_MAX_SERVICES, EligibilityKey, FLOW_EVENTS_BYTES, FlowEntry, FlowKey, FragmentEntry,
     FragmentKey, MAX_ELIGIBILITY_PREFIXES, MAX_FRAGMENTS, MAX_INTERFACES, MAX_LOCAL_ADDRS,
-    MAX_SESSIONS, Service, ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool,
+    MAX_SESSIONS, NextHop, Service, ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool,
     counters,
 };
 
@@ -29,6 +29,11 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 #[map]
 pub static MAGLEV_RINGS: Array<u32> =
     Array::with_max_entries(DEFAULT_MAX_RING_SLOTS, BPF_F_MMAPABLE);
+
+/// Backend id → this CPU's cached next hop toward it, for new flows' first packets
+/// (`fwd::forward_new`). Per CPU: no cache line shared between CPUs, no torn entry.
+#[map]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 /// The access-correspondence table: one entry per direction of every connection.
 #[map]

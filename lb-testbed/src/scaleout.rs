@@ -218,17 +218,9 @@ pub const PROXY_ECHO_PORT: u16 = 27;
 /// The `[peers]` (and extra services) part of instance `i`'s config.
 pub fn instance_peers_config(dir: &Path, i: usize, options: &PeersOptions) -> String {
     let mut text = format!(
-        "[timeouts]
-tcp_established = {}
-         [peers]
-node_id = {i}
-cluster_id = 7
-key_file = \"{}\"
-listen = \"{}:{PEERS_PORT}\"
-         announce = {}
-join_timeout_ms = 3000
-dead_after_ms = 1000
-",
+        "[timeouts]\ntcp_established = {}\n\
+         [peers]\nnode_id = {i}\ncluster_id = 7\nkey_file = \"{}\"\nlisten = \"{}:{PEERS_PORT}\"\n\
+         announce = {}\njoin_timeout_ms = 3000\ndead_after_ms = 1000\n",
         options.tcp_established_s,
         dir.join("peers.key").display(),
         back_link(i).1,
@@ -236,32 +228,25 @@ dead_after_ms = 1000
     );
     for j in (1..=MAX_INSTANCES).filter(|&j| j != i) {
         text.push_str(&format!(
-            "[[peers.peer]]
-node_id = {j}
-address = \"{}:{PEERS_PORT}\"
-",
+            "[[peers.peer]]\nnode_id = {j}\naddress = \"{}:{PEERS_PORT}\"\n",
             back_link(j).1
         ));
     }
+    let snat = format!("snat_ip = \"{}\"\n", snat_ip(i));
     for (service, port, extra) in [
-        ("echo-dnat", DNAT_ECHO_PORT, "mode = \"dnat\"\n"),
-        ("echo-proxy", PROXY_ECHO_PORT, "syn_proxy = true\n"),
+        ("echo-dnat", DNAT_ECHO_PORT, "mode = \"dnat\"\n".to_string()),
+        (
+            "echo-proxy",
+            PROXY_ECHO_PORT,
+            format!("syn_proxy = true\n{snat}"),
+        ),
     ] {
         text.push_str(&format!(
-            "[[service]]
-name = \"{service}\"
-vip = \"{VIP}\"
-port = {port}
-{extra}snat_ip = \"{}\"
-",
-            snat_ip(i)
+            "[[service]]\nname = \"{service}\"\nvip = \"{VIP}\"\nport = {port}\n{extra}"
         ));
         for ip in SERVER_IPS {
             text.push_str(&format!(
-                "[[service.backend]]
-address = \"{ip}\"
-port = {TCP_ECHO_PORT}
-"
+                "[[service.backend]]\naddress = \"{ip}\"\nport = {TCP_ECHO_PORT}\n"
             ));
         }
     }

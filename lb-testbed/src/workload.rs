@@ -29,7 +29,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// What one long-lived connection has done so far.
 struct Progress {
-    local_port: u16,
+    local_port: std::sync::atomic::AtomicU16,
     echoed: AtomicU64,
     /// Longest time without an echo, in ms, since the last [`Chatter::new_window`].
     max_gap_ms: AtomicU64,
@@ -44,7 +44,7 @@ pub struct Chatter {
     started: Instant,
     stop: Arc<AtomicBool>,
     progress: Vec<Arc<Progress>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
 }
 
 /// A broken long-lived connection.
@@ -88,48 +88,69 @@ pub fn chatter_message(id: usize, n: u64) -> [u8; MESSAGE_BYTES] {
 }
 
 impl Chatter {
-    /// Opens `connections` connections to `target` from `ns` (all of them, before any
-    /// message), then starts their exchanges.
+    /// Opens `connections` connections to `target` from `ns`, all at once, each
+    /// starting its exchange as soon as it is open (an idle connection would meet the
+    /// balancer's idle timeouts); returns when all are open, or the first error.
     pub fn start(
         ns: &str,
         target: SocketAddrV4,
         connections: usize,
         interval: Duration,
     ) -> Result<Chatter> {
-        let streams = run_in_netns(ns, move || -> Result<Vec<TcpStream>> {
-            (0..connections)
-                .map(|i| {
-                    TcpStream::connect_timeout(&target.into(), Duration::from_secs(5))
-                        .with_context(|| format!("opening long-lived connection {i} to {target}"))
-                })
-                .collect()
-        })??;
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
+        let (opened, results) = std::sync::mpsc::channel();
         let mut progress = Vec::new();
         let mut threads = Vec::new();
-        for (id, stream) in streams.into_iter().enumerate() {
+        for id in 0..connections {
             let entry = Arc::new(Progress {
-                local_port: stream.local_addr()?.port(),
+                local_port: std::sync::atomic::AtomicU16::new(0),
                 echoed: AtomicU64::new(0),
                 max_gap_ms: AtomicU64::new(0),
                 last_echo_ms: AtomicU64::new(0),
                 error: Mutex::new(None),
             });
-            let (stop, mine) = (stop.clone(), entry.clone());
-            threads.push(thread::spawn(move || {
+            let (stop, mine, opened) = (stop.clone(), entry.clone(), opened.clone());
+            let thread = spawn_in_netns(ns, move || {
+                let stream =
+                    match TcpStream::connect_timeout(&target.into(), Duration::from_secs(10)) {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            let _ = opened.send(Err(format!(
+                                "opening long-lived connection {id} to {target}: {e}"
+                            )));
+                            return;
+                        }
+                    };
+                let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+                mine.local_port.store(port, Ordering::Relaxed);
+                let _ = opened.send(Ok(()));
                 if let Err(e) = exchange(stream, id, interval, started, &stop, &mine) {
                     *lock(&mine.error) = Some(format!("{e:#}"));
                 }
-            }));
+            })?;
+            threads.push(thread);
             progress.push(entry);
         }
-        Ok(Chatter {
+        drop(opened);
+        let chatter = Chatter {
             started,
             stop,
             progress,
             threads,
-        })
+        };
+        for _ in 0..connections {
+            match results.recv_timeout(Duration::from_secs(15)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(anyhow!(e)),
+                Err(_) => {
+                    return Err(anyhow!(
+                        "long-lived connections to {target} not open within 15 s"
+                    ));
+                }
+            }
+        }
+        Ok(chatter)
     }
 
     /// Starts a new window for [`ChatterReport::max_gap`].
@@ -147,7 +168,7 @@ impl Chatter {
             .filter_map(|(connection, p)| {
                 lock(&p.error).clone().map(|error| Broken {
                     connection,
-                    local_port: p.local_port,
+                    local_port: p.local_port.load(Ordering::Relaxed),
                     error,
                 })
             })
@@ -178,7 +199,10 @@ impl Chatter {
 
     /// Client ports of the connections, in connection order.
     pub fn local_ports(&self) -> Vec<u16> {
-        self.progress.iter().map(|p| p.local_port).collect()
+        self.progress
+            .iter()
+            .map(|p| p.local_port.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Stops every exchange (the connections close) and reports.

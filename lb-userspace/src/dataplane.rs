@@ -269,6 +269,7 @@ impl Dataplane {
             .map_max_entries(map_names::SNAT_POOLS, capacity.max_services)
             .map_max_entries(map_names::BACKENDS, capacity.max_backends)
             .map_max_entries(map_names::BACKEND_STATS, capacity.max_backends)
+            .map_max_entries(map_names::NEXT_HOPS, capacity.max_backends)
             .map_max_entries(map_names::MAGLEV_RINGS, rings)
             .map_max_entries(map_names::FLOWS, capacity.max_flows);
         for (name, path) in &pin_paths {

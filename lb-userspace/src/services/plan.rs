@@ -225,6 +225,38 @@ pub fn plan(
         next.settings = Some(settings);
     }
 
+    // Local addresses: VIPs and SNAT addresses. New ones go in before any service is
+    // written, old ones leave after the services are gone: the data path looks a
+    // packet's destination up here before it looks for a service (docs/architecture.md,
+    // "Packet paths"), so every installed VIP must be in this table.
+    let mut wanted_addrs = BTreeMap::new();
+    for service in &config.services {
+        for &snat in &service.snat_ips {
+            wanted_addrs.insert(snat, ADDR_KIND_SNAT);
+        }
+    }
+    for service in &config.services {
+        wanted_addrs.insert(service.vip, ADDR_KIND_VIP);
+    }
+    // New addresses go in before old ones leave: both must fit at once.
+    let side_by_side = wanted_addrs
+        .keys()
+        .chain(next.local_addrs.keys())
+        .collect::<BTreeSet<_>>()
+        .len();
+    if side_by_side > lb_common::MAX_LOCAL_ADDRS as usize {
+        bail!(
+            "the VIPs and SNAT addresses need {side_by_side} local addresses while this change \
+             is made (the old ones go once the new ones are in) but the data path holds at \
+             most {}",
+            lb_common::MAX_LOCAL_ADDRS
+        );
+    }
+    for (&addr, &kind) in &wanted_addrs {
+        if next.local_addrs.get(&addr) != Some(&kind) {
+            ops.push(Op::WriteLocalAddr { addr, kind });
+        }
+    }
     // Backends: allocate ids for new ones first, free the unused ones last, so a
     // backend that stays keeps its id.
     let wanted_backends: BTreeSet<BackendAddr> = config
@@ -458,36 +490,7 @@ pub fn plan(
     }
     next.eligibility = wanted_prefixes;
 
-    // Local addresses: VIPs and SNAT addresses.
-    let mut wanted_addrs = BTreeMap::new();
-    for service in &config.services {
-        for &snat in &service.snat_ips {
-            wanted_addrs.insert(snat, ADDR_KIND_SNAT);
-        }
-    }
-    for service in &config.services {
-        wanted_addrs.insert(service.vip, ADDR_KIND_VIP);
-    }
-    // New addresses go in before old ones leave: both must fit at once.
-    let side_by_side = wanted_addrs
-        .keys()
-        .chain(next.local_addrs.keys())
-        .collect::<BTreeSet<_>>()
-        .len();
-    if side_by_side > lb_common::MAX_LOCAL_ADDRS as usize {
-        bail!(
-            "the VIPs and SNAT addresses need {side_by_side} local addresses while this change \
-             is made (the old ones go once the new ones are in) but the data path holds at \
-             most {}",
-            lb_common::MAX_LOCAL_ADDRS
-        );
-    }
-    for (&addr, &kind) in &wanted_addrs {
-        if next.local_addrs.get(&addr) != Some(&kind) {
-            ops.push(Op::WriteLocalAddr { addr, kind });
-        }
-    }
-    for &addr in next.local_addrs.keys() {
+    for &addr in installed.local_addrs.keys() {
         if !wanted_addrs.contains_key(&addr) {
             ops.push(Op::RemoveLocalAddr(addr));
         }

@@ -219,11 +219,19 @@ impl Model {
         }
     }
 
-    /// What every packet relies on: a service's live ring names only backends that
-    /// exist, and two services' regions never overlap.
+    /// What every packet relies on: a service's VIP is a local address (the data path
+    /// looks there first), a service's live ring names only backends that exist, and two
+    /// services' regions never overlap.
     fn check_consistent(&self) {
         let mut regions: Vec<(u32, u32)> = Vec::new();
-        for entry in self.services.values() {
+        for (key, entry) in &self.services {
+            assert_eq!(
+                self.local_addrs.get(&Ipv4Addr::from(u32::from_be(key.vip))),
+                Some(&lb_common::ADDR_KIND_VIP),
+                "service {} installed while its VIP is not a local address: {:?}",
+                entry.id,
+                self.ops
+            );
             if entry.backend_count > 0 {
                 for &slot in &self.rings[self.live_ring(entry)] {
                     let backend = self.backends.get(&(slot as u32));

@@ -772,40 +772,53 @@ fn scale(params: &KernelParams, wrapper_ns: f64) -> Result<Vec<ScalePoint>> {
             ACK,
             &[0x42; 64],
         );
-        // Each repeat hits another of the `flows` entries: cache misses included.
-        let repeat = params.repeat.min(flows.max(1) * 4);
-        let (m, d) = deltas(&mut rig, |rig| {
-            rig.measure(
-                Target::Balancer,
-                &packet,
-                Some((flows, GENERATED_SRC_BASE)),
-                repeat,
-                params.runs,
-            )
-        })?;
-        ensure!(
-            m.verdict == XDP_REDIRECT,
-            "scale {flows}: {}",
-            verdict_name(m.verdict)
-        );
-        let total = u64::from(repeat) * params.runs as u64;
-        ensure!(
-            d[0] == total && d[1] == 0,
-            "scale {flows}: flow_hits +{} new_flows +{}",
-            d[0],
-            d[1]
-        );
-        let bytes = rig.harness.flow_table_bytes()?;
-        points.push(ScalePoint {
-            flows,
-            capacity,
-            raw_ns: median(&m.ns),
-            net_ns: (median(&m.ns) - wrapper_ns).max(0.0),
-            runs_ns: m.ns,
-            map_bytes: bytes,
-            bytes_per_entry: bytes as f64 / f64::from(capacity),
-            fill_s,
-        });
+        // Each repeat hits the next of the first `working_set` entries, so a run hits
+        // each of them repeat / working_set times: cache and TLB misses included. The
+        // same number of repeats on every row, enough for each run to repeat within a
+        // few per cent. The largest table is measured a second time with the smallest
+        // row's working set: what the table's size costs apart from the spread of the
+        // entries a run touches (docs/bench/README.md, "Where the time goes").
+        let mut working_sets = vec![flows];
+        let smallest = params.scale_flows.first().copied().unwrap_or(flows);
+        if params.scale_flows.last() == Some(&flows) && smallest < flows {
+            working_sets.push(smallest);
+        }
+        for working_set in working_sets {
+            let repeat = params.repeat;
+            let (m, d) = deltas(&mut rig, |rig| {
+                rig.measure(
+                    Target::Balancer,
+                    &packet,
+                    Some((working_set, GENERATED_SRC_BASE)),
+                    repeat,
+                    params.runs,
+                )
+            })?;
+            ensure!(
+                m.verdict == XDP_REDIRECT,
+                "scale {flows}: {}",
+                verdict_name(m.verdict)
+            );
+            let total = u64::from(repeat) * params.runs as u64;
+            ensure!(
+                d[0] == total && d[1] == 0,
+                "scale {flows}: flow_hits +{} new_flows +{}",
+                d[0],
+                d[1]
+            );
+            let bytes = rig.harness.flow_table_bytes()?;
+            points.push(ScalePoint {
+                flows,
+                working_set,
+                capacity,
+                raw_ns: median(&m.ns),
+                net_ns: (median(&m.ns) - wrapper_ns).max(0.0),
+                runs_ns: m.ns,
+                map_bytes: bytes,
+                bytes_per_entry: bytes as f64 / f64::from(capacity),
+                fill_s,
+            });
+        }
     }
     Ok(points)
 }

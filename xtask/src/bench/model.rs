@@ -66,6 +66,9 @@ pub struct KernelPath {
 #[derive(Clone, Debug)]
 pub struct ScalePoint {
     pub flows: u32,
+    /// How many of the `flows` entries the repeats cycle over (`flows` but for the
+    /// extra row of the largest table with the smallest row's working set).
+    pub working_set: u32,
     pub capacity: u32,
     pub runs_ns: Vec<f64>,
     pub raw_ns: f64,
@@ -204,7 +207,7 @@ impl Report {
             },
             "scale": {
                 "flows": self.scale.iter().map(|s| json!({
-                    "flows": s.flows, "capacity": s.capacity, "runs_ns": s.runs_ns,
+                    "flows": s.flows, "working_set": s.working_set, "capacity": s.capacity, "runs_ns": s.runs_ns,
                     "raw_ns": s.raw_ns, "net_ns": s.net_ns, "map_bytes": s.map_bytes,
                     "bytes_per_entry": s.bytes_per_entry,
                     "bytes_per_connection": 2.0 * s.bytes_per_entry, "fill_s": s.fill_s,

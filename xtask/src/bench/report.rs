@@ -12,6 +12,16 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// The run farthest from the median, relative to the median: "± x %".
+fn spread(runs: &[f64]) -> String {
+    let median = super::model::median(runs);
+    if runs.is_empty() || median <= 0.0 {
+        return "–".into();
+    }
+    let farthest = runs.iter().map(|r| (r - median).abs()).fold(0.0, f64::max);
+    format!("± {:.1} %", 100.0 * farthest / median)
+}
+
 fn si(v: f64) -> String {
     if v >= 1e9 {
         format!("{:.2} G", v / 1e9)
@@ -132,17 +142,23 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(out, "## 3. Scale\n");
     let _ = writeln!(
         out,
-        "| flow entries | table capacity | established ns/packet (net) | × at smallest | kernel bytes/entry | bytes/connection (2 entries) | fill time (s) |\n|---:|---:|---:|---:|---:|---:|---:|"
+        "| flow entries | repeats cycle over | table capacity | established ns/packet (net) | × at smallest | runs within (of the median) | kernel bytes/entry | bytes/connection (2 entries) | fill time (s) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let first = r.scale.first().map(|s| s.net_ns).unwrap_or(0.0);
     for s in &r.scale {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} | {} | {:.0} | {:.0} | {:.1} |",
+            "| {} | {} | {} | {:.1} | {} | {} | {:.0} | {:.0} | {:.1} |",
             s.flows,
+            if s.working_set == s.flows {
+                "all".to_string()
+            } else {
+                format!("the first {}", s.working_set)
+            },
             s.capacity,
             s.net_ns,
             ratio(s.net_ns, first),
+            spread(&s.runs_ns),
             s.bytes_per_entry,
             2.0 * s.bytes_per_entry,
             s.fill_s
@@ -400,8 +416,9 @@ mod tests {
             syn_proxy: "not present".into(),
             scale: vec![ScalePoint {
                 flows: 1000,
+                working_set: 1000,
                 capacity: 4096,
-                runs_ns: vec![50.0],
+                runs_ns: vec![48.0, 50.0, 52.0],
                 raw_ns: 60.0,
                 net_ns: 50.0,
                 map_bytes: 409_600,
@@ -469,7 +486,7 @@ mod tests {
             "- build profile: release",
             "| established TCP forward | 30.0 | ≤ 50 (met) | 33.3 | 1.50× | 40.0 | 39, 40, 41 | flow_hits +3000 = repeats |",
             "| UDP 64 B (packets/s) | 550.0 k (vs nft 1.38×, vs routing 1.00×) | 400.0 k (vs nft 1.00×, vs routing 0.73×) | failed |",
-            "| 1000 | 4096 | 50.0 | 1.00× | 100 | 200 | 0.0 |",
+            "| 1000 | all | 4096 | 50.0 | 1.00× | ± 4.0 % | 100 | 200 | 0.0 |",
             "| 10 | 1021 | 2.0 | 100.0 | 1021 |",
             "| 10 | 100 | 1.50 | ok |",
             "| forward | ≤ 1.5× floor | 1.50× | yes |",
