@@ -940,7 +940,8 @@ mod tests {
             sent,
             [
                 (1000, 1, FLOW_STATE_HALF_CLOSED_CLIENT),
-                (1001, 0, FLOW_STATE_ESTABLISHED),
+                // Made before the node id was known: sent as this instance's.
+                (1001, 1, FLOW_STATE_ESTABLISHED),
                 (1003, 3, FLOW_STATE_ESTABLISHED),
             ]
         );

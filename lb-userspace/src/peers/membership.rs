@@ -194,7 +194,10 @@ pub struct PeersStatus {
     pub ready: bool,
     /// This instance and every peer heard within `dead_after` (syncing or up).
     pub live_nodes: BTreeSet<u16>,
-    /// The SNAT addresses of the live peers.
+    /// The SNAT addresses every peer announced in its last hello, live or not: this
+    /// instance backs them up on the routers, so that when a peer is lost (or drained
+    /// and stopped) the servers' replies to its connections reach an instance that
+    /// holds them (docs/scale-out.md, "Routes").
     pub peer_snat: Vec<Ipv4Addr>,
     pub join_timeout_ms: u64,
     pub dead_after_ms: u64,
@@ -623,8 +626,8 @@ impl Membership {
             let live = matches!(peer_state, PeerState::Syncing | PeerState::Up);
             if live {
                 live_nodes.insert(*id);
-                peer_snat.extend(peer.snat.iter().copied());
             }
+            peer_snat.extend(peer.snat.iter().copied());
             rows.push(PeerRow {
                 node_id: *id,
                 address: peer.config.address,

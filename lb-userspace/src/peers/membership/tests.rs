@@ -166,7 +166,7 @@ fn a_peer_goes_connecting_syncing_up_and_down() {
 }
 
 #[test]
-fn live_nodes_and_snat_are_those_of_live_peers() {
+fn live_nodes_are_the_live_peers_and_snat_every_peers_last_known() {
     let mut w = World::new();
     w.join(1, 2, 0);
     w.m.accepted(2, C_IP);
@@ -180,7 +180,12 @@ fn live_nodes_and_snat_are_those_of_live_peers() {
     w.m.closed(1, w.at(20));
     let status = w.m.status(w.at(20));
     assert_eq!(status.live_nodes, BTreeSet::from([1, 3]));
-    assert_eq!(status.peer_snat, vec![Ipv4Addr::new(198, 19, 1, 3)]);
+    // A peer gone down keeps its SNAT address backed up: its connections' replies
+    // must still reach an instance that holds them.
+    assert_eq!(
+        status.peer_snat,
+        vec![Ipv4Addr::new(198, 19, 1, 2), Ipv4Addr::new(198, 19, 1, 3)]
+    );
     let mut held = BTreeMap::new();
     held.insert(3, 42);
     w.m.set_flows_held(&held);
