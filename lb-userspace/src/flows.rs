@@ -2,7 +2,7 @@
 //! dump in the shape of an access-correspondence table (client, VIP, SNAT, server).
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     time::Duration,
 };
 
@@ -113,6 +113,10 @@ pub struct Sharing<'a> {
     /// Node ids of the peers seen alive.
     pub live: &'a BTreeSet<u16>,
     pub activity: Option<&'a RemoteActivity>,
+    /// When each peer was last heard (CLOCK_MONOTONIC ns). A copy of a down owner's
+    /// flow counts as active until then: the owner was handling it, so the copy's own
+    /// idle time says nothing before the owner was lost.
+    pub owners_heard: Option<&'a BTreeMap<u16, u64>>,
 }
 
 impl Sharing<'_> {
@@ -121,6 +125,7 @@ impl Sharing<'_> {
         self_node: 0,
         live: &BTreeSet::new(),
         activity: None,
+        owners_heard: None,
     };
 
     /// Whether `entry` is this instance's (created here, or before it had peers).
@@ -135,9 +140,15 @@ impl Sharing<'_> {
 
     /// The last touch by a peer of the connection of `entry` (under `key`), or 0.
     fn remote_ns(&self, key: &FlowKey, entry: &FlowEntry) -> u64 {
-        self.activity
+        let touched = self
+            .activity
             .and_then(|activity| activity.last(&forward_key(key, entry)))
-            .unwrap_or(0)
+            .unwrap_or(0);
+        let owner_heard = match self.owners_heard {
+            Some(heard) if !self.owns(entry) => heard.get(&entry.owner).copied().unwrap_or(0),
+            _ => 0,
+        };
+        touched.max(owner_heard)
     }
 }
 
@@ -378,6 +389,7 @@ pub fn sync_records(
         self_node,
         live,
         activity: None,
+        owners_heard: None,
     };
     entries
         .iter()
@@ -811,6 +823,7 @@ mod tests {
             self_node: 1,
             live: &live,
             activity: None,
+            owners_heard: None,
         };
         let held = owned_pair(2, 0, 0);
         assert!(expired_shared(&held, 1000 * SEC, &timeouts(), &sharing).is_empty());
@@ -830,12 +843,39 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_owners_copy_is_idle_only_from_when_the_owner_was_last_heard() {
+        // Idle here since 0 (its packets went to its owner), owner lost at 95 s.
+        let held = owned_pair(2, 0, 0);
+        let heard = BTreeMap::from([(2, 95 * SEC)]);
+        let lost = Sharing {
+            self_node: 1,
+            live: &BTreeSet::new(),
+            activity: None,
+            owners_heard: Some(&heard),
+        };
+        // 101 s: 6 s after the owner went, within the established timeout.
+        assert_eq!(collected_shared(&held, 101 * SEC, &lost).entries, 0);
+        // Without the owner's time it would have gone at once.
+        let blind = Sharing {
+            owners_heard: None,
+            ..lost
+        };
+        assert_eq!(collected_shared(&held, 101 * SEC, &blind).entries, 2);
+        // Idle past the timeout after the owner went: expired like an own flow.
+        assert_eq!(
+            collected_shared(&held, 95 * SEC + 101 * SEC, &lost).entries,
+            2
+        );
+    }
+
+    #[test]
     fn own_flows_expire_as_before_and_their_end_is_announced() {
         let live = BTreeSet::from([2]);
         let sharing = Sharing {
             self_node: 1,
             live: &live,
             activity: None,
+            owners_heard: None,
         };
         let own = owned_pair(1, 10 * SEC, 20 * SEC);
         assert_eq!(
@@ -864,6 +904,7 @@ mod tests {
             self_node: 1,
             live: &live,
             activity: Some(&activity),
+            owners_heard: None,
         };
         assert_eq!(collected_shared(&own, 150 * SEC, &sharing).entries, 0);
         assert_eq!(collected_shared(&own, 201 * SEC, &sharing).entries, 2);
@@ -879,6 +920,7 @@ mod tests {
             self_node: 1,
             live: &live,
             activity: None,
+            owners_heard: None,
         };
         let mut entries = owned_pair(2, 10 * SEC, 10 * SEC);
         entries.extend(

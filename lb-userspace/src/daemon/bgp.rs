@@ -55,13 +55,16 @@ impl Controller {
             return;
         };
         // Without peers the instance is ready once its configuration is applied; with
-        // them, once its peers synced it (`sync_peer_routes`).
+        // them, once its peers synced it (`sync_peer_routes`). A restarted controller
+        // that adopted a running data path keeps announcing: that data path never
+        // stopped, and a controller crash must change no route.
+        let adopted = self.dataplane.adopted();
         let inputs = match &self.peers {
             None => RouteInputs {
                 ready: true,
                 ..RouteInputs::default()
             },
-            Some(peers) => route_inputs(&peers.status(), false),
+            Some(peers) => route_inputs(&peers.status(), false, adopted),
         };
         let routes = bgp::desired_routes(&self.config.services, &settings.return_routes, &inputs);
         self.bgp = Some(BgpState {
@@ -89,7 +92,11 @@ impl Controller {
         let (Some(peers), Some(state)) = (&self.peers, &mut self.bgp) else {
             return;
         };
-        let inputs = route_inputs(&peers.status(), state.inputs.draining);
+        let inputs = route_inputs(
+            &peers.status(),
+            state.inputs.draining,
+            self.dataplane.adopted(),
+        );
         if inputs != state.inputs {
             if inputs.ready && !state.inputs.ready {
                 log::info!("bgp: synced with the peers, announcing");
@@ -190,11 +197,15 @@ pub(super) async fn withdraw_and_wait(status: Arc<Mutex<bgp::AnnouncerStatus>>, 
     tokio::time::sleep(delay).await;
 }
 
-/// What BIRD should announce as the peer protocol sees the cluster: ready once synced,
-/// the live peers' SNAT addresses as backups.
-fn route_inputs(peers: &crate::peers::membership::PeersStatus, draining: bool) -> RouteInputs {
+/// What BIRD should announce as the peer protocol sees the cluster: ready once synced
+/// (or at once over an adopted data path), the peers' SNAT addresses as backups.
+fn route_inputs(
+    peers: &crate::peers::membership::PeersStatus,
+    draining: bool,
+    adopted: bool,
+) -> RouteInputs {
     RouteInputs {
-        ready: peers.ready,
+        ready: peers.ready || adopted,
         draining,
         peer_snat: peers.peer_snat.clone(),
     }

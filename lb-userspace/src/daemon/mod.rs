@@ -430,12 +430,33 @@ impl Controller {
     }
 
     pub fn expire_flows(&mut self) -> usize {
-        let live = self
-            .peers
-            .as_ref()
-            .map(|peers| peers.status().live_nodes)
-            .unwrap_or_default();
-        let (removed, outcome) = self.expire_flows_with(&live);
+        // Until the peers synced this instance it cannot tell a down peer from one it
+        // has not heard yet: every configured peer counts as live, so no copy of a
+        // live peer's flow is expired here by mistake.
+        let now = sys::monotonic_ns();
+        let mut owners_heard = BTreeMap::new();
+        let live = match (&self.peers, &self.config.peers) {
+            (Some(peers), Some(config)) => {
+                let status = peers.status();
+                for row in &status.peers {
+                    if let Some(ms) = row.last_heard_ms {
+                        owners_heard.insert(row.node_id, now.saturating_sub(ms * 1_000_000));
+                    }
+                }
+                if status.ready {
+                    status.live_nodes
+                } else {
+                    config
+                        .members
+                        .iter()
+                        .map(|peer| peer.node_id)
+                        .chain([config.node_id])
+                        .collect()
+                }
+            }
+            _ => std::collections::BTreeSet::new(),
+        };
+        let (removed, outcome) = self.expire_flows_with(&live, &owners_heard);
         if let Some(peers) = &self.peers {
             let mut batch = outcome.removed;
             batch.extend(outcome.touches);

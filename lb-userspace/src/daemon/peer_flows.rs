@@ -88,7 +88,11 @@ impl Controller {
     /// touches count as activity. Returns the entries removed and what to announce:
     /// the end of the own connections removed, touches of other owners' connections
     /// that saw packets since the previous pass.
-    pub fn expire_flows_with(&mut self, live: &BTreeSet<u16>) -> (usize, GcOutcome) {
+    pub fn expire_flows_with(
+        &mut self,
+        live: &BTreeSet<u16>,
+        owners_heard: &std::collections::BTreeMap<u16, u64>,
+    ) -> (usize, GcOutcome) {
         let started = std::time::Instant::now();
         let entries = self.dataplane.flow_entries();
         self.update_syn_cookies(&entries);
@@ -114,6 +118,7 @@ impl Controller {
             self_node: self.node_id(),
             live,
             activity: Some(&self.peer_flows.activity),
+            owners_heard: Some(owners_heard),
         };
         let touches = flows::touches(&entries, &sharing, &mut self.peer_flows.seen, now);
         let expired = flows::expired_shared(&entries, now, &timeouts, &sharing);
