@@ -27,12 +27,8 @@ pub unsafe fn touch(key: &FlowKey, entry: *mut FlowEntry, tcp_flags: Option<u8>,
             if tcp_state::may_change(state, flags) {
                 // A DNAT connection's client → server entry keeps the client's address.
                 let replies_bypass = (*entry).new_src_ip == key.src_ip;
-                let next = tcp_state::next_with_bypass(
-                    state,
-                    (*entry).direction,
-                    flags,
-                    replies_bypass,
-                );
+                let next =
+                    tcp_state::next_with_bypass(state, (*entry).direction, flags, replies_bypass);
                 if next != state {
                     (*entry).state = next;
                     (*entry).last_seen_ns = now;

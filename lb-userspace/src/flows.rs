@@ -117,6 +117,10 @@ pub struct Sharing<'a> {
     /// flow counts as active until then: the owner was handling it, so the copy's own
     /// idle time says nothing before the owner was lost.
     pub owners_heard: Option<&'a BTreeMap<u16, u64>>,
+    /// Activity before this instant (CLOCK_MONOTONIC ns) is unknown here: a restarted
+    /// controller lost the peers' touches it had, so its start counts as one until the
+    /// peers' next touches arrive. 0 without peers.
+    pub known_since_ns: u64,
 }
 
 impl Sharing<'_> {
@@ -126,6 +130,7 @@ impl Sharing<'_> {
         live: &BTreeSet::new(),
         activity: None,
         owners_heard: None,
+        known_since_ns: 0,
     };
 
     /// Whether `entry` is this instance's (created here, or before it had peers).
@@ -148,7 +153,7 @@ impl Sharing<'_> {
             Some(heard) if !self.owns(entry) => heard.get(&entry.owner).copied().unwrap_or(0),
             _ => 0,
         };
-        touched.max(owner_heard)
+        touched.max(owner_heard).max(self.known_since_ns)
     }
 }
 
@@ -390,6 +395,7 @@ pub fn sync_records(
         live,
         activity: None,
         owners_heard: None,
+        known_since_ns: 0,
     };
     entries
         .iter()
@@ -824,6 +830,7 @@ mod tests {
             live: &live,
             activity: None,
             owners_heard: None,
+            known_since_ns: 0,
         };
         let held = owned_pair(2, 0, 0);
         assert!(expired_shared(&held, 1000 * SEC, &timeouts(), &sharing).is_empty());
@@ -852,6 +859,7 @@ mod tests {
             live: &BTreeSet::new(),
             activity: None,
             owners_heard: Some(&heard),
+            known_since_ns: 0,
         };
         // 101 s: 6 s after the owner went, within the established timeout.
         assert_eq!(collected_shared(&held, 101 * SEC, &lost).entries, 0);
@@ -869,6 +877,27 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_controller_counts_its_start_as_activity() {
+        // An own connection whose packets go through peers: only their touches, lost
+        // with the old controller, kept it alive here.
+        let own = owned_pair(1, 0, 0);
+        let live = BTreeSet::from([2]);
+        let restarted = Sharing {
+            self_node: 1,
+            live: &live,
+            activity: None,
+            owners_heard: None,
+            known_since_ns: 95 * SEC,
+        };
+        assert_eq!(collected_shared(&own, 101 * SEC, &restarted).entries, 0);
+        let forgetful = Sharing {
+            known_since_ns: 0,
+            ..restarted
+        };
+        assert_eq!(collected_shared(&own, 101 * SEC, &forgetful).entries, 2);
+    }
+
+    #[test]
     fn own_flows_expire_as_before_and_their_end_is_announced() {
         let live = BTreeSet::from([2]);
         let sharing = Sharing {
@@ -876,6 +905,7 @@ mod tests {
             live: &live,
             activity: None,
             owners_heard: None,
+            known_since_ns: 0,
         };
         let own = owned_pair(1, 10 * SEC, 20 * SEC);
         assert_eq!(
@@ -905,6 +935,7 @@ mod tests {
             live: &live,
             activity: Some(&activity),
             owners_heard: None,
+            known_since_ns: 0,
         };
         assert_eq!(collected_shared(&own, 150 * SEC, &sharing).entries, 0);
         assert_eq!(collected_shared(&own, 201 * SEC, &sharing).entries, 2);
@@ -921,6 +952,7 @@ mod tests {
             live: &live,
             activity: None,
             owners_heard: None,
+            known_since_ns: 0,
         };
         let mut entries = owned_pair(2, 10 * SEC, 10 * SEC);
         entries.extend(

@@ -40,26 +40,31 @@ struct Load {
     udp: UdpFlows,
 }
 
+/// The long-lived connections of the scenario: full-NAT, DNAT, SYN-proxied.
+const LONG_LIVED: [(u16, usize); 3] = [
+    (TCP_ECHO_PORT, 80),
+    (DNAT_ECHO_PORT, 70),
+    (PROXY_ECHO_PORT, 50),
+];
+
 impl Load {
-    fn start(testbed: &ScaleOut) -> Load {
+    fn start(testbed: &ScaleOut, long_lived: &[(u16, usize)]) -> Load {
         let client = testbed.client_ns();
-        let chatters = [
-            (TCP_ECHO_PORT, 80),
-            (DNAT_ECHO_PORT, 70),
-            (PROXY_ECHO_PORT, 50),
-        ]
-        .into_iter()
-        .map(|(port, count)| {
-            let chatter = Chatter::start(
-                &client,
-                SocketAddrV4::new(VIP, port),
-                count,
-                MESSAGE_INTERVAL,
-            )
-            .unwrap_or_else(|e| panic!("opening the long-lived connections to port {port}: {e:#}"));
-            (port, chatter)
-        })
-        .collect();
+        let chatters = long_lived
+            .iter()
+            .map(|&(port, count)| {
+                let chatter = Chatter::start(
+                    &client,
+                    SocketAddrV4::new(VIP, port),
+                    count,
+                    MESSAGE_INTERVAL,
+                )
+                .unwrap_or_else(|e| {
+                    panic!("opening the long-lived connections to port {port}: {e:#}")
+                });
+                (port, chatter)
+            })
+            .collect();
         let curl = NewConnections::start(
             &client,
             &format!("http://{VIP}/"),

@@ -119,6 +119,11 @@ impl Controller {
             live,
             activity: Some(&self.peer_flows.activity),
             owners_heard: Some(owners_heard),
+            known_since_ns: if self.peers.is_some() {
+                now.saturating_sub(self.started.elapsed().as_nanos() as u64)
+            } else {
+                0
+            },
         };
         let touches = flows::touches(&entries, &sharing, &mut self.peer_flows.seen, now);
         let expired = flows::expired_shared(&entries, now, &timeouts, &sharing);
