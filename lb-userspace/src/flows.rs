@@ -224,13 +224,7 @@ pub fn half_open_per_service(entries: &[(FlowKey, FlowEntry)]) -> HashMap<u32, u
 /// millions of flows the pairs are matched among the few candidates instead of an index
 /// of the whole table. A candidate whose peer is not a candidate is returned when it is
 /// idle on its own: its peer is busy (the pair stays, as `remove_idle` finds) or gone.
-pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, timeouts: &Timeouts) -> Vec<FlowKey> {
-    expired_shared(entries, now_ns, timeouts, &Sharing::NONE)
-}
-
-/// `expired` with peers: copies held for live owners are never candidates, and a
-/// peer's touch counts as activity.
-pub fn expired_shared(
+pub fn expired(
     entries: &[(FlowKey, FlowEntry)],
     now_ns: u64,
     timeouts: &Timeouts,
@@ -268,20 +262,7 @@ impl FlowTable for Dataplane {
     }
 }
 
-/// Removes the connections of `candidates` (from `expired`) that are still idle: each
-/// entry and its peer are read again right before they go, so a packet that refreshed
-/// either since the snapshot keeps the connection. Returns the number of entries
-/// removed.
-pub fn remove_idle(
-    table: &mut impl FlowTable,
-    candidates: &[FlowKey],
-    now_ns: u64,
-    timeouts: &Timeouts,
-) -> usize {
-    remove_idle_shared(table, candidates, now_ns, timeouts, &Sharing::NONE).entries
-}
-
-/// What `remove_idle_shared` removed.
+/// What `remove_idle` removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Removed {
     /// Entries removed.
@@ -291,9 +272,11 @@ pub struct Removed {
     pub own: Vec<FlowRecord>,
 }
 
-/// `remove_idle` with peers (see `expired_shared`): also returns the records of the
-/// removed connections this instance owns.
-pub fn remove_idle_shared(
+/// Removes the connections of `candidates` (from `expired`) that are still idle: each
+/// entry and its peer are read again right before they go, so a packet that refreshed
+/// either since the snapshot keeps the connection. With peers (see `expired`), it also
+/// returns the records of the removed connections this instance owns.
+pub fn remove_idle(
     table: &mut impl FlowTable,
     candidates: &[FlowKey],
     now_ns: u64,
@@ -559,8 +542,8 @@ mod tests {
     /// snapshot judgement and its re-check of the live entries, together.
     fn collected(entries: &[(FlowKey, FlowEntry)], now_ns: u64) -> usize {
         let mut table: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
-        let candidates = expired(entries, now_ns, &timeouts());
-        remove_idle(&mut table, &candidates, now_ns, &timeouts())
+        let candidates = expired(entries, now_ns, &timeouts(), &Sharing::NONE);
+        remove_idle(&mut table, &candidates, now_ns, &timeouts(), &Sharing::NONE).entries
     }
 
     #[test]
@@ -636,9 +619,9 @@ mod tests {
     #[test]
     fn live_connections_are_not_candidates() {
         let entries = pair(FLOW_STATE_ESTABLISHED, 10 * SEC, 0);
-        assert!(expired(&entries, 50 * SEC, &timeouts()).is_empty());
+        assert!(expired(&entries, 50 * SEC, &timeouts(), &Sharing::NONE).is_empty());
         // The quiet direction of a one-way stream is a candidate; the live peer keeps it.
-        let candidates = expired(&entries, 105 * SEC, &timeouts());
+        let candidates = expired(&entries, 105 * SEC, &timeouts(), &Sharing::NONE);
         assert_eq!(candidates, vec![entries[1].0]);
         assert_eq!(collected(&entries, 105 * SEC), 0);
     }
@@ -768,19 +751,33 @@ mod tests {
     #[test]
     fn a_connection_refreshed_after_the_snapshot_is_kept() {
         let entries = pair(FLOW_STATE_ESTABLISHED, 10 * SEC, 10 * SEC);
-        let candidates = expired(&entries, 111 * SEC, &timeouts());
+        let candidates = expired(&entries, 111 * SEC, &timeouts(), &Sharing::NONE);
         assert_eq!(candidates.len(), 2);
         let mut table: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
         // A packet in the reverse direction arrives before the collector deletes.
         table.get_mut(&entries[1].0).unwrap().last_seen_ns = 111 * SEC;
         assert_eq!(
-            remove_idle(&mut table, &candidates, 112 * SEC, &timeouts()),
+            remove_idle(
+                &mut table,
+                &candidates,
+                112 * SEC,
+                &timeouts(),
+                &Sharing::NONE
+            )
+            .entries,
             0
         );
         assert_eq!(table.len(), 2);
         // Still quiet after its timeout: both entries go together.
         assert_eq!(
-            remove_idle(&mut table, &candidates, 212 * SEC, &timeouts()),
+            remove_idle(
+                &mut table,
+                &candidates,
+                212 * SEC,
+                &timeouts(),
+                &Sharing::NONE
+            )
+            .entries,
             2
         );
         assert!(table.is_empty());
@@ -790,12 +787,19 @@ mod tests {
     fn a_connection_that_changed_state_is_judged_by_its_new_state() {
         // A SYN-seen pair past tcp_syn is a candidate; established by now, it stays.
         let entries = pair(FLOW_STATE_SYN_SEEN, 0, 0);
-        let candidates = expired(&entries, 6 * SEC, &timeouts());
+        let candidates = expired(&entries, 6 * SEC, &timeouts(), &Sharing::NONE);
         assert_eq!(candidates.len(), 2);
         let mut table: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
         table.get_mut(&entries[0].0).unwrap().state = FLOW_STATE_ESTABLISHED;
         assert_eq!(
-            remove_idle(&mut table, &candidates, 6 * SEC, &timeouts()),
+            remove_idle(
+                &mut table,
+                &candidates,
+                6 * SEC,
+                &timeouts(),
+                &Sharing::NONE
+            )
+            .entries,
             0
         );
     }
@@ -818,8 +822,8 @@ mod tests {
         sharing: &Sharing<'_>,
     ) -> Removed {
         let mut table: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
-        let candidates = expired_shared(entries, now_ns, &timeouts(), sharing);
-        remove_idle_shared(&mut table, &candidates, now_ns, &timeouts(), sharing)
+        let candidates = expired(entries, now_ns, &timeouts(), sharing);
+        remove_idle(&mut table, &candidates, now_ns, &timeouts(), sharing)
     }
 
     #[test]
@@ -833,12 +837,11 @@ mod tests {
             known_since_ns: 0,
         };
         let held = owned_pair(2, 0, 0);
-        assert!(expired_shared(&held, 1000 * SEC, &timeouts(), &sharing).is_empty());
+        assert!(expired(&held, 1000 * SEC, &timeouts(), &sharing).is_empty());
         // Judged again as it goes: a candidate of an earlier pass is kept as well.
         let mut table: HashMap<FlowKey, FlowEntry> = held.iter().copied().collect();
         let candidates = vec![held[0].0, held[1].0];
-        let removed =
-            remove_idle_shared(&mut table, &candidates, 1000 * SEC, &timeouts(), &sharing);
+        let removed = remove_idle(&mut table, &candidates, 1000 * SEC, &timeouts(), &sharing);
         assert_eq!(removed, Removed::default());
         // Its owner down: expired like an own flow, and not announced.
         let down = Sharing {

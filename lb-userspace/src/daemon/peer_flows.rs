@@ -126,9 +126,9 @@ impl Controller {
             },
         };
         let touches = flows::touches(&entries, &sharing, &mut self.peer_flows.seen, now);
-        let expired = flows::expired_shared(&entries, now, &timeouts, &sharing);
+        let expired = flows::expired(&entries, now, &timeouts, &sharing);
         // The snapshot may be stale by now: each candidate is judged again as it goes.
-        let removed = flows::remove_idle_shared(
+        let removed = flows::remove_idle(
             &mut self.dataplane,
             &expired,
             sys::monotonic_ns(),
