@@ -70,10 +70,7 @@ pub fn desired_routes(
         return RouteSet::default();
     }
     let vips: BTreeSet<Ipv4Addr> = services.iter().map(|s| s.vip).collect();
-    let snat: BTreeSet<Ipv4Addr> = services
-        .iter()
-        .flat_map(|s| s.snat_ips.iter().copied())
-        .collect();
+    let snat = crate::config::Config::snat_addresses(services);
     // An address both owned and a peer's (a misconfigured cluster) is announced as ours
     // only: a backup route of our own address would only lengthen our path.
     let snat_backup = inputs

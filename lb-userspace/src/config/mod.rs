@@ -188,6 +188,15 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// Every SNAT address of the configured services, once: what this instance owns,
+    /// announces (`[bgp]`) and tells its peers about (`[peers]`).
+    pub fn snat_addresses(services: &[ServiceConfig]) -> std::collections::BTreeSet<Ipv4Addr> {
+        services
+            .iter()
+            .flat_map(|s| s.snat_ips.iter().copied())
+            .collect()
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError {

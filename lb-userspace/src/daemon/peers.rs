@@ -21,14 +21,9 @@ pub fn prepare_peers(config: &Config) -> Result<Option<(PeersHandle, PeerInbox)>
 
 /// The SNAT addresses this instance's services use: each peer routes them back here.
 pub fn own_snat(config: &Config) -> Vec<Ipv4Addr> {
-    let mut snat: Vec<Ipv4Addr> = config
-        .services
-        .iter()
-        .flat_map(|s| s.snat_ips.iter().copied())
-        .collect();
-    snat.sort_unstable();
-    snat.dedup();
-    snat
+    Config::snat_addresses(&config.services)
+        .into_iter()
+        .collect()
 }
 
 /// Connections per owner (counted on their client → VIP entries).
