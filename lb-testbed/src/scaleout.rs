@@ -949,6 +949,29 @@ impl ScaleOut {
         }
     }
 
+    /// Waits until the routers learned what `instances` announce: the VIP via all of
+    /// them on the front router, each one's SNAT address via itself on the back router
+    /// (full-NAT replies need it). Each wait is bounded by `limit`.
+    pub fn wait_announced(&self, instances: &[usize], limit: Duration) -> Result<()> {
+        self.wait_next_hops(
+            Side::Front,
+            &format!("{VIP}/32"),
+            &ScaleOut::front_hops(instances),
+            limit,
+        )
+        .context("the front router learns the VIP from every instance")?;
+        for &i in instances {
+            self.wait_next_hops(
+                Side::Back,
+                &format!("{}/32", snat_ip(i)),
+                &ScaleOut::back_hops(&[i]),
+                limit,
+            )
+            .context("the back router learns each instance's SNAT address")?;
+        }
+        Ok(())
+    }
+
     /// The front links' instance ends of `instances`: the VIP's wanted next hops.
     pub fn front_hops(instances: &[usize]) -> BTreeSet<Ipv4Addr> {
         instances.iter().map(|&i| front_link(i).1).collect()

@@ -35,24 +35,8 @@ fn cluster(instances: usize) -> ScaleOut {
     }
     let all: Vec<usize> = (1..=instances).collect();
     testbed
-        .wait_next_hops(
-            Side::Front,
-            VIP_PREFIX,
-            &ScaleOut::front_hops(&all),
-            CONVERGE,
-        )
-        .expect("the front router learns the VIP from every instance");
-    // Full-NAT replies need each instance's SNAT address on the back router.
-    for i in all {
-        testbed
-            .wait_next_hops(
-                Side::Back,
-                &format!("{}/32", scaleout::snat_ip(i)),
-                &ScaleOut::back_hops(&[i]),
-                CONVERGE,
-            )
-            .expect("the back router learns each instance's SNAT address");
-    }
+        .wait_announced(&all, CONVERGE)
+        .expect("the routers learn every instance's routes");
     testbed
 }
 

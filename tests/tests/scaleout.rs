@@ -253,17 +253,9 @@ fn cluster(announce: bool) -> ScaleOut {
     for i in 1..=3 {
         testbed.start_lb(i).expect("start lb");
     }
-    wait_front(&testbed, &[1, 2, 3]);
-    for i in 1..=3 {
-        testbed
-            .wait_next_hops(
-                Side::Back,
-                &format!("{}/32", scaleout::snat_ip(i)),
-                &ScaleOut::back_hops(&[i]),
-                CONVERGE,
-            )
-            .expect("the back router learns each instance's SNAT address");
-    }
+    testbed
+        .wait_announced(&[1, 2, 3], CONVERGE)
+        .expect("the routers learn every instance's routes");
     testbed
 }
 
