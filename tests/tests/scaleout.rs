@@ -219,11 +219,12 @@ fn judge(step: &str, testbed: &ScaleOut, load: &Load, running: &[usize]) {
         let differ: Vec<_> = reference
             .iter()
             .filter(|(key, value)| table.get(key) != Some(value))
+            .map(|(key, value)| (key, value, table.get(key)))
             .take(5)
             .collect();
         assert!(
             differ.is_empty(),
-            "{step}: instance {i} disagrees with instance {first} on {differ:?}"
+            "{step}: instance {i} disagrees with instance {first} on (key, theirs, its) {differ:?}"
         );
     }
     load.new_window();
@@ -297,6 +298,18 @@ fn no_connection_breaks_while_instances_come_go_crash_and_are_lost() {
         started.elapsed()
     );
     judge("add", &testbed, &load, &[1, 2, 3, 4]);
+    // It held every flow it was sent before it announced: none of its share's packets
+    // found no flow (a mid-connection ACK of a SYN-proxied echo would even pass as a
+    // cookie there and open a second server connection).
+    let joiner = testbed
+        .lb_json(fourth, "stats")
+        .expect("lb stats on the 4th");
+    assert_eq!(
+        joiner["counters"]["drop_no_flow"].as_u64(),
+        Some(0),
+        "add: the 4th instance took traffic before it held its peers' flows: {}",
+        joiner["counters"]
+    );
 
     // 2. Drain instance 2: routes withdrawn first, then it stops.
     let started = Instant::now();

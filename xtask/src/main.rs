@@ -257,6 +257,10 @@ fn test() -> Result<()> {
     // One summary over both runs (the last libtest line alone would be the
     // last crate's doc tests, usually "0 passed").
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+    // Last, where a truncated log still shows them: why each failing test failed.
+    for panic in &tally.panics {
+        println!("xtask: {panic}");
+    }
     match (unit_ok, root_ok) {
         (true, true) => Ok(()),
         (false, _) => bail!("unit tests failed"),
@@ -268,7 +272,12 @@ fn test() -> Result<()> {
 struct Tally {
     passed: u64,
     failed: u64,
+    /// "thread 'T' panicked at F:L: MESSAGE" of every failing test, the message cut short.
+    panics: Vec<String>,
 }
+
+/// Longest panic message kept for the summary.
+const PANIC_SUMMARY_CHARS: usize = 600;
 
 /// `cargo test ARGS`, streaming its stdout while adding up libtest's
 /// "test result:" lines. Returns whether cargo succeeded.
@@ -283,6 +292,8 @@ fn cargo_test(root: &Path, args: &[&str], tally: &mut Tally) -> Result<bool> {
         .context("starting cargo test")?;
     if let Some(out) = child.stdout.take() {
         let mut stdout = std::io::stdout().lock();
+        // The panic's location line, waiting for its message on the next line.
+        let mut panic_at: Option<String> = None;
         for line in BufReader::new(out).lines() {
             let line = line.context("reading cargo test output")?;
             writeln!(stdout, "{line}")?;
@@ -290,6 +301,12 @@ fn cargo_test(root: &Path, args: &[&str], tally: &mut Tally) -> Result<bool> {
             if let Some((passed, failed)) = parse_test_result(&line) {
                 tally.passed += passed;
                 tally.failed += failed;
+            }
+            if let Some(at) = panic_at.take() {
+                let message: String = line.chars().take(PANIC_SUMMARY_CHARS).collect();
+                tally.panics.push(format!("{at} {message}"));
+            } else if line.starts_with("thread '") && line.contains("' panicked at ") {
+                panic_at = Some(line);
             }
         }
     }

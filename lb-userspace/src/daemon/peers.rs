@@ -97,6 +97,10 @@ pub(super) async fn serve_inbox(controller: Arc<Mutex<Controller>>, mut inbox: P
                 })
                 .await;
             }
+            // Inputs are handled in order (each batch awaited above).
+            PeerInput::Applied { reply } => {
+                let _ = reply.send(());
+            }
             PeerInput::SnapshotWanted { reply } => {
                 // The flow table read can take a while: off the runtime's threads.
                 tokio::task::spawn_blocking(move || {

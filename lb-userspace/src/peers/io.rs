@@ -47,6 +47,9 @@ pub enum PeerInput {
     SnapshotWanted {
         reply: oneshot::Sender<Vec<Announcement>>,
     },
+    /// Answered once every input before it has been handled: a peer's snapshot is in
+    /// the flow table when it is.
+    Applied { reply: oneshot::Sender<()> },
 }
 
 /// The controller's end: what the peers ask of it.
@@ -366,6 +369,19 @@ async fn read(shared: Arc<Shared>, conn: ConnId, from: SocketAddrV4, mut stream:
                 {
                     break "daemon gone".to_string();
                 }
+            }
+            Ok(Accepted::SyncDone) => {
+                let (reply, applied) = oneshot::channel();
+                if shared
+                    .inbox
+                    .send(PeerInput::Applied { reply })
+                    .await
+                    .is_err()
+                    || applied.await.is_err()
+                {
+                    break "daemon gone".to_string();
+                }
+                lock(&shared.membership).synced(conn, Instant::now());
             }
             Err(reason) => break format!("dropped a message ({})", reason.name()),
         }

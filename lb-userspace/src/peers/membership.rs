@@ -220,6 +220,10 @@ pub enum Accepted {
     },
     /// Announcements for the controller.
     Announcements { from: u16, batch: Vec<Announcement> },
+    /// The peer's snapshot is complete. It counts (`Membership::synced`) only once the
+    /// controller has installed every batch before it: until then this instance would
+    /// take traffic for flows it does not hold yet.
+    SyncDone,
 }
 
 struct Peer {
@@ -476,12 +480,7 @@ impl Membership {
                 peer.announced = message.state;
                 Accepted::Nothing
             }
-            PacketType::SyncDone => {
-                peer.sync_done = true;
-                // The snapshot may have taken the whole budget's worth of time.
-                peer.refilled = now;
-                Accepted::Nothing
-            }
+            PacketType::SyncDone => Accepted::SyncDone,
             PacketType::Announcements => {
                 let count = message.announcements.len() as u64;
                 peer.announcements_received += count;
@@ -493,6 +492,21 @@ impl Membership {
                 }
             }
         })
+    }
+
+    /// The controller has installed the snapshot that connection `conn` ended with
+    /// `SyncDone`: its peer is up, unless the connection was replaced or closed meanwhile.
+    pub fn synced(&mut self, conn: ConnId, now: Instant) {
+        if let Some(peer) = self
+            .peers
+            .values_mut()
+            .find(|p| p.bound.is_some_and(|(c, _)| c == conn))
+        {
+            peer.sync_done = true;
+            // The snapshot may have taken the whole budget's worth of time.
+            peer.refilled = now;
+        }
+        self.update_ready(now);
     }
 
     /// Called often (every heartbeat interval at least): the bound connections of

@@ -116,8 +116,17 @@ impl World {
         self.m.accepted(conn, Ipv4Addr::new(198, 18, 0, from as u8));
         self.rx(conn, msg(PacketType::Hello, from, 7, 10), ms)
             .unwrap();
-        self.rx(conn, msg(PacketType::SyncDone, from, 7, 11), ms)
-            .unwrap();
+        self.sync_done(conn, from, 11, ms);
+    }
+
+    /// Node `from`'s sync-done (sequence `seq`) arrives on `conn` and the controller has
+    /// installed what came before it.
+    fn sync_done(&mut self, conn: ConnId, from: u16, seq: u64, ms: u64) {
+        assert_eq!(
+            self.rx(conn, msg(PacketType::SyncDone, from, 7, seq), ms),
+            Ok(Accepted::SyncDone)
+        );
+        self.m.synced(conn, self.at(ms));
     }
 
     fn state(&self, node: u16, ms: u64) -> PeerState {
@@ -149,7 +158,7 @@ fn a_peer_goes_connecting_syncing_up_and_down() {
         w.rx(1, msg(PacketType::Announcements, 2, 7, 11), 10),
         Ok(Accepted::Announcements { from: 2, ref batch }) if batch.len() == 3
     ));
-    w.rx(1, msg(PacketType::SyncDone, 2, 7, 12), 20).unwrap();
+    w.sync_done(1, 2, 12, 20);
     assert_eq!(w.state(2, 20), PeerState::Up);
     w.rx(1, msg(PacketType::Heartbeat, 2, 7, 13), 500).unwrap();
     assert_eq!(w.state(2, 1500), PeerState::Up);
@@ -204,8 +213,15 @@ fn transition_lasts_until_every_reachable_peer_is_synced() {
     w.rx(1, msg(PacketType::Hello, 2, 7, 10), 20).unwrap();
     assert_eq!(w.m.own_state(w.at(30)), NodeState::Transition);
     assert!(!w.m.status(w.at(30)).ready);
-    w.rx(1, msg(PacketType::SyncDone, 2, 7, 11), 40).unwrap();
-    assert_eq!(w.m.own_state(w.at(40)), NodeState::Ready);
+    // Sync-done received, its snapshot not installed yet: still transition.
+    assert_eq!(
+        w.rx(1, msg(PacketType::SyncDone, 2, 7, 11), 40),
+        Ok(Accepted::SyncDone)
+    );
+    assert_eq!(w.state(2, 40), PeerState::Syncing);
+    assert_eq!(w.m.own_state(w.at(40)), NodeState::Transition);
+    w.m.synced(1, w.at(45));
+    assert_eq!(w.m.own_state(w.at(45)), NodeState::Ready);
     // Ready for good: a peer lost later does not bring transition back.
     w.m.closed(1, w.at(50));
     assert_eq!(w.m.own_state(w.at(50)), NodeState::Ready);
@@ -405,7 +421,7 @@ fn live_announcements_beyond_the_budget_are_dropped_and_counted() {
             Ok(Accepted::Announcements { .. })
         ));
     }
-    w.rx(1, msg(PacketType::SyncDone, 2, 7, 15), 0).unwrap();
+    w.sync_done(1, 2, 15, 0);
     assert!(matches!(
         w.rx(1, msg(PacketType::Announcements, 2, 7, 16), 0),
         Ok(Accepted::Announcements { .. })
