@@ -37,6 +37,11 @@ pub struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuantileLabels {
+    pub quantile: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: String,
 }
@@ -67,6 +72,9 @@ pub struct Scrape {
     pub cluster_endpoints: Family<StateLabels, Gauge>,
     /// Peer protocol (docs/scale-out.md, "Peer protocol").
     pub peer_announcements_sent: Counter,
+    pub peer_announcement_bytes_sent: Counter,
+    /// Install lag percentiles over the latest new flows (`quantile` label).
+    pub peer_install_lag_ms: Family<QuantileLabels, Gauge>,
     pub peer_announcements_received: Counter,
     pub peer_announcements_applied: Counter,
     pub peer_rejected: Family<ReasonLabels, Counter>,
@@ -195,6 +203,16 @@ impl Scrape {
             "peer_announcements_sent",
             "Flow announcements sent to peers",
             s.peer_announcements_sent,
+        );
+        registry.register(
+            "peer_announcement_bytes_sent",
+            "Bytes of flow announcement messages sent to peers (whole frames)",
+            s.peer_announcement_bytes_sent,
+        );
+        registry.register(
+            "peer_install_lag_ms",
+            "From a flow's creation at its owner to its copy installed here, latest new flows, milliseconds",
+            s.peer_install_lag_ms,
         );
         registry.register(
             "peer_announcements_received",

@@ -317,6 +317,14 @@ fn render_peers(peers: &PeersStatus) -> String {
         peers.join_timeout_ms,
         peers.dead_after_ms,
     );
+    if let Some(lag) = &peers.install_lag {
+        let _ = writeln!(
+            out,
+            "install lag (creation at the owner to installed here, last {} new flows): \
+             p50 {} ms  p99 {} ms  max {} ms",
+            lag.samples, lag.p50_ms, lag.p99_ms, lag.max_ms
+        );
+    }
     out.push('\n');
     out.push_str(&items_table(
         &peers.peers,
@@ -340,6 +348,7 @@ fn render_peers(peers: &PeersStatus) -> String {
     let mut rows: Vec<Vec<String>> = [
         ("messages_received", c.messages_received),
         ("announcements_sent", c.announcements_sent),
+        ("announcement_bytes_sent", c.announcement_bytes_sent),
         ("announcements_received", c.announcements_received),
         ("announcements_applied", c.announcements_applied),
         ("queue_overflows", c.queue_overflows),

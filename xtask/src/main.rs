@@ -68,6 +68,10 @@ enum Cmd {
         /// Only the controller-at-scale group (lb with 1 k to 4 M flow entries).
         #[arg(long, conflicts_with_all = ["kernel_only", "e2e_only"])]
         controller_only: bool,
+        /// Only the cluster group: three instances sharing flows behind BIRD's ECMP
+        /// (install lag, bytes announced, convergence of each scale-out step).
+        #[arg(long, conflicts_with_all = ["kernel_only", "e2e_only", "controller_only"])]
+        cluster_only: bool,
         /// Another `lb` binary (e.g. a previous revision's release build) to measure
         /// beside this one in the controller-at-scale group, in the same run.
         #[arg(long)]
@@ -116,9 +120,14 @@ fn main() -> ExitCode {
             kernel_only,
             e2e_only,
             controller_only,
+            cluster_only,
             baseline_lb,
-        } => bench(quick, kernel_only, e2e_only, controller_only, baseline_lb)
-            .map(|()| ExitCode::SUCCESS),
+        } => bench(
+            quick,
+            [kernel_only, e2e_only, controller_only, cluster_only],
+            baseline_lb,
+        )
+        .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -528,9 +537,7 @@ fn show_log(log: &Path) {
 /// builds the release binaries and re-executes the release xtask, which does the work.
 fn bench(
     quick: bool,
-    kernel_only: bool,
-    e2e_only: bool,
-    controller_only: bool,
+    [kernel_only, e2e_only, controller_only, cluster_only]: [bool; 4],
     baseline_lb: Option<PathBuf>,
 ) -> Result<()> {
     let root = workspace_root();
@@ -563,6 +570,9 @@ fn bench(
         if controller_only {
             cmd.arg("--controller-only");
         }
+        if cluster_only {
+            cmd.arg("--cluster-only");
+        }
         if let Some(path) = &baseline_lb {
             cmd.arg("--baseline-lb").arg(path);
         }
@@ -581,6 +591,7 @@ fn bench(
         kernel_only,
         e2e_only,
         controller_only,
+        cluster_only,
         baseline_lb,
         root: root.clone(),
         out_dir: target.join("bench"),

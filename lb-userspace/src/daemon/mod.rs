@@ -31,7 +31,8 @@ use crate::{
     flows,
     health::{self, Health},
     metrics::{
-        BackendLabels, EventLabels, PeerLabels, ReasonLabels, Scrape, ServiceLabels, StateLabels,
+        BackendLabels, EventLabels, PeerLabels, QuantileLabels, ReasonLabels, Scrape,
+        ServiceLabels, StateLabels,
     },
     services::{ApplySummary, Overrides, ServiceTable},
     sync::lock,

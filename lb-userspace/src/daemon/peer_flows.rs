@@ -229,6 +229,9 @@ pub fn apply_announcements(
         };
         let action = install::merge(local, announcement, self_node);
         stats.count(action);
+        if action == Action::Install {
+            stats.installed_age_ms.push(record.age_ms);
+        }
         match action {
             Action::Touch => activity.touch(forward_key, now),
             Action::Remove => activity.forget(&forward_key),

@@ -3,6 +3,7 @@
 //! announcements it receives (`daemon/peer_flows.rs`), and the operator's view.
 
 use super::*;
+use crate::cluster::router::wall_ms;
 use crate::peers::{
     io::{PeerInbox, PeerInput, Peers, PeersHandle},
     record::Announcement,
@@ -41,11 +42,26 @@ pub fn flows_by_owner(
 
 impl Controller {
     /// A batch a peer announced: installed by the flow-record rules, counted.
-    pub(super) fn peer_announcements(&mut self, from: u16, batch: &[Announcement]) {
+    /// `sent_ms`: the batch's timestamp if it is live, which dates its new flows'
+    /// creation for the install lag.
+    pub(super) fn peer_announcements(
+        &mut self,
+        from: u16,
+        batch: &[Announcement],
+        sent_ms: Option<u64>,
+    ) {
         let stats = self.apply_announcements(from, batch);
         log::debug!("peers: node {from}: {stats:?}");
         if let Some(peers) = &self.peers {
-            peers.count_applied(&stats);
+            // In the flow table now: creation (timestamp − age) to now.
+            let transit_ms = sent_ms.map(|sent| wall_ms().saturating_sub(sent));
+            let lags = transit_ms.into_iter().flat_map(|transit| {
+                stats
+                    .installed_age_ms
+                    .iter()
+                    .map(move |&age| transit + u64::from(age))
+            });
+            peers.count_applied(&stats, lags);
         }
     }
 
@@ -91,9 +107,13 @@ pub(super) async fn serve_inbox(controller: Arc<Mutex<Controller>>, mut inbox: P
     while let Some(input) = inbox.recv().await {
         let c = controller.clone();
         match input {
-            PeerInput::Announcements { from, batch } => {
+            PeerInput::Announcements {
+                from,
+                batch,
+                sent_ms,
+            } => {
                 let _ = tokio::task::spawn_blocking(move || {
-                    lock(&c).peer_announcements(from, &batch);
+                    lock(&c).peer_announcements(from, &batch, sent_ms);
                 })
                 .await;
             }

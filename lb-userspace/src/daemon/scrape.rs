@@ -145,6 +145,19 @@ impl Controller {
             let c = &status.counters;
             scrape.peer_announcements_sent.inc_by(c.announcements_sent);
             scrape
+                .peer_announcement_bytes_sent
+                .inc_by(c.announcement_bytes_sent);
+            if let Some(lag) = &status.install_lag {
+                for (quantile, value) in [("0.5", lag.p50_ms), ("0.99", lag.p99_ms)] {
+                    scrape
+                        .peer_install_lag_ms
+                        .get_or_create(&QuantileLabels {
+                            quantile: quantile.to_string(),
+                        })
+                        .set(value as i64);
+                }
+            }
+            scrape
                 .peer_announcements_received
                 .inc_by(c.announcements_received);
             scrape

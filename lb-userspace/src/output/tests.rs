@@ -141,6 +141,7 @@ fn peers() {
         render(&Reply::Peers(samples::peers())),
         text(&[
             "node 1  cluster 9  listen 198.18.0.1:7395  state ready  join timeout 5000 ms  dead after 1000 ms",
+            "install lag (creation at the owner to installed here, last 40 new flows): p50 3 ms  p99 9 ms  max 12 ms",
             "",
             "PEER               STATE  ANNOUNCED  OUTGOING   FLOWS  LAG(ms)  LAST HEARD(ms)  RECEIVED  QUEUED",
             "2 198.18.0.2:7395  up     ready      connected  17     3        120             40        0",
@@ -150,6 +151,7 @@ fn peers() {
             "PEER COUNTER                VALUE",
             "messages_received           52",
             "announcements_sent          33",
+            "announcement_bytes_sent     2310",
             "announcements_received      40",
             "announcements_applied       0",
             "queue_overflows             0",

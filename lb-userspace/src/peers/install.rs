@@ -223,10 +223,12 @@ pub struct Rejected {
 }
 
 /// What one batch of a peer's announcements did here.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyStats {
     /// Flows installed (new here).
     pub installed: u64,
+    /// The installed records' ages (ms at the sender's timestamp), for the install lag.
+    pub installed_age_ms: Vec<u32>,
     /// Copies replaced, and own flows that took progress.
     pub updated: u64,
     pub removed: u64,

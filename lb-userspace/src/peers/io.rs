@@ -41,7 +41,12 @@ const SPARE_CONNECTIONS: usize = 16;
 #[derive(Debug)]
 pub enum PeerInput {
     /// A batch from peer `from`, to apply (docs/scale-out.md, "Who may change what").
-    Announcements { from: u16, batch: Vec<Announcement> },
+    /// `sent_ms`: its timestamp, when live (not part of a snapshot).
+    Announcements {
+        from: u16,
+        batch: Vec<Announcement>,
+        sent_ms: Option<u64>,
+    },
     /// A connection to a peer starts: the flows this instance owns and those of owners
     /// it sees as down (`PeersStatus::live_nodes`). Dropping `reply` sends none.
     SnapshotWanted {
@@ -58,7 +63,8 @@ pub type PeerInbox = mpsc::Receiver<PeerInput>;
 /// One peer's outgoing side as the handle and its connector share it.
 struct Outbox {
     config: PeerConfig,
-    queue: Mutex<VecDeque<Announcement>>,
+    /// With when each was queued: a record's age grows while it waits.
+    queue: Mutex<VecDeque<(Instant, Announcement)>>,
     /// A connection is past its hello: announcements are queued (before, the next
     /// snapshot covers them).
     active: AtomicBool,
@@ -189,7 +195,8 @@ impl PeersHandle {
                 outbox.resync.store(true, Ordering::Release);
                 lock(&self.shared.membership).count_overflow(batch.len() as u64);
             } else {
-                queue.extend(batch.iter().copied());
+                let now = Instant::now();
+                queue.extend(batch.iter().map(|a| (now, *a)));
             }
             outbox.wake.notify_one();
         }
@@ -215,9 +222,16 @@ impl PeersHandle {
     }
 
     /// Announcements the controller applied.
-    pub fn count_applied(&self, stats: &crate::peers::install::ApplyStats) {
+    /// What the controller did with a batch, and the install lags (ms) of the new flows
+    /// a live batch brought.
+    pub fn count_applied(
+        &self,
+        stats: &crate::peers::install::ApplyStats,
+        install_lags: impl IntoIterator<Item = u64>,
+    ) {
         use crate::peers::membership::Reject;
         let mut membership = lock(&self.shared.membership);
+        membership.record_install_lags(install_lags);
         membership.count_applied(
             stats.installed + stats.updated + stats.removed + stats.touched + stats.unchanged,
         );
@@ -360,10 +374,18 @@ async fn read(shared: Arc<Shared>, conn: ConnId, from: SocketAddrV4, mut stream:
                 }
                 log::info!("peers: node {node} connected from {from}");
             }
-            Ok(Accepted::Announcements { from, batch }) => {
+            Ok(Accepted::Announcements {
+                from,
+                batch,
+                sent_ms,
+            }) => {
                 if shared
                     .inbox
-                    .send(PeerInput::Announcements { from, batch })
+                    .send(PeerInput::Announcements {
+                        from,
+                        batch,
+                        sent_ms,
+                    })
                     .await
                     .is_err()
                 {
@@ -467,13 +489,15 @@ async fn session(shared: &Shared, outbox: &Outbox) -> Result<()> {
                 }
             }
         };
-        let count = snapshot.len() as u64;
+        let (count, mut bytes) = (snapshot.len() as u64, 0);
         for chunk in snapshot.chunks(wire::MAX_ANNOUNCEMENTS) {
             let mut message = shared.message(PacketType::Announcements, peer);
             message.announcements = chunk.to_vec();
-            write_with_timeout(&mut stream, &shared.framed(&message)?, dead_after).await?;
+            let framed = shared.framed(&message)?;
+            write_with_timeout(&mut stream, &framed, dead_after).await?;
+            bytes += framed.len() as u64;
         }
-        lock(&shared.membership).count_sent(count);
+        lock(&shared.membership).count_sent(count, bytes);
     }
     let done = shared.framed(&shared.message(PacketType::SyncDone, peer))?;
     write_with_timeout(&mut stream, &done, dead_after).await?;
@@ -499,7 +523,7 @@ async fn session(shared: &Shared, outbox: &Outbox) -> Result<()> {
                     let batch: Vec<Announcement> = {
                         let mut queue = lock(&outbox.queue);
                         let n = queue.len().min(wire::MAX_ANNOUNCEMENTS);
-                        queue.drain(..n).collect()
+                        queue.drain(..n).map(|(queued, a)| aged(a, queued.elapsed())).collect()
                     };
                     if batch.is_empty() {
                         break;
@@ -507,15 +531,23 @@ async fn session(shared: &Shared, outbox: &Outbox) -> Result<()> {
                     let count = batch.len() as u64;
                     let mut message = shared.message(PacketType::Announcements, peer);
                     message.announcements = batch;
-                    write_with_timeout(&mut write_half, &shared.framed(&message)?, dead_after)
-                        .await?;
-                    lock(&shared.membership).count_sent(count);
+                    let framed = shared.framed(&message)?;
+                    write_with_timeout(&mut write_half, &framed, dead_after).await?;
+                    lock(&shared.membership).count_sent(count, framed.len() as u64);
                 }
             }
             // The peer never writes on this connection: anything is an end.
             _ = read_half.read(&mut scratch) => return Ok(()),
         }
     }
+}
+
+/// `announcement` with `waited` added to its record's age: the receiver dates the flow's
+/// creation from the message's timestamp minus the age.
+fn aged(mut announcement: Announcement, waited: Duration) -> Announcement {
+    let waited_ms = u32::try_from(waited.as_millis()).unwrap_or(u32::MAX);
+    announcement.record.age_ms = announcement.record.age_ms.saturating_add(waited_ms);
+    announcement
 }
 
 async fn write_with_timeout(

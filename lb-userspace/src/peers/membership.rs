@@ -4,7 +4,7 @@
 //! own state (transition → ready, draining). Pure: the transport (`io.rs`) feeds it
 //! messages and clock readings.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -149,6 +149,8 @@ pub struct PeerCounters {
     /// Messages accepted.
     pub messages_received: u64,
     pub announcements_sent: u64,
+    /// Bytes of the announcement messages sent (frames whole: length, header, HMAC).
+    pub announcement_bytes_sent: u64,
     pub announcements_received: u64,
     /// Announcements the controller applied to its flow table.
     pub announcements_applied: u64,
@@ -202,7 +204,44 @@ pub struct PeersStatus {
     pub join_timeout_ms: u64,
     pub dead_after_ms: u64,
     pub peers: Vec<PeerRow>,
+    /// From a flow's creation at its owner to its copy installed here, over the latest
+    /// new flows peers announced live (none: no such flow yet).
+    pub install_lag: Option<InstallLag>,
     pub counters: PeerCounters,
+}
+
+/// Percentiles of the install lag: the owner's clock at creation (the record's age
+/// subtracted from the batch's timestamp) to this instance's clock once the copy is in
+/// the flow table. Whole milliseconds, as the wire carries them; clocks are assumed in
+/// step (NTP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallLag {
+    /// New flows the percentiles are over (at most [`INSTALL_LAG_WINDOW`]).
+    pub samples: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+/// Latest install lags kept for [`InstallLag`].
+pub const INSTALL_LAG_WINDOW: usize = 4096;
+
+impl InstallLag {
+    /// Nearest-rank percentiles of `lags`; `None` when empty.
+    pub fn of(lags: impl IntoIterator<Item = u64>) -> Option<InstallLag> {
+        let mut sorted: Vec<u64> = lags.into_iter().collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_unstable();
+        let rank = |p: usize| sorted[(sorted.len() * p).div_ceil(100).max(1) - 1];
+        Some(InstallLag {
+            samples: sorted.len() as u64,
+            p50_ms: rank(50),
+            p99_ms: rank(99),
+            max_ms: sorted[sorted.len() - 1],
+        })
+    }
 }
 
 /// What an accepted message asks of the transport.
@@ -218,8 +257,13 @@ pub enum Accepted {
         superseded: Option<ConnId>,
         restarted: bool,
     },
-    /// Announcements for the controller.
-    Announcements { from: u16, batch: Vec<Announcement> },
+    /// Announcements for the controller. `sent_ms`: the batch's timestamp when it is
+    /// live (after the sender's snapshot), for the install lag; `None` in a snapshot.
+    Announcements {
+        from: u16,
+        batch: Vec<Announcement>,
+        sent_ms: Option<u64>,
+    },
     /// The peer's snapshot is complete. It counts (`Membership::synced`) only once the
     /// controller has installed every batch before it: until then this instance would
     /// take traffic for flows it does not hold yet.
@@ -286,6 +330,8 @@ pub struct Membership {
     draining: bool,
     ready: bool,
     counters: PeerCounters,
+    /// The latest new flows' install lags, oldest first.
+    install_lags: VecDeque<u64>,
 }
 
 impl Membership {
@@ -331,6 +377,7 @@ impl Membership {
             draining: false,
             ready: false,
             counters,
+            install_lags: VecDeque::new(),
         };
         membership.update_ready(now);
         membership
@@ -489,6 +536,7 @@ impl Membership {
                 Accepted::Announcements {
                     from: h.from_node,
                     batch: message.announcements,
+                    sent_ms: peer.sync_done.then_some(message.timestamp_ms),
                 }
             }
         })
@@ -542,8 +590,20 @@ impl Membership {
         self.update_ready(now);
     }
 
-    pub fn count_sent(&mut self, announcements: u64) {
+    /// One announcement message sent: `announcements` in `bytes`.
+    pub fn count_sent(&mut self, announcements: u64, bytes: u64) {
         self.counters.announcements_sent += announcements;
+        self.counters.announcement_bytes_sent += bytes;
+    }
+
+    /// Install lags of new flows from a live batch, in milliseconds.
+    pub fn record_install_lags(&mut self, lags: impl IntoIterator<Item = u64>) {
+        for lag in lags {
+            if self.install_lags.len() == INSTALL_LAG_WINDOW {
+                self.install_lags.pop_front();
+            }
+            self.install_lags.push_back(lag);
+        }
     }
 
     pub fn count_applied(&mut self, announcements: u64) {
@@ -671,6 +731,7 @@ impl Membership {
             join_timeout_ms: self.settings.join_timeout.as_millis() as u64,
             dead_after_ms: self.settings.dead_after.as_millis() as u64,
             peers: rows,
+            install_lag: InstallLag::of(self.install_lags.iter().copied()),
             counters: self.counters.clone(),
         }
     }

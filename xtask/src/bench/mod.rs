@@ -3,6 +3,7 @@
 //! Nothing here fails on a number: every figure is printed next to its baselines of the
 //! same run.
 
+pub mod cluster;
 pub mod controller;
 pub mod e2e;
 pub mod kernel;
@@ -25,6 +26,8 @@ pub struct BenchOptions {
     pub e2e_only: bool,
     /// Only the controller-at-scale group.
     pub controller_only: bool,
+    /// Only the cluster group (flow sharing and convergence, BIRD).
+    pub cluster_only: bool,
     /// A previous revision's `lb`, measured beside this one in the controller group.
     pub baseline_lb: Option<PathBuf>,
     pub root: PathBuf,
@@ -111,7 +114,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
     };
     report.repeat = kparams.repeat;
     report.runs = kparams.runs;
-    if opts.e2e_only || opts.controller_only {
+    if opts.e2e_only || opts.controller_only || opts.cluster_only {
         report.notes.push(
             "per-packet, scale and Maglev groups not run (--e2e-only or --controller-only).".into(),
         );
@@ -144,9 +147,14 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
         println!("bench: group 2: end to end over veth");
     }
     if opts.kernel_only {
+        report.notes.push(
+            "--kernel-only: end-to-end, controller and cluster groups and start-up times not run."
+                .into(),
+        );
+    } else if opts.cluster_only {
         report
             .notes
-            .push("--kernel-only: end-to-end group and start-up times not run.".into());
+            .push("--cluster-only: only the cluster group ran.".into());
     } else {
         if !opts.controller_only {
             let (e2e, startup) = e2e::run(&eparams)?;
@@ -163,6 +171,14 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
                 vec![1_000, 1_000_000, 4_000_000]
             },
         })?;
+    }
+    if !(opts.kernel_only || opts.e2e_only || opts.controller_only) {
+        println!("bench: group 4: a cluster of three sharing flows (BIRD, ECMP)");
+        report.cluster = Some(cluster::run(&cluster::ClusterParams {
+            lb_binary: opts.lb_binary.clone(),
+            out_dir: opts.out_dir.clone(),
+            new_flows: if opts.quick { 500 } else { 2000 },
+        })?);
     }
     report.targets = targets(&report);
     report.notes.extend(notes(&report));

@@ -156,6 +156,69 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+/// Install lag of the new flows one instance got from its peers (`lb peers`).
+#[derive(Clone, Debug, Default)]
+pub struct InstanceLag {
+    pub instance: usize,
+    pub samples: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+/// One step of the scale-out scenario, timed to the routers' convergence.
+#[derive(Clone, Debug, Default)]
+pub struct ConvergenceStep {
+    pub step: String,
+    pub seconds: f64,
+    pub baseline: String,
+    pub baseline_seconds: f64,
+    pub note: String,
+}
+
+/// The cluster group (`bench/cluster.rs`).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterResults {
+    pub instances: usize,
+    /// Short connections opened, and those that failed.
+    pub connections: u64,
+    pub failed_connections: u64,
+    /// Flows the data paths created meanwhile (all instances).
+    pub new_flows: u64,
+    /// Announcements and their bytes (whole frames) sent meanwhile, all instances.
+    pub announcements: u64,
+    pub announcement_bytes: u64,
+    /// Encoded size of one announcement record.
+    pub record_bytes: usize,
+    pub install_lag: Vec<InstanceLag>,
+    /// Median ping round trip between two instances' peer addresses.
+    pub network_rtt_ms: f64,
+    pub steps: Vec<ConvergenceStep>,
+}
+
+impl ClusterResults {
+    pub fn bytes_per_new_flow(&self) -> f64 {
+        per(self.announcement_bytes, self.new_flows)
+    }
+
+    pub fn announcements_per_new_flow(&self) -> f64 {
+        per(self.announcements, self.new_flows)
+    }
+
+    /// The least a new flow can cost: one record to each peer, no framing.
+    pub fn floor_bytes_per_new_flow(&self) -> f64 {
+        (self.record_bytes * self.instances.saturating_sub(1)) as f64
+    }
+}
+
+fn per(total: u64, count: u64) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        total as f64 / count as f64
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub env: Environment,
@@ -170,6 +233,7 @@ pub struct Report {
     pub startup: Vec<Startup>,
     pub controller: Vec<ControllerPoint>,
     pub e2e: E2eResults,
+    pub cluster: Option<ClusterResults>,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
 }
@@ -227,6 +291,23 @@ impl Report {
                     "note": s.note,
                 })).collect::<Vec<_>>(),
             },
+            "cluster": self.cluster.as_ref().map(|c| json!({
+                "instances": c.instances, "connections": c.connections,
+                "failed_connections": c.failed_connections, "new_flows": c.new_flows,
+                "announcements": c.announcements, "announcement_bytes": c.announcement_bytes,
+                "bytes_per_new_flow": c.bytes_per_new_flow(),
+                "announcements_per_new_flow": c.announcements_per_new_flow(),
+                "floor_bytes_per_new_flow": c.floor_bytes_per_new_flow(),
+                "network_rtt_ms": c.network_rtt_ms,
+                "install_lag": c.install_lag.iter().map(|l| json!({
+                    "instance": l.instance, "samples": l.samples, "p50_ms": l.p50_ms,
+                    "p99_ms": l.p99_ms, "max_ms": l.max_ms,
+                })).collect::<Vec<_>>(),
+                "steps": c.steps.iter().map(|s| json!({
+                    "step": s.step, "seconds": s.seconds, "baseline": s.baseline,
+                    "baseline_seconds": s.baseline_seconds, "note": s.note,
+                })).collect::<Vec<_>>(),
+            })),
             "targets": self.targets.iter().map(|t| json!({
                 "name": t.name, "goal": t.goal, "measured": t.measured, "met": t.met,
             })).collect::<Vec<_>>(),

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::model::{E2eResults, KernelPath, Report, mpps, packet_target};
+use super::model::{ClusterResults, E2eResults, KernelPath, Report, mpps, packet_target};
 
 fn ratio(a: f64, b: f64) -> String {
     if a > 0.0 && b > 0.0 {
@@ -102,6 +102,77 @@ pub fn per_packet_table(r: &Report) -> String {
             p.raw_ns,
             runs.join(", "),
             p.took
+        );
+    }
+    out
+}
+
+/// Group 4: flow sharing's cost per new flow, then the convergence of each step.
+pub fn cluster_section(c: &ClusterResults) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n## 4. A cluster sharing flows (scale-out testbed, BIRD, {} instances)\n",
+        c.instances
+    );
+    let _ = writeln!(
+        out,
+        "{} short TCP echo connections through the front router's ECMP ({} failed), {} new flows made.\n",
+        c.connections, c.failed_connections, c.new_flows
+    );
+    let _ = writeln!(
+        out,
+        "| install lag at (creation at the owner → installed here) | new flows | p50 | p99 | max |\n|---|---:|---:|---:|---:|"
+    );
+    for l in &c.install_lag {
+        let _ = writeln!(
+            out,
+            "| instance {} | {} | {} ms | {} ms | {} ms |",
+            l.instance, l.samples, l.p50_ms, l.p99_ms, l.max_ms
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nBaseline: ping round trip between two instances {:.3} ms; the sender gathers a batch for up to 5 ms. Whole milliseconds (the wire's resolution).\n",
+        c.network_rtt_ms
+    );
+    let _ = writeln!(
+        out,
+        "| announced per new flow | measured | floor (one {}-byte record to each of {} peers) | × floor |\n|---|---:|---:|---:|",
+        c.record_bytes,
+        c.instances.saturating_sub(1)
+    );
+    let _ = writeln!(
+        out,
+        "| bytes (whole frames, every event of the flow: created, established, closing, removed) | {:.0} | {:.0} | {} |",
+        c.bytes_per_new_flow(),
+        c.floor_bytes_per_new_flow(),
+        ratio(c.bytes_per_new_flow(), c.floor_bytes_per_new_flow())
+    );
+    let _ = writeln!(
+        out,
+        "| announcements | {:.2} | {} | {} |",
+        c.announcements_per_new_flow(),
+        c.instances.saturating_sub(1),
+        ratio(
+            c.announcements_per_new_flow(),
+            c.instances.saturating_sub(1) as f64
+        )
+    );
+    let _ = writeln!(
+        out,
+        "\n| step | converged in | baseline (same run) | baseline | × baseline | note |\n|---|---:|---|---:|---:|---|"
+    );
+    for s in &c.steps {
+        let _ = writeln!(
+            out,
+            "| {} | {:.3} s | {} | {:.3} s | {} | {} |",
+            s.step,
+            s.seconds,
+            s.baseline,
+            s.baseline_seconds,
+            ratio(s.seconds, s.baseline_seconds),
+            s.note
         );
     }
     out
@@ -212,6 +283,9 @@ pub fn markdown(r: &Report) -> String {
                 c.fill_s
             );
         }
+    }
+    if let Some(c) = &r.cluster {
+        out.push_str(&cluster_section(c));
     }
     let _ = writeln!(
         out,
@@ -467,6 +541,30 @@ mod tests {
                 }],
                 notes: vec![],
             },
+            cluster: Some(ClusterResults {
+                instances: 3,
+                connections: 100,
+                failed_connections: 0,
+                new_flows: 100,
+                announcements: 800,
+                announcement_bytes: 48_000,
+                record_bytes: 48,
+                install_lag: vec![InstanceLag {
+                    instance: 1,
+                    samples: 66,
+                    p50_ms: 6,
+                    p99_ms: 9,
+                    max_ms: 11,
+                }],
+                network_rtt_ms: 0.05,
+                steps: vec![ConvergenceStep {
+                    step: "drain".into(),
+                    seconds: 0.05,
+                    baseline: "BIRD alone".into(),
+                    baseline_seconds: 0.04,
+                    note: String::new(),
+                }],
+            }),
             targets: vec![Target {
                 name: "forward".into(),
                 goal: "≤ 1.5× floor".into(),
@@ -491,6 +589,10 @@ mod tests {
             "| 10 | 100 | 1.50 | ok |",
             "| forward | ≤ 1.5× floor | 1.50× | yes |",
             "- a note",
+            "| instance 1 | 66 | 6 ms | 9 ms | 11 ms |",
+            "| 480 | 96 | 5.00× |",
+            "| announcements | 8.00 | 2 | 4.00× |",
+            "| drain | 0.050 s | BIRD alone | 0.040 s | 1.25× |  |",
         ] {
             assert!(md.contains(needle), "missing {needle:?} in\n{md}");
         }

@@ -251,9 +251,16 @@ pub fn peers() -> PeersStatus {
                 snat: vec![],
             },
         ],
+        install_lag: Some(crate::peers::membership::InstallLag {
+            samples: 40,
+            p50_ms: 3,
+            p99_ms: 9,
+            max_ms: 12,
+        }),
         counters: PeerCounters {
             messages_received: 52,
             announcements_sent: 33,
+            announcement_bytes_sent: 2310,
             announcements_received: 40,
             announcements_applied: 0,
             queue_overflows: 0,

@@ -370,9 +370,11 @@ fn peers() {
             "join_timeout_ms": 5000,
             "dead_after_ms": 1000,
             "peers": [peer_up, peer_down],
+            "install_lag": {"samples": 40, "p50_ms": 3, "p99_ms": 9, "max_ms": 12},
             "counters": {
                 "messages_received": 52,
                 "announcements_sent": 33,
+                "announcement_bytes_sent": 2310,
                 "announcements_received": 40,
                 "announcements_applied": 0,
                 "queue_overflows": 0,

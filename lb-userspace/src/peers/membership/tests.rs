@@ -156,11 +156,18 @@ fn a_peer_goes_connecting_syncing_up_and_down() {
     // The snapshot comes as announcements before sync-done.
     assert!(matches!(
         w.rx(1, msg(PacketType::Announcements, 2, 7, 11), 10),
-        Ok(Accepted::Announcements { from: 2, ref batch }) if batch.len() == 3
+        Ok(Accepted::Announcements { from: 2, ref batch, sent_ms: None }) if batch.len() == 3
     ));
     w.sync_done(1, 2, 12, 20);
     assert_eq!(w.state(2, 20), PeerState::Up);
-    w.rx(1, msg(PacketType::Heartbeat, 2, 7, 13), 500).unwrap();
+    // Live now: the batch's timestamp comes along, for the install lag.
+    let live = msg(PacketType::Announcements, 2, 7, 13);
+    let sent = live.timestamp_ms;
+    assert!(matches!(
+        w.rx(1, live, 30),
+        Ok(Accepted::Announcements { sent_ms: Some(ms), .. }) if ms == sent
+    ));
+    w.rx(1, msg(PacketType::Heartbeat, 2, 7, 14), 500).unwrap();
     assert_eq!(w.state(2, 1500), PeerState::Up);
     assert_eq!(w.m.expire(w.at(1500)), Vec::<ConnId>::new());
     // Silent beyond dead_after: down, and its connection is closed.
@@ -169,9 +176,9 @@ fn a_peer_goes_connecting_syncing_up_and_down() {
     let status = w.m.status(w.at(1501));
     assert_eq!(status.peers[0].state, PeerState::Down);
     assert_eq!(status.peers[0].last_heard_ms, Some(1001));
-    assert_eq!(status.peers[0].announcements_received, 3);
-    assert_eq!(status.counters.announcements_received, 3);
-    assert_eq!(status.counters.messages_received, 4);
+    assert_eq!(status.peers[0].announcements_received, 6);
+    assert_eq!(status.counters.announcements_received, 6);
+    assert_eq!(status.counters.messages_received, 5);
 }
 
 #[test]
@@ -439,4 +446,29 @@ fn live_announcements_beyond_the_budget_are_dropped_and_counted() {
         w.rx(1, msg(PacketType::Announcements, 2, 7, 18), 1000),
         Ok(Accepted::Announcements { .. })
     ));
+}
+
+#[test]
+fn install_lag_is_nearest_rank_over_the_latest_window() {
+    assert_eq!(InstallLag::of([]), None);
+    assert_eq!(
+        InstallLag::of([7]),
+        Some(InstallLag {
+            samples: 1,
+            p50_ms: 7,
+            p99_ms: 7,
+            max_ms: 7
+        })
+    );
+    // 1..=100: the 50th and 99th values.
+    let lag = InstallLag::of((1..=100).rev()).unwrap();
+    assert_eq!((lag.p50_ms, lag.p99_ms, lag.max_ms), (50, 99, 100));
+    let mut w = World::new();
+    assert_eq!(w.m.status(w.at(0)).install_lag, None);
+    // Only the latest window counts: the old large lags fall out.
+    w.m.record_install_lags(std::iter::repeat_n(500, 10));
+    w.m.record_install_lags(std::iter::repeat_n(2, INSTALL_LAG_WINDOW));
+    let lag = w.m.status(w.at(0)).install_lag.unwrap();
+    assert_eq!(lag.samples, INSTALL_LAG_WINDOW as u64);
+    assert_eq!((lag.p50_ms, lag.p99_ms, lag.max_ms), (2, 2, 2));
 }
