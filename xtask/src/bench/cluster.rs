@@ -182,10 +182,12 @@ fn steps(testbed: &mut ScaleOut, r: &mut ClusterResults) -> Result<()> {
         t.wait_next_hops(Side::Front, &vip, &front(instances), CONVERGE)
     };
 
-    // Add a 4th: started, synced with its peers, announced, in the front router's ECMP.
-    let started = Instant::now();
+    // Add a 4th (its namespaces and BIRD up, like a booted machine): `lb run`, synced
+    // with its peers, announced, in the front router's ECMP.
     let fourth = testbed.add_instance()?;
+    let started = Instant::now();
     testbed.start_lb(fourth)?;
+    let answering = started.elapsed();
     wait_ready(testbed, fourth)?;
     let ready = started.elapsed();
     wait(testbed, &[1, 2, 3, fourth])?;
@@ -201,12 +203,14 @@ fn steps(testbed: &mut ScaleOut, r: &mut ClusterResults) -> Result<()> {
     wait(testbed, &[1, 2, 3, fourth])?;
     let bird_announce = started.elapsed();
     r.steps.push(ConvergenceStep {
-        step: "add a 4th instance (start → in the front router's ECMP)".into(),
+        step: "add a 4th instance (`lb run` → in the front router's ECMP)".into(),
         seconds: added.as_secs_f64(),
         baseline: "BIRD alone announcing the VIP again".into(),
         baseline_seconds: bird_announce.as_secs_f64(),
         note: format!(
-            "synced with its peers (transition over) after {:.2} s",
+            "`lb run` answering (XDP program loaded and attached) after {:.2} s, synced with \
+             its peers (transition over) after {:.2} s",
+            answering.as_secs_f64(),
             ready.as_secs_f64()
         ),
     });
@@ -229,6 +233,7 @@ fn steps(testbed: &mut ScaleOut, r: &mut ClusterResults) -> Result<()> {
     testbed.kill_lb(3)?;
     let started = Instant::now();
     testbed.start_lb(3)?;
+    let answering = started.elapsed();
     wait_ready(testbed, 3)?;
     let restarted = started.elapsed();
     let hops = testbed.router_next_hops(Side::Front, &vip)?;
@@ -237,11 +242,15 @@ fn steps(testbed: &mut ScaleOut, r: &mut ClusterResults) -> Result<()> {
         seconds: restarted.as_secs_f64(),
         baseline: "routes changed meanwhile".into(),
         baseline_seconds: 0.0,
-        note: if hops == front(&[1, 2, 3]) {
-            "the front router's next hops never changed".into()
-        } else {
-            format!("the front router's next hops are {hops:?}")
-        },
+        note: format!(
+            "`lb run` answering after {:.2} s; {}",
+            answering.as_secs_f64(),
+            if hops == front(&[1, 2, 3]) {
+                "the front router's next hops never changed".to_string()
+            } else {
+                format!("the front router's next hops are {hops:?}")
+            }
+        ),
     });
 
     // Instance 3 lost (links down), then back.
