@@ -5,5 +5,6 @@ pub mod events;
 pub mod install;
 pub mod io;
 pub mod membership;
+pub mod moves;
 pub mod record;
 pub mod wire;
