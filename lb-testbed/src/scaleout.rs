@@ -32,7 +32,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use lb_userspace::bgp::routes::{PROTO_RETURN, PROTO_SNAT, PROTO_SNAT_BACKUP, PROTO_VIPS};
+use lb_userspace::bgp::routes::{
+    PROTO_RETURN, PROTO_SNAT, PROTO_SNAT_BACKUP, PROTO_VIPS, PROTO_VIPS_BACKUP,
+};
 use lb_userspace::bgp::{RouteSet, routes};
 
 use crate::netns::{Netns, add_veth_between};
@@ -182,7 +184,9 @@ pub fn instance_bird_conf(i: usize, routes_file: &Path) -> String {
          log stderr all;\nrouter id {front_local};\n\n\
          protocol device {{\n  scan time 10;\n}}\n\n{bfd}\n\
          # Written by lb run ([bgp] routes_file).\ninclude \"{routes}\";\n\n\
-         filter front_out {{\n  if proto = \"{PROTO_VIPS}\" then accept;\n  reject;\n}}\n\n\
+         filter front_out {{\n  if proto = \"{PROTO_VIPS}\" then accept;\n  \
+         if proto = \"{PROTO_VIPS_BACKUP}\" then {{\n    bgp_path.prepend({LB_AS});\n    \
+         bgp_path.prepend({LB_AS});\n    accept;\n  }}\n  reject;\n}}\n\n\
          filter back_out {{\n  \
          if proto = \"{PROTO_SNAT}\" || proto = \"{PROTO_RETURN}\" then accept;\n  \
          if proto = \"{PROTO_SNAT_BACKUP}\" then {{\n    bgp_path.prepend({LB_AS});\n    \
@@ -214,6 +218,11 @@ pub const PEERS_PORT: u16 = 7395;
 /// VIP ports of the echo services with `[peers]`: DNAT, and full-NAT behind the SYN proxy.
 pub const DNAT_ECHO_PORT: u16 = 17;
 pub const PROXY_ECHO_PORT: u16 = 27;
+/// With `[peers]`: a VIP owned by instance 1 (`[[bgp.owned_vip]]`), announced as primary
+/// by its owner and as backup by the others, serving the TCP echo in full NAT.
+pub const OWNED_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 20);
+/// The owned VIP's configured owner.
+pub const OWNED_VIP_OWNER: usize = 1;
 
 /// The `[peers]` (and extra services) part of instance `i`'s config.
 pub fn instance_peers_config(dir: &Path, i: usize, options: &PeersOptions) -> String {
@@ -249,6 +258,13 @@ pub fn instance_peers_config(dir: &Path, i: usize, options: &PeersOptions) -> St
                 "[[service.backend]]\naddress = \"{ip}\"\nport = {TCP_ECHO_PORT}\n"
             ));
         }
+    }
+    text.push_str(&format!(
+        "[[bgp.owned_vip]]\nvip = \"{OWNED_VIP}\"\nowner = {OWNED_VIP_OWNER}\n\
+         [[service]]\nname = \"owned-echo\"\nvip = \"{OWNED_VIP}\"\nport = {TCP_ECHO_PORT}\n{snat}"
+    ));
+    for ip in SERVER_IPS {
+        text.push_str(&format!("[[service.backend]]\naddress = \"{ip}\"\n"));
     }
     text
 }
@@ -663,6 +679,7 @@ impl ScaleOut {
             format!("addr add {back_local}/24 dev {BACK_IF}"),
             // The VIP and the SNAT address on lo: the instance's kernel owns them.
             format!("addr add {VIP}/32 dev lo"),
+            format!("addr add {OWNED_VIP}/32 dev lo"),
             format!("addr add {}/32 dev lo", snat_ip(i)),
             format!("link set {FRONT_IF} up"),
             format!("link set {BACK_IF} up"),

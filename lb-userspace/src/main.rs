@@ -97,6 +97,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Owned VIPs (`[[bgp.owned_vip]]`): each one's mode here (normal: announced as
+    /// primary; backup: another instance owns it), its owner, epoch and since when.
+    Vips {
+        #[arg(long)]
+        json: bool,
+    },
     /// Change backends of the running system (not the config file).
     Backend {
         #[command(subcommand)]
@@ -270,6 +276,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Nodes { json } => (Request::Nodes, json),
         Command::Drain { json } => (Request::Drain, json),
         Command::Peers { json } => (Request::Peers, json),
+        Command::Vips { json } => (Request::Vips, json),
         Command::Backend { action } => (
             match action {
                 BackendAction::Drain { backend } => Request::BackendDrain { backend },

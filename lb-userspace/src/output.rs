@@ -52,6 +52,7 @@ pub fn render(reply: &Reply) -> String {
         Reply::Applied(summary) => format!("applied: {}\n", compact(summary)),
         Reply::Nodes(nodes) => render_nodes(nodes),
         Reply::Peers(peers) => render_peers(peers),
+        Reply::Vips(rows) => render_vips(rows),
         Reply::HandedOver(handed_over) => format!("{}\n", compact(handed_over)),
         Reply::Drained(bgp) => format!("{}\n", bgp_summary(bgp)),
     }
@@ -364,6 +365,26 @@ fn render_peers(peers: &PeersStatus) -> String {
     );
     out.push_str(&table(&["PEER COUNTER", "VALUE"], &rows));
     out
+}
+
+/// The owned VIPs' mode table.
+fn render_vips(rows: &[crate::peers::moves::VipRow]) -> String {
+    items_table(
+        rows,
+        &[
+            ("VIP", |r| r.vip.to_string()),
+            ("MODE", |r| serde_name(&r.mode)),
+            ("OWNER", |r| r.owner.to_string()),
+            ("EPOCH", |r| r.epoch.to_string()),
+            ("SINCE(ms)", |r| r.since_ms.to_string()),
+            ("MOVE", |r| {
+                r.moving.map_or("-".to_string(), |m| {
+                    format!("{} with {}", serde_name(&m.step), m.peer)
+                })
+            }),
+        ],
+        "owned VIPs",
+    )
 }
 
 fn render_flows(flows: &[FlowRow]) -> String {

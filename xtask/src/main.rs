@@ -281,7 +281,8 @@ fn test() -> Result<()> {
 struct Tally {
     passed: u64,
     failed: u64,
-    /// "thread 'T' panicked at F:L: MESSAGE" of every failing test, the message cut short.
+    /// "thread 'T' (ID) panicked at F:L: MESSAGE" of every failing test, the message cut
+    /// short.
     panics: Vec<String>,
 }
 
@@ -314,7 +315,7 @@ fn cargo_test(root: &Path, args: &[&str], tally: &mut Tally) -> Result<bool> {
             if let Some(at) = panic_at.take() {
                 let message: String = line.chars().take(PANIC_SUMMARY_CHARS).collect();
                 tally.panics.push(format!("{at} {message}"));
-            } else if line.starts_with("thread '") && line.contains("' panicked at ") {
+            } else if line.starts_with("thread '") && line.contains(" panicked at ") {
                 panic_at = Some(line);
             }
         }

@@ -39,6 +39,8 @@ pub enum Request {
     Nodes,
     /// The peer protocol: this instance's state, its peers, the counters.
     Peers,
+    /// The owned VIPs' transfer processing mode table.
+    Vips,
     /// Backend `address[:port]` (in every service) takes no new flows.
     #[serde(rename = "backend-drain")]
     BackendDrain {

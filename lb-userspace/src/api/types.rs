@@ -36,6 +36,8 @@ pub enum Reply {
     Sessions(Vec<SessionRow>),
     Nodes(Nodes),
     Peers(PeersStatus),
+    /// One row per owned VIP.
+    Vips(Vec<crate::peers::moves::VipRow>),
     /// A backend change (drain, undrain, weight, add, remove): what applying it changed.
     Applied(ApplySummary),
     HandedOver(HandedOver),
@@ -56,6 +58,7 @@ impl Reply {
             Request::Sessions => Reply::Sessions(from_value(result)?),
             Request::Nodes => Reply::Nodes(from_value(result)?),
             Request::Peers => Reply::Peers(from_value(result)?),
+            Request::Vips => Reply::Vips(from_value(result)?),
             Request::BackendDrain { .. }
             | Request::BackendUndrain { .. }
             | Request::BackendWeight { .. }

@@ -220,6 +220,7 @@ mod tests {
                 routes_file: dir.join("routes.conf"),
                 return_routes: Vec::new(),
                 withdraw_delay: Duration::ZERO,
+                owned_vips: Default::default(),
             },
             RouteSet::default(),
         );

@@ -1,6 +1,6 @@
 //! The routes an instance announces, and the file BIRD reads them from.
 //!
-//! The file holds one BIRD static protocol per kind of route, always all four (empty
+//! The file holds one BIRD static protocol per kind of route, always all five (empty
 //! when nothing of that kind is announced), so the operator's `bird.conf` can export
 //! them by name (`proto = "lb_vips"`) whatever the instance's state. The routes are
 //! blackholes: BIRD only needs them to exist to announce them over BGP with itself as
@@ -22,9 +22,18 @@ pub const PROTO_SNAT: &str = "lb_snat";
 pub const PROTO_SNAT_BACKUP: &str = "lb_snat_backup";
 /// Static protocol of the routes back to the clients (`bgp.return_routes`).
 pub const PROTO_RETURN: &str = "lb_return";
+/// Static protocol of the owned VIPs another instance owns (exported with a longer AS
+/// path): announced so that the VIP stays reachable whatever happens to its owner.
+pub const PROTO_VIPS_BACKUP: &str = "lb_vips_backup";
 
 /// Every protocol the routes file defines, in file order.
-pub const PROTOCOLS: [&str; 4] = [PROTO_VIPS, PROTO_SNAT, PROTO_SNAT_BACKUP, PROTO_RETURN];
+pub const PROTOCOLS: [&str; 5] = [
+    PROTO_VIPS,
+    PROTO_SNAT,
+    PROTO_SNAT_BACKUP,
+    PROTO_RETURN,
+    PROTO_VIPS_BACKUP,
+];
 
 /// What the instance announces; empty = nothing (not ready, or draining).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,12 +43,18 @@ pub struct RouteSet {
     /// Peers' SNAT addresses; never one of `snat`.
     pub snat_backup: BTreeSet<Ipv4Addr>,
     pub return_routes: BTreeSet<Prefix>,
+    /// Owned VIPs of other instances; never one of `vips`.
+    pub vips_backup: BTreeSet<Ipv4Addr>,
 }
 
 impl RouteSet {
     /// Number of routes announced.
     pub fn len(&self) -> usize {
-        self.vips.len() + self.snat.len() + self.snat_backup.len() + self.return_routes.len()
+        self.vips.len()
+            + self.snat.len()
+            + self.snat_backup.len()
+            + self.return_routes.len()
+            + self.vips_backup.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -58,6 +73,10 @@ pub struct RouteInputs {
     pub draining: bool,
     /// SNAT addresses of the live peers, announced as backups.
     pub peer_snat: Vec<Ipv4Addr>,
+    /// Owned VIPs (`bgp.owned_vip`) this instance announces as primary, and those it
+    /// backs up (`peers::moves::Moves`); every other VIP is announced as primary by all.
+    pub owned_primary: BTreeSet<Ipv4Addr>,
+    pub owned_backup: BTreeSet<Ipv4Addr>,
 }
 
 /// The routes to announce: everything while ready and not draining, nothing otherwise.
@@ -69,7 +88,18 @@ pub fn desired_routes(
     if !inputs.ready || inputs.draining {
         return RouteSet::default();
     }
-    let vips: BTreeSet<Ipv4Addr> = services.iter().map(|s| s.vip).collect();
+    let vips: BTreeSet<Ipv4Addr> = services
+        .iter()
+        .map(|s| s.vip)
+        .filter(|vip| !inputs.owned_backup.contains(vip))
+        .chain(inputs.owned_primary.iter().copied())
+        .collect();
+    let vips_backup = inputs
+        .owned_backup
+        .iter()
+        .copied()
+        .filter(|vip| !inputs.owned_primary.contains(vip))
+        .collect();
     let snat = crate::config::Config::snat_addresses(services);
     // An address both owned and a peer's (a misconfigured cluster) is announced as ours
     // only: a backup route of our own address would only lengthen our path.
@@ -84,10 +114,11 @@ pub fn desired_routes(
         snat,
         snat_backup,
         return_routes: return_routes.iter().copied().collect(),
+        vips_backup,
     }
 }
 
-/// The routes file for `routes`: four static protocols, always all defined.
+/// The routes file for `routes`: five static protocols, always all defined.
 pub fn render(routes: &RouteSet) -> String {
     let mut out = String::from(
         "# Written by lb: the routes this instance announces (docs/scale-out.md, \"Routes\").\n\
@@ -104,6 +135,7 @@ pub fn render(routes: &RouteSet) -> String {
             PROTO_RETURN,
             routes.return_routes.iter().copied().collect::<Vec<_>>(),
         ),
+        (PROTO_VIPS_BACKUP, hosts(&routes.vips_backup)),
     ];
     for (name, prefixes) in sections {
         let _ = writeln!(out, "\nprotocol static {name} {{\n  ipv4;");
@@ -160,6 +192,7 @@ address = "198.19.0.11"
             ready: true,
             draining: false,
             peer_snat: vec![ip("198.19.1.3"), ip("198.19.1.2")],
+            ..RouteInputs::default()
         }
     }
 
@@ -198,6 +231,38 @@ address = "198.19.0.11"
     }
 
     #[test]
+    fn owned_vips_are_primary_at_their_owner_and_backup_elsewhere() {
+        let owned = |primary: &[&str], backup: &[&str]| RouteInputs {
+            owned_primary: primary.iter().map(|a| ip(a)).collect(),
+            owned_backup: backup.iter().map(|a| ip(a)).collect(),
+            ..ready()
+        };
+        // .11 is owned by another instance: backed up, not announced as primary.
+        let routes = desired_routes(&services(), &[], &owned(&[], &["198.18.1.11"]));
+        assert_eq!(routes.vips, BTreeSet::from([ip("198.18.1.10")]));
+        assert_eq!(routes.vips_backup, BTreeSet::from([ip("198.18.1.11")]));
+        // Owned here: primary only.
+        let routes = desired_routes(&services(), &[], &owned(&["198.18.1.11"], &[]));
+        assert_eq!(
+            routes.vips,
+            BTreeSet::from([ip("198.18.1.10"), ip("198.18.1.11")])
+        );
+        assert!(routes.vips_backup.is_empty());
+        let text = render(&desired_routes(
+            &services(),
+            &[],
+            &owned(&[], &["198.18.1.11"]),
+        ));
+        assert!(text.ends_with(
+            "protocol static lb_vips_backup {\n  ipv4;\n  route 198.18.1.11/32 blackhole;\n}\n"
+        ));
+        // Draining withdraws the backups too.
+        let mut draining = owned(&[], &["198.18.1.11"]);
+        draining.draining = true;
+        assert!(desired_routes(&services(), &[], &draining).is_empty());
+    }
+
+    #[test]
     fn renders_every_protocol_even_when_empty() {
         assert_eq!(
             render(&RouteSet::default()),
@@ -206,7 +271,8 @@ address = "198.19.0.11"
              \nprotocol static lb_vips {\n  ipv4;\n}\n\
              \nprotocol static lb_snat {\n  ipv4;\n}\n\
              \nprotocol static lb_snat_backup {\n  ipv4;\n}\n\
-             \nprotocol static lb_return {\n  ipv4;\n}\n"
+             \nprotocol static lb_return {\n  ipv4;\n}\n\
+             \nprotocol static lb_vips_backup {\n  ipv4;\n}\n"
         );
     }
 
@@ -235,6 +301,9 @@ address = "198.19.0.11"
                 "protocol static lb_return {",
                 "  ipv4;",
                 "  route 198.18.0.0/24 blackhole;",
+                "}",
+                "protocol static lb_vips_backup {",
+                "  ipv4;",
                 "}",
             ]
         );

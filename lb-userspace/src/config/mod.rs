@@ -139,6 +139,10 @@ pub struct BgpConfig {
     pub return_routes: Vec<Prefix>,
     /// After withdrawing on SIGTERM, how long to keep forwarding before exiting.
     pub withdraw_delay: Duration,
+    /// VIPs with one owner (`[[bgp.owned_vip]]`): announced as primary by their owner
+    /// and as backup by every other instance, and moved with `lb vip move`
+    /// (docs/scale-out.md, "Moving a VIP"). Every other VIP is announced by all (ECMP).
+    pub owned_vips: std::collections::BTreeMap<Ipv4Addr, u16>,
 }
 
 /// The router side of the cluster protocol (docs/cluster-protocol.md).

@@ -34,6 +34,15 @@ pub(super) struct RawBgp {
     #[serde(default)]
     pub(super) return_routes: Vec<Spanned<String>>,
     pub(super) withdraw_delay_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) owned_vip: Vec<Spanned<RawOwnedVip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOwnedVip {
+    pub(super) vip: Spanned<String>,
+    pub(super) owner: Spanned<i64>,
 }
 
 #[derive(Deserialize)]

@@ -64,7 +64,7 @@ impl Controller {
                 ready: true,
                 ..RouteInputs::default()
             },
-            Some(peers) => route_inputs(&peers.status(), false, adopted),
+            Some(peers) => route_inputs(&peers.status(), false, adopted, self.moves.as_ref()),
         };
         let routes = bgp::desired_routes(&self.config.services, &settings.return_routes, &inputs);
         self.bgp = Some(BgpState {
@@ -96,6 +96,7 @@ impl Controller {
             &peers.status(),
             state.inputs.draining,
             self.dataplane.adopted(),
+            self.moves.as_ref(),
         );
         if inputs != state.inputs {
             if inputs.ready && !state.inputs.ready {
@@ -198,15 +199,23 @@ pub(super) async fn withdraw_and_wait(status: Arc<Mutex<bgp::AnnouncerStatus>>, 
 }
 
 /// What BIRD should announce as the peer protocol sees the cluster: ready once synced
-/// (or at once over an adopted data path), the peers' SNAT addresses as backups.
+/// (or at once over an adopted data path), the peers' SNAT addresses as backups, the
+/// owned VIPs as their mode table says.
 fn route_inputs(
     peers: &crate::peers::membership::PeersStatus,
     draining: bool,
     adopted: bool,
+    moves: Option<&crate::peers::moves::Moves>,
 ) -> RouteInputs {
     RouteInputs {
         ready: peers.ready || adopted,
         draining,
         peer_snat: peers.peer_snat.clone(),
+        owned_primary: moves
+            .map(|m| m.primary().into_iter().collect())
+            .unwrap_or_default(),
+        owned_backup: moves
+            .map(|m| m.backup().into_iter().collect())
+            .unwrap_or_default(),
     }
 }

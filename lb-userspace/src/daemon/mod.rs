@@ -86,10 +86,28 @@ pub struct Controller {
     peers: Option<crate::peers::io::PeersHandle>,
     /// Flow sharing with peers (`[peers]`): remote activity, the collector's memory.
     peer_flows: PeerFlows,
+    /// The owned VIPs' modes (`[[bgp.owned_vip]]`, docs/scale-out.md, "Owned VIPs").
+    moves: Option<crate::peers::moves::Moves>,
 }
 
 /// A health check the controller wants running.
 pub type HealthTarget = (String, BackendAddr, HealthCheck);
+
+/// The mode table of the owned VIPs, as configured (each owner's VIPs `normal` there,
+/// `backup` everywhere else); `None` without owned VIPs.
+fn owned_vip_modes(config: &Config) -> Option<crate::peers::moves::Moves> {
+    let (Some(bgp), Some(peers)) = (&config.bgp, &config.peers) else {
+        return None;
+    };
+    (!bgp.owned_vips.is_empty()).then(|| {
+        crate::peers::moves::Moves::new(
+            peers.node_id,
+            &bgp.owned_vips,
+            crate::peers::moves::MoveTimers::default(),
+            Instant::now(),
+        )
+    })
+}
 
 pub fn pin_dir(name: &str) -> PathBuf {
     Path::new(sys::BPFFS).join(name)
@@ -140,6 +158,7 @@ impl Controller {
         match Self::program_and_attach(&mut dataplane, &config, mode_override, adopt, replace) {
             Ok((table, overrides)) => {
                 let peer_flows = PeerFlows::new(config.limits.max_flows);
+                let moves = owned_vip_modes(&config);
                 let mut controller = Controller {
                     config_path: config_path.to_path_buf(),
                     config,
@@ -159,6 +178,7 @@ impl Controller {
                     bgp: None,
                     peers: None,
                     peer_flows,
+                    moves,
                 };
                 controller.resume_syn_cookies();
                 Ok(controller)
@@ -247,6 +267,7 @@ impl Controller {
             Request::Nodes => Reply::Nodes(self.nodes()?),
             Request::Drain => Reply::Drained(self.drain()?),
             Request::Peers => Reply::Peers(self.peers_status()?),
+            Request::Vips => Reply::Vips(self.vip_modes()?),
             Request::Handover => {
                 self.handed_over = true;
                 Reply::HandedOver(api::HandedOver { handed_over: true })

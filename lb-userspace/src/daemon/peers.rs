@@ -74,6 +74,14 @@ impl Controller {
         self.sync_snapshot(&handle.status().live_nodes)
     }
 
+    /// `lb vips`: the owned VIPs' mode table.
+    pub(super) fn vip_modes(&self) -> Result<Vec<crate::peers::moves::VipRow>> {
+        match &self.moves {
+            Some(moves) => Ok(moves.rows(std::time::Instant::now())),
+            None => bail!("no [[bgp.owned_vip]] in the config: every VIP is announced by all"),
+        }
+    }
+
     pub(super) fn peers_status(&self) -> Result<crate::peers::membership::PeersStatus> {
         match &self.peers {
             Some(handle) => Ok(handle.status()),

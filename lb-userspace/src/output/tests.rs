@@ -255,3 +255,17 @@ fn drained() {
          last: BIRD at /run/bird.ctl: cannot connect\n"
     );
 }
+
+/// The owned VIPs, a row each, with the move under way.
+#[test]
+fn vips() {
+    assert_eq!(
+        render(&Reply::Vips(samples::vips())),
+        text(&[
+            "VIP          MODE        OWNER  EPOCH  SINCE(ms)  MOVE",
+            "198.18.1.20  normal      1      0      9000       -",
+            "198.18.1.21  transition  2      3      40         streaming with 2",
+            "2 owned VIPs",
+        ])
+    );
+}

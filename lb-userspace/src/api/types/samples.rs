@@ -269,3 +269,29 @@ pub fn peers() -> PeersStatus {
         },
     }
 }
+
+/// Two owned VIPs: one owned here, one backed up while its move is under way.
+pub fn vips() -> Vec<crate::peers::moves::VipRow> {
+    use crate::peers::moves::{Mode, MoveRow, Step, VipRow};
+    vec![
+        VipRow {
+            vip: "198.18.1.20".parse().unwrap(),
+            mode: Mode::Normal,
+            owner: 1,
+            epoch: 0,
+            since_ms: 9000,
+            moving: None,
+        },
+        VipRow {
+            vip: "198.18.1.21".parse().unwrap(),
+            mode: Mode::Transition,
+            owner: 2,
+            epoch: 3,
+            since_ms: 40,
+            moving: Some(MoveRow {
+                peer: 2,
+                step: Step::Streaming,
+            }),
+        },
+    ]
+}

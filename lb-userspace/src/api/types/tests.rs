@@ -410,6 +410,20 @@ fn peers() {
 }
 
 #[test]
+fn vips() {
+    assert_shape(
+        Request::Vips,
+        Reply::Vips(samples::vips()),
+        json!([
+            {"vip": "198.18.1.20", "mode": "normal", "owner": 1, "epoch": 0,
+             "since_ms": 9000, "moving": null},
+            {"vip": "198.18.1.21", "mode": "transition", "owner": 2, "epoch": 3,
+             "since_ms": 40, "moving": {"peer": 2, "step": "streaming"}},
+        ]),
+    );
+}
+
+#[test]
 fn handover() {
     assert_shape(
         Request::Handover,

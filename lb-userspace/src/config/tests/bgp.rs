@@ -30,6 +30,7 @@ fn bgp_table_parses_with_defaults() {
                 "198.18.4.0/22".parse().unwrap()
             ],
             withdraw_delay: Duration::from_millis(DEFAULT_WITHDRAW_DELAY_MS),
+            owned_vips: Default::default(),
         })
     );
     let config = parse(&BGP.replace(
@@ -63,6 +64,79 @@ fn bgp_errors_name_the_line() {
     assert_refused(&text, "neighbor", "unknown field");
     let text = BGP.replace("routes_file = \"/run/bird/lb1-routes.conf\"\n", "");
     assert_refused(&text, "[bgp]", "routes_file");
+}
+
+/// A service, `[bgp]` with one owned VIP (`owner`), then `[peers]` (this instance 1, peer 2)
+/// unless `peers` is false.
+fn owned(vip: &str, owner: &str, peers: bool) -> String {
+    let mut text = format!(
+        r#"[interfaces]
+attach = ["front", "back"]
+[[service]]
+name = "web"
+vip = "198.18.1.10"
+port = 80
+snat_ip = "198.19.1.1"
+[[service.backend]]
+address = "198.19.0.11"
+[bgp]
+control_socket = "/run/bird/lb1.ctl"
+routes_file = "/run/bird/lb1-routes.conf"
+[[bgp.owned_vip]]
+vip = "{vip}"
+owner = {owner}
+"#
+    );
+    if peers {
+        text.push_str(
+            r#"[peers]
+node_id = 1
+cluster_id = 9
+key_file = "/etc/lb/peers.key"
+listen = "198.18.0.1:7395"
+[[peers.peer]]
+node_id = 2
+address = "198.18.0.2:7395"
+"#,
+        );
+    }
+    text
+}
+
+#[test]
+fn owned_vips_name_a_service_vip_and_a_cluster_node() {
+    let config = parse(&owned("198.18.1.10", "2", true)).unwrap();
+    assert_eq!(
+        config.bgp.unwrap().owned_vips,
+        std::collections::BTreeMap::from([("198.18.1.10".parse().unwrap(), 2)])
+    );
+    assert_refused(
+        &owned("198.18.1.10", "7", true),
+        "owner = 7",
+        "neither this instance",
+    );
+    assert_refused(
+        &owned("198.18.1.10", "0", true),
+        "owner = 0",
+        "bgp.owned_vip.owner",
+    );
+    assert_refused(
+        &owned("198.18.1.99", "1", true),
+        "198.18.1.99",
+        "the VIP of no service",
+    );
+    assert_refused(&owned("x", "1", true), "vip = \"x\"", "not an IPv4 address");
+    assert_refused(
+        &owned("198.18.1.10", "1", false),
+        "[[bgp.owned_vip]]",
+        "needs [peers]",
+    );
+    let twice = owned("198.18.1.10", "1", true).replacen(
+        "[[bgp.owned_vip]]",
+        "[[bgp.owned_vip]]\nvip = \"198.18.1.10\"\nowner = 2\n[[bgp.owned_vip]]",
+        1,
+    );
+    assert_refused(&twice, "vip = \"198.18.1.10\"", "lists 198.18.1.10 twice");
 }
 
 #[test]

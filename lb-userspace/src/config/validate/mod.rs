@@ -270,6 +270,10 @@ impl Parser<'_> {
             }
         };
 
+        if let (Some(bgp), Some(raw_bgp)) = (&bgp, &raw.bgp) {
+            self.owned_vips(bgp, raw_bgp.get_ref(), &services, peers.as_ref())?;
+        }
+
         Ok(Config {
             name,
             attach,
@@ -413,6 +417,46 @@ impl Parser<'_> {
 }
 
 impl Parser<'_> {
+    /// An owned VIP is a service's VIP, owned by this instance or one of its peers.
+    fn owned_vips(
+        &self,
+        bgp: &BgpConfig,
+        raw: &RawBgp,
+        services: &[super::ServiceConfig],
+        peers: Option<&PeersConfig>,
+    ) -> Result<(), ConfigError> {
+        for entry in &raw.owned_vip {
+            let owned = entry.get_ref();
+            let Ok(vip) = owned.vip.get_ref().parse::<Ipv4Addr>() else {
+                continue;
+            };
+            if !services.iter().any(|s| s.vip == vip) {
+                return Err(self.error(
+                    owned.vip.span(),
+                    format!("bgp.owned_vip: {vip} is the VIP of no service"),
+                ));
+            }
+            let Some(peers) = peers else {
+                return Err(self.error(
+                    entry.span(),
+                    "bgp.owned_vip needs [peers]: the owner is a node id of the cluster",
+                ));
+            };
+            let owner = bgp.owned_vips[&vip];
+            if owner != peers.node_id && !peers.members.iter().any(|m| m.node_id == owner) {
+                return Err(self.error(
+                    owned.owner.span(),
+                    format!(
+                        "bgp.owned_vip.owner {owner} is neither this instance (peers.node_id \
+                         {}) nor one of its [[peers.peer]]",
+                        peers.node_id
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn bgp(&self, bgp: &RawBgp) -> Result<BgpConfig, ConfigError> {
         let socket = &bgp.control_socket;
         if socket.get_ref().is_empty() {
@@ -460,10 +504,30 @@ impl Parser<'_> {
             0..=60_000,
             DEFAULT_WITHDRAW_DELAY_MS,
         )?;
+        let mut owned_vips = std::collections::BTreeMap::new();
+        for entry in &bgp.owned_vip {
+            let owned = entry.get_ref();
+            let vip: Ipv4Addr = owned.vip.get_ref().parse().map_err(|_| {
+                self.error(
+                    owned.vip.span(),
+                    format!(
+                        "bgp.owned_vip.vip: {:?} is not an IPv4 address",
+                        owned.vip.get_ref()
+                    ),
+                )
+            })?;
+            let owner: u16 = self.int(&owned.owner, "bgp.owned_vip.owner", 1..=65535)?;
+            if owned_vips.insert(vip, owner).is_some() {
+                return Err(
+                    self.error(owned.vip.span(), format!("bgp.owned_vip lists {vip} twice"))
+                );
+            }
+        }
         Ok(BgpConfig {
             control_socket: PathBuf::from(socket.get_ref()),
             routes_file: PathBuf::from(routes_file.get_ref()),
             return_routes,
+            owned_vips,
             withdraw_delay: Duration::from_millis(withdraw_delay_ms),
         })
     }
