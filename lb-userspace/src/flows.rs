@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::Ipv4Addr,
     time::Duration,
 };
 
@@ -368,11 +369,6 @@ pub fn sync_records(
     live: &BTreeSet<u16>,
     now_ns: u64,
 ) -> Vec<Announcement> {
-    let reverse_states: HashMap<FlowKey, u8> = entries
-        .iter()
-        .filter(|(_, entry)| entry.direction != FLOW_DIR_CLIENT_TO_SERVER)
-        .map(|(key, entry)| (*key, entry.state))
-        .collect();
     let sharing = Sharing {
         self_node,
         live,
@@ -380,10 +376,41 @@ pub fn sync_records(
         owners_heard: None,
         known_since_ns: 0,
     };
+    records_where(entries, self_node, now_ns, |_, entry| {
+        !sharing.held_for_live_owner(entry)
+    })
+}
+
+/// Every connection to `vip`, whoever owns it: what a VIP move streams to its target
+/// (docs/scale-out.md, "Moving a VIP").
+pub fn vip_records(
+    entries: &[(FlowKey, FlowEntry)],
+    self_node: u16,
+    vip: Ipv4Addr,
+    now_ns: u64,
+) -> Vec<Announcement> {
+    records_where(entries, self_node, now_ns, |key, _| {
+        *key.destination().ip() == vip
+    })
+}
+
+/// One upsert per connection whose forward entry passes `keep`, with the further state
+/// of its two entries; owner 0 (made before the instance had peers) is `self_node`.
+fn records_where(
+    entries: &[(FlowKey, FlowEntry)],
+    self_node: u16,
+    now_ns: u64,
+    keep: impl Fn(&FlowKey, &FlowEntry) -> bool,
+) -> Vec<Announcement> {
+    let reverse_states: HashMap<FlowKey, u8> = entries
+        .iter()
+        .filter(|(_, entry)| entry.direction != FLOW_DIR_CLIENT_TO_SERVER)
+        .map(|(key, entry)| (*key, entry.state))
+        .collect();
     entries
         .iter()
         .filter(|(_, entry)| entry.direction == FLOW_DIR_CLIENT_TO_SERVER)
-        .filter(|(_, entry)| !sharing.held_for_live_owner(entry))
+        .filter(|(key, entry)| keep(key, entry))
         .map(|(key, entry)| {
             let mut record = FlowRecord::from_entry(key, entry, now_ns);
             // Made before the data path knew the node id: this instance's.

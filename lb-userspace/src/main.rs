@@ -103,6 +103,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Owned VIPs of the running cluster.
+    Vip {
+        #[command(subcommand)]
+        action: VipAction,
+    },
     /// Change backends of the running system (not the config file).
     Backend {
         #[command(subcommand)]
@@ -111,6 +116,20 @@ enum Command {
     /// Run the node agent on a server: announce it to the router, report health and load,
     /// leave on SIGTERM (docs/cluster-protocol.md).
     Node(NodeArgs),
+}
+
+#[derive(Subcommand)]
+enum VipAction {
+    /// Move owned VIP VIP from this instance to peer node TO: the target takes it over
+    /// with its flows, then announces it as primary (docs/scale-out.md, "Moving a VIP").
+    /// Answers at once with the mode table; `lb vips` follows the move.
+    Move {
+        vip: std::net::Ipv4Addr,
+        #[arg(long)]
+        to: u16,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -277,6 +296,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Drain { json } => (Request::Drain, json),
         Command::Peers { json } => (Request::Peers, json),
         Command::Vips { json } => (Request::Vips, json),
+        Command::Vip {
+            action: VipAction::Move { vip, to, json },
+        } => (Request::VipMove { vip, to }, json),
         Command::Backend { action } => (
             match action {
                 BackendAction::Drain { backend } => Request::BackendDrain { backend },

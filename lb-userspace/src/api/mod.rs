@@ -41,6 +41,12 @@ pub enum Request {
     Peers,
     /// The owned VIPs' transfer processing mode table.
     Vips,
+    /// Move owned VIP `vip` to peer `to` (docs/scale-out.md, "Moving a VIP").
+    #[serde(rename = "vip-move")]
+    VipMove {
+        vip: std::net::Ipv4Addr,
+        to: u16,
+    },
     /// Backend `address[:port]` (in every service) takes no new flows.
     #[serde(rename = "backend-drain")]
     BackendDrain {

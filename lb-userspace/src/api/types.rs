@@ -58,7 +58,7 @@ impl Reply {
             Request::Sessions => Reply::Sessions(from_value(result)?),
             Request::Nodes => Reply::Nodes(from_value(result)?),
             Request::Peers => Reply::Peers(from_value(result)?),
-            Request::Vips => Reply::Vips(from_value(result)?),
+            Request::Vips | Request::VipMove { .. } => Reply::Vips(from_value(result)?),
             Request::BackendDrain { .. }
             | Request::BackendUndrain { .. }
             | Request::BackendWeight { .. }

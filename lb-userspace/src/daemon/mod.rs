@@ -46,6 +46,7 @@ mod flood;
 mod health_results;
 mod peer_flows;
 mod peers;
+mod vip_moves;
 mod scrape;
 mod server;
 
@@ -88,6 +89,7 @@ pub struct Controller {
     peer_flows: PeerFlows,
     /// The owned VIPs' modes (`[[bgp.owned_vip]]`, docs/scale-out.md, "Owned VIPs").
     moves: Option<crate::peers::moves::Moves>,
+    move_io: vip_moves::MoveIo,
 }
 
 /// A health check the controller wants running.
@@ -179,6 +181,7 @@ impl Controller {
                     peers: None,
                     peer_flows,
                     moves,
+                    move_io: vip_moves::MoveIo::default(),
                 };
                 controller.resume_syn_cookies();
                 Ok(controller)
@@ -268,6 +271,7 @@ impl Controller {
             Request::Drain => Reply::Drained(self.drain()?),
             Request::Peers => Reply::Peers(self.peers_status()?),
             Request::Vips => Reply::Vips(self.vip_modes()?),
+            Request::VipMove { vip, to } => Reply::Vips(self.start_vip_move(*vip, *to)?),
             Request::Handover => {
                 self.handed_over = true;
                 Reply::HandedOver(api::HandedOver { handed_over: true })

@@ -125,6 +125,13 @@ pub(super) async fn serve_inbox(controller: Arc<Mutex<Controller>>, mut inbox: P
                 })
                 .await;
             }
+            PeerInput::Move { from, step } => {
+                let _ = tokio::task::spawn_blocking(move || lock(&c).peer_move(from, step)).await;
+            }
+            PeerInput::Claims { from, claims } => {
+                let _ =
+                    tokio::task::spawn_blocking(move || lock(&c).peer_claims(from, &claims)).await;
+            }
             // Inputs are handled in order (each batch awaited above).
             PeerInput::Applied { reply } => {
                 let _ = reply.send(());

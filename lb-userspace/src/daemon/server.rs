@@ -340,7 +340,9 @@ pub(super) async fn serve(
             _ = peers_poll.tick(), if has_peers => {
                 let c = controller.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    lock(&c).sync_peer_routes();
+                    let mut controller = lock(&c);
+                    controller.sync_peer_routes();
+                    controller.tick_moves();
                 }).await;
             }
             _ = sighup.recv() => {

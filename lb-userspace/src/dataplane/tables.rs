@@ -284,6 +284,11 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Sum over CPUs of one global counter (`counters::*`).
+    pub fn global_counter(&self, index: u32) -> Result<u64> {
+        Ok(self.global_counters.get(&index, 0)?.iter().sum())
+    }
+
     /// Sum over CPUs of every global counter.
     pub fn global_counters(&self) -> Result<Vec<(&'static str, u64)>> {
         (0..counters::COUNT)

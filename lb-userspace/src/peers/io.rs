@@ -17,7 +17,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::membership::{Accepted, ConnId, Membership, PeersStatus, Reject, Settings};
 use super::record::Announcement;
-use super::wire::{self, Header, Message, PacketType};
+use super::wire::{self, Header, Message, MoveStep, PacketType};
 use crate::cluster::{agent::random_instance, frame::ClusterKey, router::wall_ms};
 use crate::config::{PeerConfig, PeersConfig};
 use crate::sync::lock;
@@ -55,6 +55,13 @@ pub enum PeerInput {
     /// Answered once every input before it has been handled: a peer's snapshot is in
     /// the flow table when it is.
     Applied { reply: oneshot::Sender<()> },
+    /// A step of a VIP move from peer `from` (after every batch it sent before it).
+    Move { from: u16, step: MoveStep },
+    /// The owned VIPs peer `from` announces as primary.
+    Claims {
+        from: u16,
+        claims: Vec<(Ipv4Addr, u64)>,
+    },
 }
 
 /// The controller's end: what the peers ask of it.
@@ -65,6 +72,8 @@ struct Outbox {
     config: PeerConfig,
     /// With when each was queued: a record's age grows while it waits.
     queue: Mutex<VecDeque<(Instant, Announcement)>>,
+    /// Move steps, sent once the announcements queued before them are.
+    moves: Mutex<VecDeque<MoveStep>>,
     /// A connection is past its hello: announcements are queued (before, the next
     /// snapshot covers them).
     active: AtomicBool,
@@ -83,6 +92,8 @@ struct Shared {
     announce: bool,
     own_snat: Vec<Ipv4Addr>,
     outboxes: Vec<Arc<Outbox>>,
+    /// The owned VIPs this instance announces as primary, for its heartbeats.
+    claims: Mutex<Vec<(Ipv4Addr, u64)>>,
     /// Readers of incoming connections, to close one from elsewhere.
     readers: Mutex<HashMap<ConnId, tokio::task::AbortHandle>>,
     inbox: mpsc::Sender<PeerInput>,
@@ -120,6 +131,7 @@ impl Peers {
                 Arc::new(Outbox {
                     config: peer.clone(),
                     queue: Mutex::new(VecDeque::new()),
+                    moves: Mutex::new(VecDeque::new()),
                     active: AtomicBool::new(false),
                     resync: AtomicBool::new(false),
                     wake: Notify::new(),
@@ -136,6 +148,7 @@ impl Peers {
             announce: config.announce,
             own_snat,
             outboxes,
+            claims: Mutex::new(Vec::new()),
             readers: Mutex::new(HashMap::new()),
             inbox: inbox_tx,
         });
@@ -200,6 +213,46 @@ impl PeersHandle {
             }
             outbox.wake.notify_one();
         }
+    }
+
+    /// Queues `batch` for peer `node` alone (a VIP move's stream). False if its
+    /// connection is not up or its queue is full (the move's timers then act).
+    pub fn announce_to(&self, node: u16, batch: Vec<Announcement>) -> bool {
+        let Some(outbox) = self.outbox(node) else {
+            return false;
+        };
+        let mut queue = lock(&outbox.queue);
+        if queue.len() + batch.len() > QUEUE_LIMIT {
+            return false;
+        }
+        let now = Instant::now();
+        queue.extend(batch.into_iter().map(|a| (now, a)));
+        drop(queue);
+        outbox.wake.notify_one();
+        true
+    }
+
+    /// Queues a move step for peer `node`, behind what is queued for it already. False
+    /// if its connection is not up.
+    pub fn send_move(&self, node: u16, step: MoveStep) -> bool {
+        let Some(outbox) = self.outbox(node) else {
+            return false;
+        };
+        lock(&outbox.moves).push_back(step);
+        outbox.wake.notify_one();
+        true
+    }
+
+    /// The owned VIPs this instance announces as primary, claimed in its heartbeats.
+    pub fn set_claims(&self, claims: Vec<(Ipv4Addr, u64)>) {
+        *lock(&self.shared.claims) = claims;
+    }
+
+    fn outbox(&self, node: u16) -> Option<&Arc<Outbox>> {
+        self.shared
+            .outboxes
+            .iter()
+            .find(|o| o.config.node_id == node && o.active.load(Ordering::Acquire))
     }
 
     pub fn status(&self) -> PeersStatus {
@@ -282,6 +335,12 @@ impl Shared {
                 Vec::new()
             },
             announcements: Vec::new(),
+            move_step: None,
+            claims: if packet_type == PacketType::Heartbeat {
+                lock(&self.claims).clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -392,6 +451,21 @@ async fn read(shared: Arc<Shared>, conn: ConnId, from: SocketAddrV4, mut stream:
                     break "daemon gone".to_string();
                 }
             }
+            Ok(Accepted::Move { from, step }) => {
+                if shared.inbox.send(PeerInput::Move { from, step }).await.is_err() {
+                    break "daemon gone".to_string();
+                }
+            }
+            Ok(Accepted::Claims { from, claims }) => {
+                if shared
+                    .inbox
+                    .send(PeerInput::Claims { from, claims })
+                    .await
+                    .is_err()
+                {
+                    break "daemon gone".to_string();
+                }
+            }
             Ok(Accepted::SyncDone) => {
                 let (reply, applied) = oneshot::channel();
                 if shared
@@ -435,6 +509,7 @@ async fn connector(shared: Arc<Shared>, outbox: Arc<Outbox>) {
         let result = session(&shared, &outbox).await;
         outbox.active.store(false, Ordering::Release);
         lock(&outbox.queue).clear();
+        lock(&outbox.moves).clear();
         lock(&shared.membership).outgoing(node, false, Instant::now());
         match result {
             // It reached live announcements: start over quickly.
@@ -534,6 +609,15 @@ async fn session(shared: &Shared, outbox: &Outbox) -> Result<()> {
                     let framed = shared.framed(&message)?;
                     write_with_timeout(&mut write_half, &framed, dead_after).await?;
                     lock(&shared.membership).count_sent(count, framed.len() as u64);
+                }
+                // Move steps after the announcements queued before them (a stream's
+                // batches before its stream-done).
+                loop {
+                    let Some(step) = lock(&outbox.moves).pop_front() else { break };
+                    let mut message = shared.message(PacketType::Move, peer);
+                    message.move_step = Some(step);
+                    write_with_timeout(&mut write_half, &shared.framed(&message)?, dead_after)
+                        .await?;
                 }
             }
             // The peer never writes on this connection: anything is an end.

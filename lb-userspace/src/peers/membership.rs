@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::record::Announcement;
-use super::wire::{DecodeError, Message, NodeState, PacketType};
+use super::wire::{DecodeError, Message, MoveStep, NodeState, PacketType};
 use crate::config::{PeerConfig, PeersConfig};
 
 /// Accepted distance between a message's timestamp and this instance's clock.
@@ -268,6 +268,13 @@ pub enum Accepted {
     /// controller has installed every batch before it: until then this instance would
     /// take traffic for flows it does not hold yet.
     SyncDone,
+    /// A step of a VIP move, for the controller's mode table.
+    Move { from: u16, step: MoveStep },
+    /// The owned VIPs a peer announces as primary (hello, heartbeat), with epochs.
+    Claims {
+        from: u16,
+        claims: Vec<(Ipv4Addr, u64)>,
+    },
 }
 
 struct Peer {
@@ -525,8 +532,22 @@ impl Membership {
             }
             PacketType::Heartbeat => {
                 peer.announced = message.state;
-                Accepted::Nothing
+                if message.claims.is_empty() {
+                    Accepted::Nothing
+                } else {
+                    Accepted::Claims {
+                        from: h.from_node,
+                        claims: message.claims,
+                    }
+                }
             }
+            PacketType::Move => match message.move_step {
+                Some(step) => Accepted::Move {
+                    from: h.from_node,
+                    step,
+                },
+                None => Accepted::Nothing,
+            },
             PacketType::SyncDone => Accepted::SyncDone,
             PacketType::Announcements => {
                 let count = message.announcements.len() as u64;

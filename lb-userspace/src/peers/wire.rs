@@ -9,6 +9,7 @@ pub use crate::cluster::frame::DecodeError;
 use crate::cluster::frame::{self, ClusterKey, HEADER_LEN, Words};
 use crate::cluster::wire::field as common_field;
 
+use super::moves::{MoveMessage, Refusal};
 use super::record::{ANNOUNCEMENT_BYTES, Announcement, RecordError};
 
 /// Length prefix of every message on a peer connection.
@@ -37,8 +38,10 @@ pub enum PacketType {
     Announcements = 17,
     /// The snapshot that follows the hello is complete.
     SyncDone = 18,
-    /// Sent every `dead_after / 4`, with the sender's state.
+    /// Sent every `dead_after / 4`, with the sender's state and its owned-VIP claims.
     Heartbeat = 19,
+    /// One step of a VIP move (docs/scale-out.md, "Moving a VIP").
+    Move = 20,
 }
 
 impl PacketType {
@@ -48,6 +51,7 @@ impl PacketType {
             17 => Self::Announcements,
             18 => Self::SyncDone,
             19 => Self::Heartbeat,
+            20 => Self::Move,
             _ => return None,
         })
     }
@@ -58,6 +62,7 @@ impl PacketType {
             Self::Announcements => "announcements",
             Self::SyncDone => "sync-done",
             Self::Heartbeat => "heartbeat",
+            Self::Move => "move",
         }
     }
 }
@@ -94,6 +99,69 @@ pub mod field {
     pub const SNAT: u16 = 0x0041;
     /// One announcement (`ANNOUNCEMENT_BYTES`); repeated.
     pub const ANNOUNCEMENT: u16 = 0x0042;
+    /// A move step: VIP (4 bytes), epoch (u64), step (u8), refusal reason (u8, 0: none).
+    pub const MOVE: u16 = 0x0043;
+    /// An owned VIP the sender announces as primary: VIP (4 bytes), epoch (u64); repeated.
+    pub const CLAIM: u16 = 0x0044;
+}
+
+/// Claims one heartbeat may carry.
+pub const MAX_CLAIMS: usize = 256;
+
+/// A move step on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoveStep {
+    pub vip: Ipv4Addr,
+    pub epoch: u64,
+    pub message: MoveMessage,
+}
+
+impl MoveStep {
+    const BYTES: usize = 4 + 8 + 2;
+
+    fn encode(&self) -> [u8; Self::BYTES] {
+        let (kind, reason) = match self.message {
+            MoveMessage::Offer => (1, 0),
+            MoveMessage::Accept => (2, 0),
+            MoveMessage::Refuse(why) => (3, why.to_wire()),
+            MoveMessage::StreamDone => (4, 0),
+            MoveMessage::Installed => (5, 0),
+            MoveMessage::Released => (6, 0),
+            MoveMessage::Taken => (7, 0),
+            MoveMessage::Abort => (8, 0),
+        };
+        let mut out = [0u8; Self::BYTES];
+        out[..4].copy_from_slice(&self.vip.octets());
+        out[4..12].copy_from_slice(&self.epoch.to_be_bytes());
+        out[12] = kind;
+        out[13] = reason;
+        out
+    }
+
+    fn decode(value: &[u8]) -> Result<MoveStep, String> {
+        let bytes = <[u8; Self::BYTES]>::try_from(value)
+            .map_err(|_| format!("move field of {} bytes", value.len()))?;
+        let mut epoch = [0u8; 8];
+        epoch.copy_from_slice(&bytes[4..12]);
+        let message = match (bytes[12], bytes[13]) {
+            (1, 0) => MoveMessage::Offer,
+            (2, 0) => MoveMessage::Accept,
+            (3, raw) => MoveMessage::Refuse(
+                Refusal::from_wire(raw).ok_or_else(|| format!("refusal reason {raw}"))?,
+            ),
+            (4, 0) => MoveMessage::StreamDone,
+            (5, 0) => MoveMessage::Installed,
+            (6, 0) => MoveMessage::Released,
+            (7, 0) => MoveMessage::Taken,
+            (8, 0) => MoveMessage::Abort,
+            (kind, reason) => return Err(format!("move step {kind} (reason {reason})")),
+        };
+        Ok(MoveStep {
+            vip: Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]),
+            epoch: u64::from_be_bytes(epoch),
+            message,
+        })
+    }
 }
 
 /// The header of a peer message. Words the peer protocol does not use (priority,
@@ -125,6 +193,10 @@ pub struct Message {
     pub snat: Vec<Ipv4Addr>,
     /// Announcements: at least one.
     pub announcements: Vec<Announcement>,
+    /// Move: its step.
+    pub move_step: Option<MoveStep>,
+    /// Hello and heartbeat: the owned VIPs the sender announces as primary, with epochs.
+    pub claims: Vec<(Ipv4Addr, u64)>,
 }
 
 /// Encodes `message` with its tag, without the length prefix ([`framed`] adds it).
@@ -134,6 +206,12 @@ pub fn encode(message: &Message, key: &ClusterKey) -> Result<Vec<u8>, String> {
         return Err(format!(
             "{} announcements, at most {MAX_ANNOUNCEMENTS}",
             message.announcements.len()
+        ));
+    }
+    if message.claims.len() > MAX_CLAIMS {
+        return Err(format!(
+            "{} claims, at most {MAX_CLAIMS}",
+            message.claims.len()
         ));
     }
     if message.snat.len() > MAX_SNAT {
@@ -171,6 +249,15 @@ pub fn encode(message: &Message, key: &ClusterKey) -> Result<Vec<u8>, String> {
     }
     for ip in &message.snat {
         frame::put_field(&mut out, field::SNAT, &ip.octets());
+    }
+    if let Some(step) = &message.move_step {
+        frame::put_field(&mut out, field::MOVE, &step.encode());
+    }
+    for (vip, epoch) in &message.claims {
+        let mut claim = [0u8; 12];
+        claim[..4].copy_from_slice(&vip.octets());
+        claim[4..].copy_from_slice(&epoch.to_be_bytes());
+        frame::put_field(&mut out, field::CLAIM, &claim);
     }
     let mut record = Vec::with_capacity(ANNOUNCEMENT_BYTES);
     for announcement in &message.announcements {
@@ -246,11 +333,13 @@ pub fn decode(bytes: &[u8], key: &ClusterKey, cluster_id: u16) -> Result<Message
         state: None,
         snat: Vec::new(),
         announcements: Vec::new(),
+        move_step: None,
+        claims: Vec::new(),
     };
     let mut seen: Vec<u16> = Vec::new();
     for item in frame::fields(&body[HEADER_LEN..]) {
         let (field_type, value) = item.map_err(malformed)?;
-        let repeated = matches!(field_type, field::SNAT | field::ANNOUNCEMENT);
+        let repeated = matches!(field_type, field::SNAT | field::ANNOUNCEMENT | field::CLAIM);
         if !repeated {
             if seen.contains(&field_type) {
                 return Err(malformed(format!("field {field_type:#06x} appears twice")));
@@ -292,6 +381,22 @@ pub fn decode(bytes: &[u8], key: &ClusterKey, cluster_id: u16) -> Result<Message
                     .map_err(|e: RecordError| malformed(e.to_string()))?;
                 message.announcements.push(announcement);
             }
+            field::MOVE => {
+                message.move_step = Some(MoveStep::decode(value).map_err(malformed)?);
+            }
+            field::CLAIM => {
+                if message.claims.len() == MAX_CLAIMS {
+                    return Err(malformed(format!("more than {MAX_CLAIMS} claims")));
+                }
+                let bytes = <[u8; 12]>::try_from(value)
+                    .map_err(|_| malformed(format!("claim field of {} bytes", value.len())))?;
+                let mut epoch = [0u8; 8];
+                epoch.copy_from_slice(&bytes[4..]);
+                message.claims.push((
+                    Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]),
+                    u64::from_be_bytes(epoch),
+                ));
+            }
             // Unknown fields are skipped, so a newer sender can add some.
             _ => {}
         }
@@ -326,6 +431,20 @@ fn check_required(packet_type: PacketType, m: &Message) -> Result<(), DecodeErro
             if !m.announcements.is_empty() =>
         {
             wrong("with announcements")
+        }
+        PacketType::Move if m.move_step.is_none() => wrong("without its step"),
+        PacketType::Hello | PacketType::Heartbeat | PacketType::Announcements | PacketType::SyncDone
+            if m.move_step.is_some() =>
+        {
+            wrong("with a move step")
+        }
+        PacketType::Announcements | PacketType::SyncDone | PacketType::Move
+            if !m.claims.is_empty() =>
+        {
+            wrong("with claims")
+        }
+        PacketType::Move if !m.snat.is_empty() || !m.announcements.is_empty() || has_state => {
+            wrong("with other fields")
         }
         _ => Ok(()),
     }
