@@ -10,8 +10,8 @@ use lb_common::{
     Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RING_SLOTS,
     DEFAULT_MAX_SERVICES, EligibilityKey, FLOW_EVENTS_BYTES, FlowEntry, FlowKey, FragmentEntry,
     FragmentKey, MAX_ELIGIBILITY_PREFIXES, MAX_FRAGMENTS, MAX_INTERFACES, MAX_LOCAL_ADDRS,
-    MAX_SESSIONS, NextHop, Service, ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings,
-    SnatPool, VipTransition, counters, MAX_TUNNEL_PEERS, MAX_VIP_TRANSITIONS,
+    MAX_SESSIONS, MAX_TUNNEL_PEERS, MAX_VIP_TRANSITIONS, NextHop, Service, ServiceKey,
+    ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, VipTransition, counters,
 };
 
 /// (VIP, port, protocol) → policy for new flows.

@@ -37,13 +37,7 @@ fn with_transition(test: impl FnOnce(&mut Harness) + Send + 'static) {
 
 /// `frame`'s IPv4 packet in an outer IPv4 header `src → dst` (protocol 4, TTL 64, DF,
 /// id 0, the inner TOS), in an Ethernet frame `src_mac → dst_mac`.
-fn ipip(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    frame: &[u8],
-) -> Vec<u8> {
+fn ipip(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, frame: &[u8]) -> Vec<u8> {
     let inner = &frame[14..];
     let mut ip = Ipv4Header::new(
         inner.len() as u16,
@@ -148,7 +142,10 @@ fn a_segment_without_entry_goes_to_the_previous_owner_in_ipip() {
         assert_tunnelled_checksums(&out);
         assert_eq!(h.counter(counters::TUNNEL_FORWARDED), 4);
         assert_eq!(h.counter(counters::NEW_FLOWS), 0);
-        assert!(h.flows().is_empty(), "a forwarded packet makes no flow entry");
+        assert!(
+            h.flows().is_empty(),
+            "a forwarded packet makes no flow entry"
+        );
     });
 }
 
@@ -209,7 +206,10 @@ fn a_vip_not_in_transition_still_refuses() {
         h.set_vip_transition(DNAT_VIP, PREVIOUS_OWNER).unwrap();
         assert!(h.clear_vip_transition(VIP).unwrap());
         assert!(!h.clear_vip_transition(VIP).unwrap());
-        assert_eq!(h.vip_transitions().unwrap(), vec![(DNAT_VIP, PREVIOUS_OWNER)]);
+        assert_eq!(
+            h.vip_transitions().unwrap(),
+            vec![(DNAT_VIP, PREVIOUS_OWNER)]
+        );
         let packet = stale_segment(40000).build(b"x");
         let (verdict, out) = h.run(&packet);
         assert_eq!(verdict, XDP_DROP);
@@ -234,11 +234,18 @@ fn decapsulated_packet_gives_the_bytes_of_the_same_packet_sent_directly() {
         let direct = data.build(b"hello");
         let (verdict, direct_out) = h.run(&direct);
         assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(direct_out, full_nat_to_server1(data, snat_port).build(b"hello"));
+        assert_eq!(
+            direct_out,
+            full_nat_to_server1(data, snat_port).build(b"hello")
+        );
 
         let (verdict, out) = h.run(&from_peer(PREVIOUS_OWNER, &direct));
         assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(strip_mark(&out), direct_out, "exact bytes of the direct run");
+        assert_eq!(
+            strip_mark(&out),
+            direct_out,
+            "exact bytes of the direct run"
+        );
         assert_eq!(h.counter(counters::TUNNEL_RECEIVED), 1);
         assert_eq!(h.counter(counters::FLOW_HITS), 2);
         assert_eq!(h.counter(counters::TUNNEL_FORWARDED), 0);
