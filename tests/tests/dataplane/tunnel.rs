@@ -362,3 +362,30 @@ fn without_tunnel_source_or_route_the_packet_is_dropped() {
         assert!(h.flows().is_empty(), "no flow entry");
     });
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_fragmented_datagram_goes_to_the_previous_owner_whole() {
+    with_transition(|h| {
+        let datagram = udp_packet(
+            CLIENT_MAC,
+            LB_EXT_MAC,
+            CLIENT,
+            41000,
+            VIP,
+            5353,
+            64,
+            &[0x42; 100],
+        );
+        let fragments = super::fragments::fragment(&datagram, 0x77, &[48]);
+        for fragment in &fragments {
+            let (verdict, out) = h.run(fragment);
+            assert_eq!(verdict, XDP_REDIRECT);
+            assert_eq!(out, to_previous_owner(fragment), "exact bytes out");
+        }
+        assert_eq!(h.counter(counters::TUNNEL_FORWARDED), 2);
+        assert_eq!(h.counter(counters::DROP_FRAGMENT_NO_FIRST), 0);
+        assert!(h.flows().is_empty(), "no flow entry");
+        assert!(h.fragments().is_empty(), "no fragment record");
+    });
+}
