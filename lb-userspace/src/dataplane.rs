@@ -209,8 +209,9 @@ const CREATED_ON_ADOPT: [&str; 7] = [
     map_names::FRAGMENTS,
     map_names::STAGES,
     map_names::FLOW_EVENTS,
-    // Written by the controller during a VIP move only; an adopting daemon reprograms
-    // them.
+    // The tunnel maps (docs/scale-out.md, "Forwarding to the previous owner"): a daemon
+    // from before them had no VIP move under way, so empty ones are right. Pinned ones
+    // are adopted with their contents, like every other map.
     map_names::VIP_TRANSITIONS,
     map_names::TUNNEL_PEERS,
     map_names::TUNNEL_SOURCE,

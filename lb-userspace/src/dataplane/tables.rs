@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, anyhow};
-use aya::maps::{MapData, PerCpuValues, lpm_trie::Key};
+use aya::maps::{MapData, MapError, PerCpuValues, lpm_trie::Key};
 use lb_common::{
     Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey, Service,
     ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, TUNNEL_PEER_ACCEPT,
@@ -122,10 +122,13 @@ impl Dataplane {
     /// Ends `vip`'s transition (packets without an entry are refused again); whether it
     /// was in transition.
     pub fn clear_vip_transition(&mut self, vip: Ipv4Addr) -> Result<bool> {
-        Ok(self
-            .vip_transitions
-            .remove(&wire::addr_to_wire(vip))
-            .is_ok())
+        match self.vip_transitions.remove(&wire::addr_to_wire(vip)) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Every SERVICES entry.
