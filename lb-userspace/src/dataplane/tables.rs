@@ -108,7 +108,10 @@ impl Dataplane {
     }
 
     /// Marks `vip` as moving here from `previous_owner`: its packets that find no flow
-    /// entry are forwarded there instead of being refused.
+    /// entry are forwarded there instead of being refused. Needs the tunnel source set
+    /// and the neighbour toward `previous_owner` (or its gateway) resolved: the data
+    /// path cannot hand its own encapsulated packets to the kernel to resolve it, and
+    /// drops them (`drop_tunnel_no_route`) until it is.
     pub fn set_vip_transition(&mut self, vip: Ipv4Addr, previous_owner: Ipv4Addr) -> Result<()> {
         let transition = VipTransition {
             previous_owner: wire::addr_to_wire(previous_owner),
