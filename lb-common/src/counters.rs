@@ -153,4 +153,28 @@ counters! {
     /// the event is lost, the packet forwarded as usual; peers learn the flow from a
     /// later change or the next sync.
     FLOW_EVENTS_LOST = 56, "flow_events_lost";
+    /// Packet for a VIP in transition (`VIP_TRANSITIONS`) that finds no flow entry and
+    /// would be refused (a TCP segment that cannot open a flow, a SYN-proxy ACK whose
+    /// cookie is not ours, a UDP datagram, a later fragment without its first):
+    /// encapsulated in IPIP and sent to the VIP's previous owner (docs/scale-out.md,
+    /// "Forwarding to the previous owner"). No flow entry.
+    TUNNEL_FORWARDED = 57, "tunnel_forwarded";
+    /// IPIP packet from a tunnel peer (`TUNNEL_PEERS`) to the tunnel source or a
+    /// balancer address: decapsulated, and the inner packet processed as if it had come
+    /// directly (it is never forwarded through the tunnel again).
+    TUNNEL_RECEIVED = 58, "tunnel_received";
+    /// IPIP packet to the tunnel source or a balancer address from a source that is
+    /// not a tunnel peer: dropped.
+    DROP_TUNNEL_UNKNOWN_PEER = 59, "drop_tunnel_unknown_peer";
+    /// IPIP packet from a tunnel peer whose inner packet is IPIP again, or that cannot
+    /// carry the mark that keeps it from being forwarded again: dropped, never
+    /// decapsulated twice.
+    DROP_TUNNEL_NESTED = 60, "drop_tunnel_nested";
+    /// Packet to forward to a previous owner that would exceed the egress MTU once
+    /// encapsulated (20 bytes more): dropped. The back network needs an MTU of at least
+    /// 1520 for full-size segments.
+    DROP_TUNNEL_TOO_BIG = 61, "drop_tunnel_too_big";
+    /// Packet to forward to a previous owner with no tunnel source set, no headroom, or
+    /// no route or resolved neighbour toward the previous owner: dropped.
+    DROP_TUNNEL_NO_ROUTE = 62, "drop_tunnel_no_route";
 }

@@ -57,9 +57,13 @@ pub mod map_names {
     pub const SNAT_POOLS: &str = "SNAT_POOLS";
     pub const STAGES: &str = "STAGES";
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    pub const VIP_TRANSITIONS: &str = "VIP_TRANSITIONS";
+    pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
+    pub const TUNNEL_SOURCE: &str = "TUNNEL_SOURCE";
+    pub const REPROCESS: &str = "REPROCESS";
     /// Not pinned (not in `ALL`): a cache that a new daemon starts empty.
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 20] = [
         SERVICES,
         BACKENDS,
         MAGLEV_RINGS,
@@ -76,6 +80,10 @@ pub mod map_names {
         SNAT_POOLS,
         STAGES,
         FLOW_EVENTS,
+        VIP_TRANSITIONS,
+        TUNNEL_PEERS,
+        TUNNEL_SOURCE,
+        REPROCESS,
     ];
 }
 
@@ -427,6 +435,32 @@ pub const ADDR_KIND_SNAT: u32 = 2;
 /// Capacity of LOCAL_ADDRS (VIPs and SNAT addresses over all services).
 pub const MAX_LOCAL_ADDRS: u32 = 1024;
 
+/// IP protocol number of IPv4-in-IPv4 (RFC 2003), the encapsulation of packets
+/// forwarded to a VIP's previous owner (docs/scale-out.md, "Forwarding to the previous
+/// owner").
+pub const IPPROTO_IPIP: u8 = 4;
+
+/// VIP_TRANSITIONS (hash) value, keyed by the VIP (network byte order): the VIP is
+/// moving here, and packets for it that find no flow entry go to `previous_owner`
+/// instead of being refused (docs/scale-out.md, "Forwarding to the previous owner").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct VipTransition {
+    /// The instance that served the VIP until now (its tunnel source address), network
+    /// byte order: the outer destination of forwarded packets.
+    pub previous_owner: u32,
+    /// Zero; room for the move protocol without changing the map's value size.
+    pub _reserved: u32,
+}
+
+/// Capacity of VIP_TRANSITIONS (VIPs moving here at the same time).
+pub const MAX_VIP_TRANSITIONS: u32 = 256;
+/// Capacity of TUNNEL_PEERS (instances whose tunnelled packets are accepted).
+pub const MAX_TUNNEL_PEERS: u32 = 256;
+/// TUNNEL_PEERS value: packets from this peer are decapsulated.
+pub const TUNNEL_PEER_ACCEPT: u32 = 1;
+
 /// SETTINGS (array of one): knobs the controller sets for the data path.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -576,6 +610,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::VipTransition {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::BackendStats {}
     unsafe impl aya::Pod for super::EligibilityKey {}
@@ -612,5 +647,6 @@ mod tests {
         assert_eq!(size_of::<FragmentEntry>(), 32);
         assert_eq!(size_of::<SnatPool>(), 4 * MAX_SNAT_IPS);
         assert_eq!(size_of::<FlowEvent>(), 96);
+        assert_eq!(size_of::<VipTransition>(), 8);
     }
 }

@@ -98,6 +98,12 @@ pub unsafe fn later(
     // Without reassembly there is no port to pick a backend by: a fragment whose first
     // did not come (or was dropped) is dropped, and the sender's upper layer resends.
     let Some(record) = FRAGMENTS.get_ptr_mut(key) else {
+        // At a VIP moving here, the first fragment may have gone to the previous owner
+        // (docs/scale-out.md, "Forwarding to the previous owner").
+        // SAFETY: headers bounds-checked (caller); nothing is used after a verdict.
+        if let Some(verdict) = unsafe { crate::tunnel::forward(ctx, daddr) } {
+            return verdict;
+        }
         return crate::malformed(daddr, counters::DROP_FRAGMENT_NO_FIRST);
     };
     // SAFETY: map value valid for this run.

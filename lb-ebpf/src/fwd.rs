@@ -24,7 +24,7 @@ use crate::{
     stats::count,
 };
 
-const AF_INET: u8 = 2;
+pub const AF_INET: u8 = 2;
 
 /// Sends a rewritten packet on its way.
 ///
@@ -199,6 +199,25 @@ unsafe fn send(
             return XDP_DROP;
         }
         decrement_ttl(ip);
+        transmit(ctx, eth, ifindex, dmac, smac)
+    }
+}
+
+/// MACs and the redirect to `ifindex`, for a packet whose IP header is final (one
+/// this balancer wrote itself, like an encapsulated one, leaves with its own TTL).
+///
+/// # Safety
+/// `eth` must point at the bounds-checked Ethernet header of the packet in `ctx`.
+#[inline(always)]
+pub unsafe fn transmit(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ifindex: u32,
+    dmac: &[u8; 6],
+    smac: &[u8; 6],
+) -> u32 {
+    // SAFETY: bounds-checked by the caller.
+    unsafe {
         (*eth).dst = *dmac;
         (*eth).src = *smac;
     }

@@ -33,6 +33,7 @@ mod stages;
 mod stats;
 mod synproxy;
 mod tcpopt;
+mod tunnel;
 mod verify;
 
 use aya_ebpf::{
@@ -206,6 +207,10 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         // (docs/architecture.md, "ICMP errors"); the rest passes as before.
         // SAFETY: headers bounds-checked above, no IPv4 options.
         icmp_relay::IPPROTO_ICMP => return unsafe { icmp_relay::relay(ctx, eth, ip, l4_len) },
+        // IPIP from a peer forwarding packets of a VIP it is taking over
+        // (docs/scale-out.md, "Forwarding to the previous owner").
+        // SAFETY: header bounds-checked above, no IPv4 options.
+        lb_common::IPPROTO_IPIP => return unsafe { tunnel::receive(ctx, ip) },
         _ => {
             count(counters::PASS_NOT_OURS);
             return XDP_PASS;
@@ -311,6 +316,16 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
         count(counters::DROP_TCP_BAD_FLAGS);
         account_service_drop(service.id);
         return XDP_DROP;
+    }
+    // A datagram without an entry at a VIP moving here may belong to a flow the
+    // previous owner has and has not streamed yet: UDP has no handshake to tell a new
+    // flow from an old one, so the previous owner judges them all (docs/scale-out.md,
+    // "Forwarding to the previous owner").
+    // SAFETY: headers bounds-checked above; nothing is used after a verdict.
+    if tcp_flags.is_none()
+        && let Some(verdict) = unsafe { tunnel::forward(ctx, daddr) }
+    {
+        return verdict;
     }
     // A SYN-proxied service (or one under automatic SYN cookies) answers SYNs with a
     // cookie and opens flows on the client's cookie-carrying ACK; after automatic
@@ -430,6 +445,12 @@ unsafe fn bad_checksum(
 /// A TCP segment to a service, without a flow entry, that cannot open one.
 #[inline(always)]
 pub(crate) fn no_flow(ctx: &XdpContext, service: &Service, key: &FlowKey, flags: u8) -> u32 {
+    // At a VIP moving here, the previous owner may have the flow (docs/scale-out.md,
+    // "Forwarding to the previous owner").
+    // SAFETY: every caller bounds-checked the headers; nothing is used after a verdict.
+    if let Some(verdict) = unsafe { tunnel::forward(ctx, key.dst_ip) } {
+        return verdict;
+    }
     account_service_drop(service.id);
     // A segment of a connection this balancer does not know (its flow expired, or
     // it belongs to another instance's) is answered only where the operator asked

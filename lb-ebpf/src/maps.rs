@@ -4,14 +4,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
     Backend, BackendStats, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RING_SLOTS,
     DEFAULT_MAX_SERVICES, EligibilityKey, FLOW_EVENTS_BYTES, FlowEntry, FlowKey, FragmentEntry,
     FragmentKey, MAX_ELIGIBILITY_PREFIXES, MAX_FRAGMENTS, MAX_INTERFACES, MAX_LOCAL_ADDRS,
-    MAX_SESSIONS, NextHop, Service, ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings,
-    SnatPool, counters,
+    MAX_SESSIONS, MAX_TUNNEL_PEERS, MAX_VIP_TRANSITIONS, NextHop, Service, ServiceKey,
+    ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, VipTransition, counters,
 };
 
 /// (VIP, port, protocol) → policy for new flows.
@@ -93,3 +93,24 @@ pub static SNAT_POOLS: Array<SnatPool> = Array::with_max_entries(DEFAULT_MAX_SER
 /// (docs/scale-out.md, "Flow records"); written only with `Settings::announce` set.
 #[map]
 pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
+
+/// VIPs moving here from another instance → that instance (docs/scale-out.md,
+/// "Forwarding to the previous owner"). Read only on the flow-miss path.
+#[map]
+pub static VIP_TRANSITIONS: HashMap<u32, VipTransition> =
+    HashMap::with_max_entries(MAX_VIP_TRANSITIONS, 0);
+
+/// Instances whose IPIP packets this one decapsulates: outer source → flags.
+#[map]
+pub static TUNNEL_PEERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TUNNEL_PEERS, 0);
+
+/// The outer source address of packets this instance forwards through the tunnel
+/// (network byte order; 0: none set, nothing is forwarded). Its own map, not a
+/// `Settings` field, so that writing the config's settings never clears it.
+#[map]
+pub static TUNNEL_SOURCE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Slot 0: `lb_xdp` itself, entered by tail call with a packet just decapsulated, so
+/// that the inner packet takes the whole path from the start (`tunnel::receive`).
+#[map]
+pub static REPROCESS: ProgramArray = ProgramArray::with_max_entries(1, 0);

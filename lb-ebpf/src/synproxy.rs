@@ -434,7 +434,8 @@ unsafe fn syn_to_server(
 ///
 /// `None` (nothing done, the packet untouched) for an ACK without a valid cookie to a
 /// service that is not a SYN proxy but only accepts cookie ACKs for a while
-/// (`SERVICE_FLAG_COOKIE_ACKS`): the caller treats it as any segment without a flow.
+/// (`SERVICE_FLAG_COOKIE_ACKS`), or at a VIP in transition (`tunnel::would_forward`):
+/// the caller treats it as any segment without a flow.
 ///
 /// # Safety
 /// `ip` and `tcp` must be bounds-checked; all packet pointers are invalid afterwards
@@ -451,7 +452,11 @@ pub unsafe fn on_ack(
 ) -> Option<u32> {
     // SAFETY: both headers are bounds-checked (caller); the helper only reads them.
     if unsafe { bpf_tcp_raw_check_syncookie_ipv4(ip.cast(), tcp.cast()) } != 0 {
-        if service.flags & SERVICE_FLAG_SYN_PROXY == 0 {
+        // An ACK whose cookie is not ours, at a VIP moving here, may belong to a flow of
+        // the previous owner: the caller forwards it (`no_flow`).
+        if service.flags & SERVICE_FLAG_SYN_PROXY == 0
+            || crate::tunnel::would_forward(ctx, key.dst_ip)
+        {
             return None;
         }
         count(counters::SYNPROXY_COOKIE_INVALID);

@@ -298,6 +298,31 @@ impl Harness {
         )
     }
 
+    /// The tunnel source (docs/scale-out.md, "Forwarding to the previous owner").
+    pub fn set_tunnel_source(&mut self, addr: Option<Ipv4Addr>) -> Result<()> {
+        self.dp.set_tunnel_source(addr)
+    }
+
+    pub fn set_tunnel_peers(&mut self, peers: &[Ipv4Addr]) -> Result<()> {
+        self.dp.set_tunnel_peers(peers)
+    }
+
+    pub fn tunnel_peers(&self) -> Result<Vec<Ipv4Addr>> {
+        self.dp.tunnel_peers()
+    }
+
+    pub fn set_vip_transition(&mut self, vip: Ipv4Addr, previous_owner: Ipv4Addr) -> Result<()> {
+        self.dp.set_vip_transition(vip, previous_owner)
+    }
+
+    pub fn clear_vip_transition(&mut self, vip: Ipv4Addr) -> Result<bool> {
+        self.dp.clear_vip_transition(vip)
+    }
+
+    pub fn vip_transitions(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
+        self.dp.vip_transitions()
+    }
+
     /// The verifier's instruction count of each program, by name.
     pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>> {
         self.dp.verified_instructions()

@@ -20,8 +20,8 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey, Service,
-    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, XDP_PROGRAM_NAME,
-    map_names,
+    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, VipTransition,
+    XDP_PROGRAM_NAME, map_names,
 };
 
 use crate::{
@@ -125,6 +125,15 @@ pub struct Dataplane {
     /// Records of fragmented datagrams (the data path alone writes them).
     fragments: HashMap<MapData, FragmentKey, FragmentEntry>,
     snat_pools: Array<MapData, SnatPool>,
+    /// VIPs moving here → their previous owner (docs/scale-out.md, "Forwarding to the
+    /// previous owner").
+    vip_transitions: HashMap<MapData, u32, VipTransition>,
+    /// Peers whose IPIP packets are decapsulated.
+    tunnel_peers: HashMap<MapData, u32, u32>,
+    /// Outer source address of forwarded packets.
+    tunnel_source: Array<MapData, u32>,
+    /// `lb_xdp` itself, which a decapsulated packet re-enters; kept like `_stages`.
+    _reprocess: ProgramArray<MapData>,
     /// FLOW_EVENTS until the daemon's reader takes it (`take_flow_events`).
     flow_events: Option<RingBuf<MapData>>,
     /// Interfaces the program is attached to: name → (ifindex, mode, link).
@@ -196,10 +205,17 @@ where
 /// Maps that an adopting daemon creates (and pins) when the earlier one had none: they
 /// hold only short-lived state, so a daemon from before they existed can still be
 /// replaced in place (docs/architecture.md, "Fragments").
-const CREATED_ON_ADOPT: [&str; 3] = [
+const CREATED_ON_ADOPT: [&str; 7] = [
     map_names::FRAGMENTS,
     map_names::STAGES,
     map_names::FLOW_EVENTS,
+    // The tunnel maps (docs/scale-out.md, "Forwarding to the previous owner"): a daemon
+    // from before them had no VIP move under way, so empty ones are right. Pinned ones
+    // are adopted with their contents, like every other map.
+    map_names::VIP_TRANSITIONS,
+    map_names::TUNNEL_PEERS,
+    map_names::TUNNEL_SOURCE,
+    map_names::REPROCESS,
 ];
 
 /// Whether an earlier daemon left attached, pinned state under `dir` to adopt.
@@ -233,6 +249,20 @@ fn load_stages(ebpf: &mut Ebpf) -> Result<ProgramArray<MapData>> {
             .with_context(|| format!("install the stage program {name}"))?;
     }
     Ok(stages)
+}
+
+/// Installs the loaded `lb_xdp` in slot 0 of `REPROCESS`, which it tail-calls with a
+/// packet it just decapsulated (docs/scale-out.md, "Forwarding to the previous owner").
+fn load_reprocess(ebpf: &mut Ebpf) -> Result<ProgramArray<MapData>> {
+    let mut reprocess: ProgramArray<MapData> = take(ebpf, map_names::REPROCESS)?;
+    let program: &Xdp = ebpf
+        .program(XDP_PROGRAM_NAME)
+        .context("XDP program missing from the object")?
+        .try_into()?;
+    reprocess
+        .set(0, program.fd()?, 0)
+        .context("install the XDP program for decapsulated packets")?;
+    Ok(reprocess)
 }
 
 impl Dataplane {
@@ -287,6 +317,7 @@ impl Dataplane {
                 .map_err(|e| anyhow!("the kernel refused the XDP program: {e:#}"))?;
         }
         let stages = load_stages(&mut ebpf)?;
+        let reprocess = load_reprocess(&mut ebpf)?;
         let rings: Array<MapData, u32> = take(&mut ebpf, map_names::MAGLEV_RINGS)?;
         let ring_memory =
             RingMemory::map(aya::maps::IterableMap::map(&rings), capacity.max_ring_slots)?;
@@ -309,6 +340,10 @@ impl Dataplane {
             _stages: stages,
             snat_pools: take(&mut ebpf, map_names::SNAT_POOLS)?,
             flow_events: Some(take(&mut ebpf, map_names::FLOW_EVENTS)?),
+            vip_transitions: take(&mut ebpf, map_names::VIP_TRANSITIONS)?,
+            tunnel_peers: take(&mut ebpf, map_names::TUNNEL_PEERS)?,
+            tunnel_source: take(&mut ebpf, map_names::TUNNEL_SOURCE)?,
+            _reprocess: reprocess,
             ebpf,
             attached: StdHashMap::new(),
             pin_dir: pin_dir.map(Path::to_path_buf),

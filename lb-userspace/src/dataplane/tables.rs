@@ -5,10 +5,11 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, anyhow};
-use aya::maps::{MapData, PerCpuValues, lpm_trie::Key};
+use aya::maps::{MapData, MapError, PerCpuValues, lpm_trie::Key};
 use lb_common::{
     Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey, Service,
-    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, counters,
+    ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, TUNNEL_PEER_ACCEPT,
+    VipTransition, counters,
     wire::{self, eligibility_client_len, eligibility_prefix_len},
 };
 
@@ -45,6 +46,92 @@ impl Dataplane {
     pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
         self.settings.set(0, settings, BPF_ANY)?;
         Ok(())
+    }
+
+    /// The outer source address of packets forwarded to a VIP's previous owner; `None`
+    /// when unset (nothing is forwarded then). docs/scale-out.md, "Forwarding to the
+    /// previous owner".
+    pub fn tunnel_source(&self) -> Result<Option<Ipv4Addr>> {
+        let addr = self.tunnel_source.get(&0, 0)?;
+        Ok((addr != 0).then(|| wire::addr_from_wire(addr)))
+    }
+
+    /// Sets (or with `None` clears) the tunnel source: this instance's address on the
+    /// back network, which its peers list as a tunnel peer.
+    pub fn set_tunnel_source(&mut self, addr: Option<Ipv4Addr>) -> Result<()> {
+        let wire = addr.map_or(0, wire::addr_to_wire);
+        self.tunnel_source.set(0, wire, BPF_ANY)?;
+        Ok(())
+    }
+
+    /// The peers whose tunnelled packets this instance decapsulates.
+    pub fn tunnel_peers(&self) -> Result<Vec<Ipv4Addr>> {
+        let mut peers = self
+            .tunnel_peers
+            .keys()
+            .map(|key| Ok(wire::addr_from_wire(key?)))
+            .collect::<Result<Vec<_>>>()?;
+        peers.sort();
+        Ok(peers)
+    }
+
+    /// Makes `peers` the whole set of tunnel peers: adds the new ones first, then
+    /// removes the ones no longer listed, so a peer kept in the set is never missing.
+    pub fn set_tunnel_peers(&mut self, peers: &[Ipv4Addr]) -> Result<()> {
+        let current = self.tunnel_peers()?;
+        let (added, removed) = peer_changes(&current, peers);
+        for peer in added {
+            self.tunnel_peers
+                .insert(wire::addr_to_wire(peer), TUNNEL_PEER_ACCEPT, BPF_ANY)?;
+        }
+        for peer in removed {
+            self.tunnel_peers.remove(&wire::addr_to_wire(peer))?;
+        }
+        Ok(())
+    }
+
+    /// Every VIP in transition here, with its previous owner.
+    pub fn vip_transitions(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
+        let mut transitions = self
+            .vip_transitions
+            .iter()
+            .map(|item| {
+                let (vip, transition) = item?;
+                Ok((
+                    wire::addr_from_wire(vip),
+                    wire::addr_from_wire(transition.previous_owner),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        transitions.sort();
+        Ok(transitions)
+    }
+
+    /// Marks `vip` as moving here from `previous_owner`: its packets that find no flow
+    /// entry are forwarded there instead of being refused. Needs the tunnel source set
+    /// and the neighbour toward `previous_owner` (or its gateway) resolved: the data
+    /// path cannot hand its own encapsulated packets to the kernel to resolve it, and
+    /// drops them (`drop_tunnel_no_route`) until it is.
+    pub fn set_vip_transition(&mut self, vip: Ipv4Addr, previous_owner: Ipv4Addr) -> Result<()> {
+        let transition = VipTransition {
+            previous_owner: wire::addr_to_wire(previous_owner),
+            _reserved: 0,
+        };
+        self.vip_transitions
+            .insert(wire::addr_to_wire(vip), transition, BPF_ANY)?;
+        Ok(())
+    }
+
+    /// Ends `vip`'s transition (packets without an entry are refused again); whether it
+    /// was in transition.
+    pub fn clear_vip_transition(&mut self, vip: Ipv4Addr) -> Result<bool> {
+        match self.vip_transitions.remove(&wire::addr_to_wire(vip)) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Every SERVICES entry.
@@ -354,4 +441,37 @@ impl Dataplane {
 /// Number of possible CPUs (the length of a per-CPU map value).
 pub fn possible_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))
+}
+
+/// The peers to add to `current` and to remove from it to make it `wanted`.
+fn peer_changes(current: &[Ipv4Addr], wanted: &[Ipv4Addr]) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
+    let mut added: Vec<Ipv4Addr> = wanted
+        .iter()
+        .filter(|peer| !current.contains(peer))
+        .copied()
+        .collect();
+    added.sort();
+    added.dedup();
+    let removed = current
+        .iter()
+        .filter(|peer| !wanted.contains(peer))
+        .copied()
+        .collect();
+    (added, removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_changes_add_new_remove_gone_keep_the_rest() {
+        let a = Ipv4Addr::new(198, 19, 0, 1);
+        let b = Ipv4Addr::new(198, 19, 0, 2);
+        let c = Ipv4Addr::new(198, 19, 0, 3);
+        assert_eq!(peer_changes(&[a, b], &[b, c, c]), (vec![c], vec![a]));
+        assert_eq!(peer_changes(&[], &[a]), (vec![a], vec![]));
+        assert_eq!(peer_changes(&[a], &[]), (vec![], vec![a]));
+        assert_eq!(peer_changes(&[a, b], &[b, a]), (vec![], vec![]));
+    }
 }

@@ -10,7 +10,7 @@ use super::*;
 /// Cuts the IPv4 datagram in `frame` (Ethernet + 20-byte IPv4 header) at the payload
 /// byte offsets `cuts` (multiples of 8) into fragments with IP id `id`: DF cleared, MF
 /// on all but the last, IP checksum computed.
-fn fragment(frame: &[u8], id: u16, cuts: &[usize]) -> Vec<Vec<u8>> {
+pub(super) fn fragment(frame: &[u8], id: u16, cuts: &[usize]) -> Vec<Vec<u8>> {
     let (head, payload) = frame.split_at(14 + 20);
     let mut bounds = vec![0];
     bounds.extend_from_slice(cuts);

@@ -53,6 +53,7 @@ mod snat_ports;
 mod syn_cookies;
 mod syn_proxy;
 mod ttl;
+mod tunnel;
 mod udp;
 mod unknown_segment;
 mod vlan;

@@ -42,7 +42,7 @@ pub(super) fn client_seg(sport: u16, seq: u32, ack: u32, flags: u8, options: Vec
 
 /// Sends a client SYN with `options`, checks the SYN-ACK's frame around the cookie and
 /// TSval it carries, and returns (cookie, TSval or 0).
-fn proxy_syn(h: &mut Harness, sport: u16, options: Vec<u8>) -> (u32, u32, Vec<u8>) {
+pub(super) fn proxy_syn(h: &mut Harness, sport: u16, options: Vec<u8>) -> (u32, u32, Vec<u8>) {
     let syn = client_seg(sport, 1000, 0, F_SYN, options);
     let (verdict, out) = h.run(&syn.bytes());
     assert_eq!(verdict, XDP_TX, "the balancer answers the SYN itself");
