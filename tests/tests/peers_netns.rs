@@ -416,6 +416,8 @@ impl Raw {
                 .then_some(NodeState::Transition),
             snat: Vec::new(),
             announcements: Vec::new(),
+            move_step: None,
+            claims: Vec::new(),
         };
         wire::framed(&wire::encode(&message, &self.key).unwrap())
     }

@@ -46,9 +46,9 @@ mod flood;
 mod health_results;
 mod peer_flows;
 mod peers;
-mod vip_moves;
 mod scrape;
 mod server;
+mod vip_moves;
 
 pub use bgp::BgpState;
 pub use cluster_router::{CLUSTER_POLL, ClusterRouter, known_services, prepare_cluster};

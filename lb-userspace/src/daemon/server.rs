@@ -109,6 +109,9 @@ pub async fn run(config_path: &Path, mode_override: Option<XdpMode>, replace: bo
     let peers_inbox = match peers {
         Some((handle, inbox)) => {
             controller.peers = Some(handle);
+            if let Err(e) = controller.start_moves() {
+                log::error!("moves: programming the tunnel: {e:#}");
+            }
             Some(inbox)
         }
         None => None,

@@ -89,14 +89,16 @@ impl Controller {
         }
         let status = peers.status();
         let up = |node: u16| {
-            status.peers.iter().any(|p| {
-                p.node_id == node && p.state == crate::peers::membership::PeerState::Up
-            })
+            status
+                .peers
+                .iter()
+                .any(|p| p.node_id == node && p.state == crate::peers::membership::PeerState::Up)
         };
         let drain = crate::peers::moves::MoveTimers::default().drain;
         let forwarded_at = self.move_io.forwarded_at;
         // One counter for every VIP: any forwarded miss keeps every transition open.
-        let recently = |_vip: Ipv4Addr| forwarded_at.is_some_and(|at| now.duration_since(at) < drain);
+        let recently =
+            |_vip: Ipv4Addr| forwarded_at.is_some_and(|at| now.duration_since(at) < drain);
         effects.extend(moves.tick(now, up, recently));
         self.run_move_effects(effects);
     }
@@ -113,8 +115,17 @@ impl Controller {
                     epoch,
                     message,
                 } => {
-                    if !peers.send_move(peer, MoveStep { vip, epoch, message }) {
-                        log::warn!("moves: node {peer} not connected; {message:?} for {vip} not sent");
+                    if !peers.send_move(
+                        peer,
+                        MoveStep {
+                            vip,
+                            epoch,
+                            message,
+                        },
+                    ) {
+                        log::warn!(
+                            "moves: node {peer} not connected; {message:?} for {vip} not sent"
+                        );
                     }
                 }
                 Effect::StreamFlows { peer, vip, epoch } => {
@@ -124,9 +135,14 @@ impl Controller {
                         vip,
                         sys::monotonic_ns(),
                     );
-                    log::info!("moves: streaming {} flows of {vip} to node {peer}", batch.len());
+                    log::info!(
+                        "moves: streaming {} flows of {vip} to node {peer}",
+                        batch.len()
+                    );
                     if !peers.announce_to(peer, batch) {
-                        log::warn!("moves: the stream of {vip} to node {peer} did not fit its queue");
+                        log::warn!(
+                            "moves: the stream of {vip} to node {peer} did not fit its queue"
+                        );
                     }
                     let done = MoveStep {
                         vip,
@@ -155,6 +171,26 @@ impl Controller {
         if let Some(moves) = &self.moves {
             peers.set_claims(moves.claims());
         }
+    }
+
+    /// With owned VIPs: the data path accepts the peers' tunnelled packets and tunnels
+    /// from this instance's peer address; the heartbeats carry the claims. A restarted
+    /// controller finds no transition it did not start: none is left over.
+    pub(super) fn start_moves(&mut self) -> Result<()> {
+        let (Some(moves), Some(peers), Some(config)) =
+            (&self.moves, &self.peers, &self.config.peers)
+        else {
+            return Ok(());
+        };
+        peers.set_claims(moves.claims());
+        let members: Vec<Ipv4Addr> = config.members.iter().map(|m| *m.address.ip()).collect();
+        self.dataplane
+            .set_tunnel_source(Some(*config.listen.ip()))?;
+        self.dataplane.set_tunnel_peers(&members)?;
+        for (vip, _) in self.dataplane.vip_transitions()? {
+            self.dataplane.clear_vip_transition(vip)?;
+        }
+        Ok(())
     }
 
     /// A peer's address (its `peers.listen`): where its tunnelled packets go.

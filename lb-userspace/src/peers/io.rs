@@ -452,7 +452,12 @@ async fn read(shared: Arc<Shared>, conn: ConnId, from: SocketAddrV4, mut stream:
                 }
             }
             Ok(Accepted::Move { from, step }) => {
-                if shared.inbox.send(PeerInput::Move { from, step }).await.is_err() {
+                if shared
+                    .inbox
+                    .send(PeerInput::Move { from, step })
+                    .await
+                    .is_err()
+                {
                     break "daemon gone".to_string();
                 }
             }

@@ -433,7 +433,10 @@ fn check_required(packet_type: PacketType, m: &Message) -> Result<(), DecodeErro
             wrong("with announcements")
         }
         PacketType::Move if m.move_step.is_none() => wrong("without its step"),
-        PacketType::Hello | PacketType::Heartbeat | PacketType::Announcements | PacketType::SyncDone
+        PacketType::Hello
+        | PacketType::Heartbeat
+        | PacketType::Announcements
+        | PacketType::SyncDone
             if m.move_step.is_some() =>
         {
             wrong("with a move step")

@@ -59,6 +59,12 @@ fn msg(packet_type: PacketType, from: u16, instance: u64, sequence: u64) -> Mess
         } else {
             Vec::new()
         },
+        move_step: (packet_type == PacketType::Move).then_some(MoveStep {
+            vip: Ipv4Addr::new(198, 18, 1, 20),
+            epoch: 1,
+            message: crate::peers::moves::MoveMessage::Offer,
+        }),
+        claims: Vec::new(),
     }
 }
 
@@ -206,6 +212,38 @@ fn live_nodes_are_the_live_peers_and_snat_every_peers_last_known() {
     held.insert(3, 42);
     w.m.set_flows_held(&held);
     assert_eq!(w.m.status(w.at(20)).peers[1].flows_held, 42);
+}
+
+#[test]
+fn move_steps_and_claims_go_to_the_controller() {
+    let mut w = World::new();
+    w.join(1, 2, 0);
+    assert_eq!(
+        w.rx(1, msg(PacketType::Move, 2, 7, 12), 10),
+        Ok(Accepted::Move {
+            from: 2,
+            step: MoveStep {
+                vip: Ipv4Addr::new(198, 18, 1, 20),
+                epoch: 1,
+                message: crate::peers::moves::MoveMessage::Offer,
+            }
+        })
+    );
+    let mut beat = msg(PacketType::Heartbeat, 2, 7, 13);
+    beat.claims = vec![(Ipv4Addr::new(198, 18, 1, 20), 4)];
+    assert_eq!(
+        w.rx(1, beat, 20),
+        Ok(Accepted::Claims {
+            from: 2,
+            claims: vec![(Ipv4Addr::new(198, 18, 1, 20), 4)]
+        })
+    );
+    // A move step on a connection no hello bound is refused like any other message.
+    w.m.accepted(5, C_IP);
+    assert_eq!(
+        w.rx(5, msg(PacketType::Move, 3, 7, 1), 30),
+        Err(Reject::UnexpectedType)
+    );
 }
 
 #[test]

@@ -42,6 +42,12 @@ fn message(packet_type: PacketType) -> Message {
             .then_some(NodeState::Ready),
         snat: Vec::new(),
         announcements: Vec::new(),
+        move_step: (packet_type == PacketType::Move).then_some(MoveStep {
+            vip: Ipv4Addr::new(198, 18, 1, 20),
+            epoch: 3,
+            message: MoveMessage::Refuse(Refusal::Busy),
+        }),
+        claims: Vec::new(),
     }
 }
 
@@ -92,7 +98,34 @@ fn every_packet_type_reads_back() {
     batch.announcements = (1..=MAX_ANNOUNCEMENTS as u16).map(announcement).collect();
     let mut draining = message(PacketType::Heartbeat);
     draining.state = Some(NodeState::Draining);
-    for m in [hello, batch, message(PacketType::SyncDone), draining] {
+    draining.claims = vec![
+        (Ipv4Addr::new(198, 18, 1, 20), 2),
+        (Ipv4Addr::new(198, 18, 1, 21), 0),
+    ];
+    let mut moves: Vec<Message> = [
+        MoveMessage::Offer,
+        MoveMessage::Accept,
+        MoveMessage::StreamDone,
+        MoveMessage::Installed,
+        MoveMessage::Released,
+        MoveMessage::Taken,
+        MoveMessage::Abort,
+    ]
+    .into_iter()
+    .chain(Refusal::ALL.map(MoveMessage::Refuse))
+    .map(|step| {
+        let mut m = message(PacketType::Move);
+        m.move_step = Some(MoveStep {
+            vip: Ipv4Addr::new(198, 18, 1, 20),
+            epoch: u64::MAX - 1,
+            message: step,
+        });
+        m
+    })
+    .collect();
+    let mut all = vec![hello, batch, message(PacketType::SyncDone), draining];
+    all.append(&mut moves);
+    for m in all {
         let bytes = encode(&m, &key()).unwrap();
         assert!(bytes.len() <= MAX_MESSAGE);
         assert_eq!(decode(&bytes, &key(), CLUSTER).unwrap(), m);
@@ -109,6 +142,20 @@ fn encode_refuses_what_decode_would() {
         encode(&empty, &key())
             .unwrap_err()
             .contains("without announcements")
+    );
+    let mut bare = message(PacketType::Move);
+    bare.move_step = None;
+    assert!(
+        encode(&bare, &key())
+            .unwrap_err()
+            .contains("without its step")
+    );
+    let mut claiming = message(PacketType::SyncDone);
+    claiming.claims = vec![(Ipv4Addr::new(198, 18, 1, 20), 1)];
+    assert!(
+        encode(&claiming, &key())
+            .unwrap_err()
+            .contains("with claims")
     );
     let mut stateless = message(PacketType::Hello);
     stateless.state = None;

@@ -1,0 +1,174 @@
+//! Moving an owned VIP between instances (docs/scale-out.md, "Moving a VIP") on the
+//! scale-out testbed with BIRD really running: `lb vip move` hands the VIP and its flows
+//! to the target, the routes flip, and long-lived connections on the VIP go on through
+//! every move, there and back. Bad requests are refused and change nothing.
+//!
+//! Needs root: run with `cargo xtask test` (or `cargo test -- --ignored --test-threads=1`).
+
+use std::net::SocketAddrV4;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use lb_integration::{lb_binary, test_dir};
+use lb_testbed::scaleout::{
+    self, OWNED_VIP, OWNED_VIP_OWNER, PeersOptions, ScaleOut, Side, TCP_ECHO_PORT,
+};
+use lb_testbed::workload::Chatter;
+
+const CONVERGE: Duration = Duration::from_secs(20);
+const MESSAGE_INTERVAL: Duration = Duration::from_millis(100);
+/// The 1 s, plus a message interval and the routers' convergence.
+const MAX_GAP: Duration = Duration::from_millis(1500);
+/// A move, offer to the target's `normal`, takes the stream, BIRD twice and the drain
+/// window (2 s).
+const MOVE_LIMIT: Duration = Duration::from_secs(15);
+
+fn cluster() -> ScaleOut {
+    let prefix = scaleout::unique_prefix();
+    let options = PeersOptions {
+        announce: true,
+        tcp_established_s: 60,
+    };
+    let mut testbed =
+        ScaleOut::up_with_peers(&prefix, &test_dir(&prefix), &lb_binary(), 3, options)
+            .expect("build the scale-out testbed");
+    for i in 1..=3 {
+        testbed.start_lb(i).expect("start lb");
+    }
+    testbed
+        .wait_announced(&[1, 2, 3], CONVERGE)
+        .expect("the routers learn every instance's routes");
+    wait_owner(&testbed, OWNED_VIP_OWNER, CONVERGE);
+    testbed
+}
+
+/// The mode of the owned VIP on instance `i`, and its owner there.
+fn mode(testbed: &ScaleOut, i: usize) -> (String, u64) {
+    let vips = testbed.lb_json(i, "vips").expect("lb vips --json");
+    (
+        vips[0]["mode"].as_str().unwrap_or_default().to_string(),
+        vips[0]["owner"].as_u64().unwrap_or_default(),
+    )
+}
+
+/// Until `owner` has the VIP `normal`, every other instance `backup` of it, and the front
+/// router sends it to `owner` alone.
+fn wait_owner(testbed: &ScaleOut, owner: usize, limit: Duration) -> Duration {
+    let started = Instant::now();
+    testbed
+        .wait_next_hops(
+            Side::Front,
+            &format!("{OWNED_VIP}/32"),
+            &ScaleOut::front_hops(&[owner]),
+            limit,
+        )
+        .expect("the owned VIP via its owner alone");
+    loop {
+        let modes: Vec<(String, u64)> = (1..=3).map(|i| mode(testbed, i)).collect();
+        let settled = modes.iter().enumerate().all(|(n, (mode, at))| {
+            *at == owner as u64 && mode == if n + 1 == owner { "normal" } else { "backup" }
+        });
+        if settled {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the move to {owner} did not settle: {modes:?}"
+        );
+        sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, XDP, BIRD)"]
+fn a_vip_moves_there_and_back_five_times_with_no_connection_lost() {
+    let testbed = cluster();
+    let chatter = Chatter::start(
+        &testbed.client_ns(),
+        SocketAddrV4::new(OWNED_VIP, TCP_ECHO_PORT),
+        40,
+        MESSAGE_INTERVAL,
+    )
+    .expect("open the long-lived connections to the owned VIP");
+    sleep(Duration::from_secs(2));
+    chatter.new_window();
+    let (a, b) = (OWNED_VIP_OWNER, 2);
+    for round in 0..5 {
+        for (from, to) in [(a, b), (b, a)] {
+            let started = Instant::now();
+            testbed
+                .lb_cli(
+                    from,
+                    &[
+                        "vip",
+                        "move",
+                        &OWNED_VIP.to_string(),
+                        "--to",
+                        &to.to_string(),
+                    ],
+                )
+                .unwrap_or_else(|e| panic!("round {round}: lb vip move to {to}: {e:#}"));
+            wait_owner(&testbed, to, MOVE_LIMIT);
+            println!("round {round}: {from} → {to} in {:?}", started.elapsed());
+        }
+    }
+    sleep(Duration::from_secs(1));
+    let report = chatter.stop();
+    println!(
+        "{} connections, {} broken, {} stalled, max gap {:?}",
+        report.connections,
+        report.broken.len(),
+        report.stalled,
+        report.max_gap
+    );
+    assert!(report.broken.is_empty(), "broken: {:?}", report.broken);
+    assert!(
+        report.max_gap <= MAX_GAP,
+        "a connection went {:?} without an echo",
+        report.max_gap
+    );
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, XDP, BIRD)"]
+fn a_move_that_cannot_be_done_is_refused_and_changes_nothing() {
+    let testbed = cluster();
+    let vip = OWNED_VIP.to_string();
+    for (at, args, reason) in [
+        (
+            1,
+            vec!["vip", "move", &vip, "--to", "9"],
+            "not one of this instance's peers",
+        ),
+        (
+            1,
+            vec!["vip", "move", &vip, "--to", "1"],
+            "the target is this instance",
+        ),
+        (
+            2,
+            vec!["vip", "move", &vip, "--to", "3"],
+            "does not own the VIP",
+        ),
+        (
+            1,
+            vec!["vip", "move", "198.18.1.10", "--to", "2"],
+            "not an owned VIP",
+        ),
+    ] {
+        let error = testbed.lb_cli(at, &args).expect_err("the move is refused");
+        assert!(format!("{error:#}").contains(reason), "{error:#}");
+    }
+    // The same VIP twice at once: the second is refused.
+    testbed
+        .lb_cli(1, &["vip", "move", &vip, "--to", "2"])
+        .expect("the first move starts");
+    let error = testbed
+        .lb_cli(1, &["vip", "move", &vip, "--to", "3"])
+        .expect_err("a second move of the VIP is refused");
+    assert!(
+        format!("{error:#}").contains("already running"),
+        "{error:#}"
+    );
+    wait_owner(&testbed, 2, MOVE_LIMIT);
+}
