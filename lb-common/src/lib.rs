@@ -6,6 +6,7 @@
 //! appear on the wire (network byte order) so the data path never swaps bytes.
 #![no_std]
 
+pub mod addr_filter;
 pub mod counters;
 pub mod hash;
 pub mod icmp_relay;
@@ -57,9 +58,10 @@ pub mod map_names {
     pub const SNAT_POOLS: &str = "SNAT_POOLS";
     pub const STAGES: &str = "STAGES";
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    pub const ADDR_FILTER: &str = "ADDR_FILTER";
     /// Not pinned (not in `ALL`): a cache that a new daemon starts empty.
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         SERVICES,
         BACKENDS,
         MAGLEV_RINGS,
@@ -76,6 +78,7 @@ pub mod map_names {
         SNAT_POOLS,
         STAGES,
         FLOW_EVENTS,
+        ADDR_FILTER,
     ];
 }
 
@@ -586,6 +589,7 @@ mod pod {
     unsafe impl aya::Pod for super::FragmentEntry {}
     unsafe impl aya::Pod for super::SnatPool {}
     unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::addr_filter::AddrFilter {}
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 #![no_std]
 #![no_main]
 
+mod addr_filter;
 mod csum;
 mod eligibility;
 mod events;
@@ -224,6 +225,14 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     // A SYN that can open a connection: no ACK, and neither FIN nor RST with it.
     let is_syn = matches!(tcp_flags, Some(flags) if flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN);
+
+    // Other hosts' packets leave here, before any hash lookup: neither address is one
+    // a flow entry or a local address can match (docs/architecture.md, "Address
+    // filter"). ICMP errors and later fragments took their own paths above.
+    if !addr_filter::may_be_ours(key.src_ip, daddr) {
+        count(counters::PASS_NOT_OURS);
+        return XDP_PASS;
+    }
 
     // Fast path: an established flow in either direction.
     if let Some(entry) = FLOWS.get_ptr_mut(key) {

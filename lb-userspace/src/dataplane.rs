@@ -21,7 +21,7 @@ use aya::{
 use lb_common::{
     Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey, Service,
     ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, XDP_PROGRAM_NAME,
-    map_names,
+    addr_filter::AddrFilter, map_names,
 };
 
 use crate::{
@@ -125,6 +125,7 @@ pub struct Dataplane {
     /// Records of fragmented datagrams (the data path alone writes them).
     fragments: HashMap<MapData, FragmentKey, FragmentEntry>,
     snat_pools: Array<MapData, SnatPool>,
+    addr_filter: Array<MapData, AddrFilter>,
     /// FLOW_EVENTS until the daemon's reader takes it (`take_flow_events`).
     flow_events: Option<RingBuf<MapData>>,
     /// Interfaces the program is attached to: name → (ifindex, mode, link).
@@ -196,10 +197,12 @@ where
 /// Maps that an adopting daemon creates (and pins) when the earlier one had none: they
 /// hold only short-lived state, so a daemon from before they existed can still be
 /// replaced in place (docs/architecture.md, "Fragments").
-const CREATED_ON_ADOPT: [&str; 3] = [
+const CREATED_ON_ADOPT: [&str; 4] = [
     map_names::FRAGMENTS,
     map_names::STAGES,
     map_names::FLOW_EVENTS,
+    // Empty when created: the first apply fills it before the new program is attached.
+    map_names::ADDR_FILTER,
 ];
 
 /// Whether an earlier daemon left attached, pinned state under `dir` to adopt.
@@ -308,6 +311,7 @@ impl Dataplane {
             fragments: take(&mut ebpf, map_names::FRAGMENTS)?,
             _stages: stages,
             snat_pools: take(&mut ebpf, map_names::SNAT_POOLS)?,
+            addr_filter: take(&mut ebpf, map_names::ADDR_FILTER)?,
             flow_events: Some(take(&mut ebpf, map_names::FLOW_EVENTS)?),
             ebpf,
             attached: StdHashMap::new(),
