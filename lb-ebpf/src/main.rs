@@ -4,7 +4,9 @@
 //! 1. parse with strict bounds checks; not IPv4 (or VLAN-tagged) → pass untouched;
 //!    ICMP errors about balanced connections → translated (`icmp_relay`); later
 //!    fragments → follow their first fragment's flow (`frag`);
-//! 2. flow-table hit → rewrite addresses/ports, incremental checksums, forward;
+//! 2. neither address in `ADDR_FILTER` → another host's packet, passed untouched before
+//!    any hash lookup (`addr_filter`);
+//!    flow-table hit → rewrite addresses/ports, incremental checksums, forward;
 //! 3. miss on a SYN or a UDP datagram to a service → checksums verified, Maglev pick,
 //!    both flow entries, rewrite, forward; a SYN or cookie ACK for the SYN proxy →
 //!    the stage program `lb_xdp_syn_proxy` (`stages`, by tail call);
