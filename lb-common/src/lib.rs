@@ -6,6 +6,7 @@
 //! appear on the wire (network byte order) so the data path never swaps bytes.
 #![no_std]
 
+pub mod addr_filter;
 pub mod counters;
 pub mod hash;
 pub mod icmp_relay;
@@ -61,9 +62,10 @@ pub mod map_names {
     pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
     pub const TUNNEL_SOURCE: &str = "TUNNEL_SOURCE";
     pub const REPROCESS: &str = "REPROCESS";
+    pub const ADDR_FILTER: &str = "ADDR_FILTER";
     /// Not pinned (not in `ALL`): a cache that a new daemon starts empty.
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         SERVICES,
         BACKENDS,
         MAGLEV_RINGS,
@@ -84,6 +86,7 @@ pub mod map_names {
         TUNNEL_PEERS,
         TUNNEL_SOURCE,
         REPROCESS,
+        ADDR_FILTER,
     ];
 }
 
@@ -621,6 +624,7 @@ mod pod {
     unsafe impl aya::Pod for super::FragmentEntry {}
     unsafe impl aya::Pod for super::SnatPool {}
     unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::addr_filter::AddrFilter {}
 }
 
 #[cfg(test)]

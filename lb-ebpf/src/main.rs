@@ -4,7 +4,9 @@
 //! 1. parse with strict bounds checks; not IPv4 (or VLAN-tagged) → pass untouched;
 //!    ICMP errors about balanced connections → translated (`icmp_relay`); later
 //!    fragments → follow their first fragment's flow (`frag`);
-//! 2. flow-table hit → rewrite addresses/ports, incremental checksums, forward;
+//! 2. neither address in `ADDR_FILTER` → another host's packet, passed untouched before
+//!    any hash lookup (`addr_filter`);
+//!    flow-table hit → rewrite addresses/ports, incremental checksums, forward;
 //! 3. miss on a SYN or a UDP datagram to a service → checksums verified, Maglev pick,
 //!    both flow entries, rewrite, forward; a SYN or cookie ACK for the SYN proxy →
 //!    the stage program `lb_xdp_syn_proxy` (`stages`, by tail call);
@@ -15,6 +17,7 @@
 #![no_std]
 #![no_main]
 
+mod addr_filter;
 mod csum;
 mod eligibility;
 mod events;
@@ -229,6 +232,14 @@ unsafe fn process(ctx: &XdpContext) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     // A SYN that can open a connection: no ACK, and neither FIN nor RST with it.
     let is_syn = matches!(tcp_flags, Some(flags) if flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN);
+
+    // Other hosts' packets leave here, before any hash lookup: neither address is one
+    // a flow entry or a local address can match (docs/architecture.md, "Address
+    // filter"). ICMP errors and later fragments took their own paths above.
+    if !addr_filter::may_be_ours(key.src_ip, daddr) {
+        count(counters::PASS_NOT_OURS);
+        return XDP_PASS;
+    }
 
     // Fast path: an established flow in either direction.
     if let Some(entry) = FLOWS.get_ptr_mut(key) {

@@ -11,7 +11,8 @@ use lb_common::{
     DEFAULT_MAX_SERVICES, EligibilityKey, FLOW_EVENTS_BYTES, FlowEntry, FlowKey, FragmentEntry,
     FragmentKey, MAX_ELIGIBILITY_PREFIXES, MAX_FRAGMENTS, MAX_INTERFACES, MAX_LOCAL_ADDRS,
     MAX_SESSIONS, MAX_TUNNEL_PEERS, MAX_VIP_TRANSITIONS, NextHop, Service, ServiceKey,
-    ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, VipTransition, counters,
+    ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, VipTransition,
+    addr_filter::AddrFilter, counters,
 };
 
 /// (VIP, port, protocol) → policy for new flows.
@@ -51,6 +52,11 @@ pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentEntry> =
 /// Consulted only off the fast path, to tell "ours but malformed" from "not ours".
 #[map]
 pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+/// Hashed bitmap of the addresses a packet can be the balancer's by (`addr_filter`),
+/// looked up before `FLOWS`: most other hosts' packets leave on it.
+#[map]
+pub static ADDR_FILTER: Array<AddrFilter> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);

@@ -191,6 +191,20 @@ impl Harness {
         Ok(summary)
     }
 
+    /// What the daemon's flow collector does for the address filter in one pass: reads
+    /// the flow table and drops the bits nothing needs any more (`ServiceTable::
+    /// end_filter_pass`). Removes no flow.
+    pub fn filter_pass(&mut self) -> Result<()> {
+        let pass = self.table.begin_filter_pass();
+        let entries = self.dp.flow_entries();
+        self.table.end_filter_pass(&mut self.dp, pass, &entries)
+    }
+
+    /// ADDR_FILTER as the data path sees it.
+    pub fn addr_filter(&self) -> Result<lb_common::addr_filter::AddrFilter> {
+        self.dp.addr_filter()
+    }
+
     /// [`apply`](Self::apply) with a config text.
     pub fn apply_config(&mut self, config_text: &str) -> Result<ApplySummary> {
         self.apply(parse_config(config_text)?)

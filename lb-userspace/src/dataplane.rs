@@ -21,7 +21,7 @@ use aya::{
 use lb_common::{
     Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey, Service,
     ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, VipTransition,
-    XDP_PROGRAM_NAME, map_names,
+    XDP_PROGRAM_NAME, addr_filter::AddrFilter, map_names,
 };
 
 use crate::{
@@ -134,6 +134,7 @@ pub struct Dataplane {
     tunnel_source: Array<MapData, u32>,
     /// `lb_xdp` itself, which a decapsulated packet re-enters; kept like `_stages`.
     _reprocess: ProgramArray<MapData>,
+    addr_filter: Array<MapData, AddrFilter>,
     /// FLOW_EVENTS until the daemon's reader takes it (`take_flow_events`).
     flow_events: Option<RingBuf<MapData>>,
     /// Interfaces the program is attached to: name → (ifindex, mode, link).
@@ -205,7 +206,7 @@ where
 /// Maps that an adopting daemon creates (and pins) when the earlier one had none: they
 /// hold only short-lived state, so a daemon from before they existed can still be
 /// replaced in place (docs/architecture.md, "Fragments").
-const CREATED_ON_ADOPT: [&str; 7] = [
+const CREATED_ON_ADOPT: [&str; 8] = [
     map_names::FRAGMENTS,
     map_names::STAGES,
     map_names::FLOW_EVENTS,
@@ -216,6 +217,8 @@ const CREATED_ON_ADOPT: [&str; 7] = [
     map_names::TUNNEL_PEERS,
     map_names::TUNNEL_SOURCE,
     map_names::REPROCESS,
+    // Empty when created: the first apply fills it before the new program is attached.
+    map_names::ADDR_FILTER,
 ];
 
 /// Whether an earlier daemon left attached, pinned state under `dir` to adopt.
@@ -339,6 +342,7 @@ impl Dataplane {
             fragments: take(&mut ebpf, map_names::FRAGMENTS)?,
             _stages: stages,
             snat_pools: take(&mut ebpf, map_names::SNAT_POOLS)?,
+            addr_filter: take(&mut ebpf, map_names::ADDR_FILTER)?,
             flow_events: Some(take(&mut ebpf, map_names::FLOW_EVENTS)?),
             vip_transitions: take(&mut ebpf, map_names::VIP_TRANSITIONS)?,
             tunnel_peers: take(&mut ebpf, map_names::TUNNEL_PEERS)?,

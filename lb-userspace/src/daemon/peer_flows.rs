@@ -94,7 +94,14 @@ impl Controller {
         owners_heard: &std::collections::BTreeMap<u16, u64>,
     ) -> (usize, GcOutcome) {
         let started = std::time::Instant::now();
+        let filter_pass = self.table.begin_filter_pass();
         let entries = self.dataplane.flow_entries();
+        if let Err(e) = self
+            .table
+            .end_filter_pass(&mut self.dataplane, filter_pass, &entries)
+        {
+            log::warn!("updating the address filter: {e:#}");
+        }
         self.update_syn_cookies(&entries);
         if let Some(peers) = &self.peers {
             peers.set_flows_held(&super::flows_by_owner(&entries));

@@ -9,7 +9,9 @@ use aya::maps::{MapData, MapError, PerCpuValues, lpm_trie::Key};
 use lb_common::{
     Backend, BackendStats, EligibilityKey, FlowEntry, FlowKey, FragmentEntry, FragmentKey, Service,
     ServiceKey, ServiceStats, SessionEntry, SessionKey, Settings, SnatPool, TUNNEL_PEER_ACCEPT,
-    VipTransition, counters,
+    VipTransition,
+    addr_filter::AddrFilter,
+    counters,
     wire::{self, eligibility_client_len, eligibility_prefix_len},
 };
 
@@ -204,6 +206,18 @@ impl Dataplane {
     pub fn write_snat_pool(&mut self, service_id: u32, pool: SnatPool) -> Result<()> {
         self.snat_pools.set(service_id, pool, 0)?;
         Ok(())
+    }
+
+    /// Replaces the address filter (docs/architecture.md, "Address filter") in one
+    /// update. A packet during the copy sees each word old or new: the controller only
+    /// writes a bitmap whose every word covers what the packets then in flight need.
+    pub fn write_addr_filter(&mut self, filter: &AddrFilter) -> Result<()> {
+        self.addr_filter.set(0, filter, 0)?;
+        Ok(())
+    }
+
+    pub fn addr_filter(&self) -> Result<AddrFilter> {
+        Ok(self.addr_filter.get(&0, 0)?)
     }
 
     pub fn remove_local_addr(&mut self, addr: Ipv4Addr) -> Result<()> {

@@ -38,6 +38,7 @@ pub fn execute(ops: &[Op], dp: &mut Dataplane) -> Result<()> {
             Op::WriteLocalAddr { addr, kind } => dp.write_local_addr(*addr, *kind)?,
             Op::RemoveLocalAddr(addr) => dp.remove_local_addr(*addr)?,
             Op::WriteSnatPool { service_id, pool } => dp.write_snat_pool(*service_id, *pool)?,
+            Op::WriteAddrFilter(filter) => dp.write_addr_filter(filter)?,
         }
     }
     Ok(())

@@ -9,6 +9,7 @@
 //! An apply is `plan` (pure: every check, and the writes in a safe order) followed by
 //! `execute` (only the writes); the ring pool's allocation is in `ring_pool`.
 
+pub mod addr_filter;
 mod execute;
 mod plan;
 mod ring_pool;
@@ -140,6 +141,8 @@ pub struct ServiceTable {
     backend_states: HashMap<u32, u8>,
     /// Allow-list prefixes in ELIGIBILITY, by service id.
     eligibility: BTreeSet<(u32, Prefix)>,
+    /// What ADDR_FILTER holds and why.
+    addr_filter: addr_filter::AddrFilterState,
 }
 
 pub fn service_addr(service: &ServiceConfig) -> ServiceAddr {
@@ -248,6 +251,16 @@ impl ServiceTable {
             }
         }
         table.local_addrs = dp.local_addrs()?.into_iter().collect();
+        // The earlier daemon's addresses and flows keep their bits until the first apply
+        // and the collector show they are no longer needed.
+        table.addr_filter = addr_filter::AddrFilterState::adopted(
+            table
+                .local_addrs
+                .keys()
+                .copied()
+                .chain(table.backends.keys().map(|&(addr, _)| addr)),
+            &dp.flow_entries(),
+        );
         table.settings = Some(dp.settings()?);
         for (service_id, addr, len) in dp.eligibility_prefixes()? {
             table.eligibility.insert((service_id, Prefix { addr, len }));
@@ -287,6 +300,27 @@ impl ServiceTable {
         Ok(table)
     }
 
+    /// A collector pass begins, before it reads the flow table (`addr_filter`).
+    pub fn begin_filter_pass(&mut self) -> u64 {
+        self.addr_filter.begin_pass()
+    }
+
+    /// Collector pass `pass` read `entries`: the address filter drops the bits no
+    /// configured address and no flow needs any more (and is written if it changed).
+    pub fn end_filter_pass(
+        &mut self,
+        dp: &mut Dataplane,
+        pass: u64,
+        entries: &[(lb_common::FlowKey, lb_common::FlowEntry)],
+    ) -> Result<()> {
+        self.addr_filter.end_pass(pass, entries);
+        if let Some(filter) = self.addr_filter.write_needed() {
+            dp.write_addr_filter(&filter)?;
+            self.addr_filter.mark_written(filter);
+        }
+        Ok(())
+    }
+
     /// Brings the kernel tables to `config`. The config must be validated already.
     pub fn apply(&mut self, dp: &mut Dataplane, config: &Config) -> Result<ApplySummary> {
         self.apply_with(dp, config, &Overrides::default())
@@ -321,6 +355,9 @@ impl ServiceTable {
         match (adopted, kernel_entries) {
             (Ok(mut table), Ok(entries)) => {
                 keep_planned(&mut table, &entries.into_iter().collect(), &plan);
+                // The planned filter covers the old addresses and the new ones, so
+                // whatever mix of them the maps hold.
+                table.addr_filter = plan.installed.addr_filter.clone();
                 *self = table;
             }
             (Err(e), _) | (_, Err(e)) => {
@@ -330,6 +367,8 @@ impl ServiceTable {
                 *self = plan.installed;
             }
         }
+        // Whether the filter's write went through is unknown: the next apply writes it.
+        self.addr_filter.forget_written();
     }
 }
 

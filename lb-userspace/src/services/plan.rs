@@ -85,6 +85,8 @@ pub enum Op {
         service_id: u32,
         pool: lb_common::SnatPool,
     },
+    /// The address filter, whole: an apply's first write, and it only adds bits.
+    WriteAddrFilter(Box<super::addr_filter::AddrFilter>),
 }
 
 impl std::fmt::Debug for Op {
@@ -130,6 +132,7 @@ impl std::fmt::Debug for Op {
             Op::WriteSnatPool { service_id, pool } => {
                 write!(f, "WriteSnatPool({service_id}, {:?})", pool.addrs)
             }
+            Op::WriteAddrFilter(filter) => write!(f, "WriteAddrFilter({filter:?})"),
         }
     }
 }
@@ -519,6 +522,20 @@ pub fn plan(
     }
     if !freed_backend_ids.is_empty() {
         ops.push(Op::RemoveSessionsOfBackends(freed_backend_ids));
+    }
+    // The address filter lets the new addresses through before any entry names them,
+    // and keeps the dropped ones until no flow can use them (`addr_filter`): so its one
+    // write goes first, and adds bits only.
+    let filter_addrs = next
+        .local_addrs
+        .keys()
+        .copied()
+        .chain(wanted_backends.iter().map(|&(addr, _)| addr))
+        .collect();
+    next.addr_filter = installed.addr_filter.with_config(filter_addrs);
+    if let Some(filter) = next.addr_filter.write_needed() {
+        ops.insert(0, Op::WriteAddrFilter(Box::new(filter)));
+        next.addr_filter.mark_written(filter);
     }
     Ok(Plan {
         ops,

@@ -84,6 +84,7 @@ struct Model {
     eligibility: BTreeSet<(u32, Prefix)>,
     local_addrs: BTreeMap<Ipv4Addr, u32>,
     snat_pools: HashMap<u32, lb_common::SnatPool>,
+    addr_filter: lb_common::addr_filter::AddrFilter,
     /// Ids whose counters and sessions were cleared by the last run.
     cleared_services: BTreeSet<u32>,
     cleared_backends: BTreeSet<u32>,
@@ -101,6 +102,7 @@ impl Model {
             eligibility: BTreeSet::new(),
             local_addrs: BTreeMap::new(),
             snat_pools: HashMap::new(),
+            addr_filter: lb_common::addr_filter::AddrFilter::EMPTY,
             cleared_services: BTreeSet::new(),
             cleared_backends: BTreeSet::new(),
             ops: Vec::new(),
@@ -216,6 +218,11 @@ impl Model {
             Op::WriteSnatPool { service_id, pool } => {
                 self.snat_pools.insert(*service_id, *pool);
             }
+            Op::WriteAddrFilter(filter) => {
+                // An apply only adds bits: flows of dropped addresses live on.
+                assert!(filter.covers(&self.addr_filter), "{op:?} clears bits");
+                self.addr_filter = **filter;
+            }
         }
     }
 
@@ -223,6 +230,24 @@ impl Model {
     /// looks there first), a service's live ring names only backends that exist, and two
     /// services' regions never overlap.
     fn check_consistent(&self) {
+        // The address filter lets through every address an entry names.
+        let wire = lb_common::wire::addr_to_wire;
+        for addr in self.local_addrs.keys() {
+            assert!(
+                self.addr_filter.contains(wire(*addr)),
+                "local address {addr} filtered out: {:?}",
+                self.ops
+            );
+        }
+        for backend in self.backends.values() {
+            if let Some(addr) = backend.address() {
+                assert!(
+                    self.addr_filter.contains(wire(*addr.ip())),
+                    "backend {addr} filtered out: {:?}",
+                    self.ops
+                );
+            }
+        }
         let mut regions: Vec<(u32, u32)> = Vec::new();
         for (key, entry) in &self.services {
             assert_eq!(
@@ -511,6 +536,48 @@ fn a_removed_service_stops_new_flows_and_its_id_takes_nothing_along() {
     );
     assert!(model.ops.contains(&Op::RemoveLocalAddr(VIP2)));
     assert_eq!(model.services.len(), 1);
+}
+
+#[test]
+fn the_address_filter_opens_before_a_new_service_and_closes_only_after_its_flows() {
+    let wire = lb_common::wire::addr_to_wire;
+    let mut model = Model::new(capacity());
+    let mut table = ServiceTable::default();
+    model.apply(&mut table, &web(&[(SERVER1, 1)]), &Overrides::default());
+    let two = config(&[
+        service("web", VIP, &[(SERVER1, 1)], ""),
+        service("api", VIP2, &[(SERVER2, 1)], ""),
+    ]);
+    model.apply(&mut table, &two, &Overrides::default());
+    // First, before the local address, backend or service that needs it.
+    assert!(
+        matches!(model.ops[0], Op::WriteAddrFilter(_)),
+        "{:?}",
+        model.ops
+    );
+    for addr in [VIP, VIP2, SNAT, SERVER1, SERVER2] {
+        assert!(model.addr_filter.contains(wire(addr)), "{addr}");
+    }
+
+    // Removed: its flows live on, so its bits stay (no write at all).
+    model.apply(&mut table, &web(&[(SERVER1, 1)]), &Overrides::default());
+    assert!(
+        !model
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::WriteAddrFilter(_)))
+    );
+    assert!(model.addr_filter.contains(wire(VIP2)));
+    let retiring: BTreeSet<Ipv4Addr> = table.addr_filter.retiring().collect();
+    assert_eq!(retiring, [VIP2, SERVER2].into());
+    // Two collector passes later, with no flow left, the bits go.
+    for _ in 0..2 {
+        let pass = table.addr_filter.begin_pass();
+        table.addr_filter.end_pass(pass, &[]);
+    }
+    let filter = table.addr_filter.write_needed().expect("bits to clear");
+    assert!(!filter.contains(wire(VIP2)) && !filter.contains(wire(SERVER2)));
+    assert!(filter.contains(wire(VIP)) && filter.contains(wire(SERVER1)));
 }
 
 /// A refused plan leaves the installed state as it was and has no op to execute.

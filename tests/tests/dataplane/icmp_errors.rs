@@ -17,8 +17,8 @@ use super::*;
 const ROUTER_EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 /// A router on the server side (it reports client → server packets to the SNAT
 /// address, or in DNAT to the client).
-const ROUTER_INT: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 254);
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+pub(super) const ROUTER_INT: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 254);
+pub(super) const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 
 /// Fragmentation needed, next-hop MTU 1400: the "rest of header" word.
 const MTU_1400: [u8; 4] = [0, 0, 0x05, 0x78];
@@ -48,7 +48,7 @@ fn internet_checksum(bytes: &[u8]) -> u16 {
 /// An ICMP error frame: outer IPv4 by etherparse (DF set, id 0), ICMP header and its
 /// checksum written here, `quote` as given.
 #[allow(clippy::too_many_arguments)]
-fn icmp_error(
+pub(super) fn icmp_error(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
     src: Ipv4Addr,
@@ -74,7 +74,7 @@ fn icmp_error(
 }
 
 /// The first `len` bytes of `frame`'s IPv4 packet: what an error quotes.
-fn quote(frame: &[u8], len: usize) -> Vec<u8> {
+pub(super) fn quote(frame: &[u8], len: usize) -> Vec<u8> {
     frame[14..14 + len].to_vec()
 }
 

@@ -29,6 +29,7 @@ use lb_testbed::packet::{
 };
 use lb_testbed::{Netns, SERVER_IPS};
 
+mod addr_filter;
 mod allow_list;
 mod attach;
 mod cannot_open;
