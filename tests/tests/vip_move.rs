@@ -172,3 +172,66 @@ fn a_move_that_cannot_be_done_is_refused_and_changes_nothing() {
     );
     wait_owner(&testbed, 2, MOVE_LIMIT);
 }
+
+#[test]
+#[ignore = "needs root (network namespaces, XDP, BIRD)"]
+fn drain_instance_moves_its_vips_away_and_then_it_can_stop() {
+    let mut testbed = cluster();
+    let owned = Chatter::start(
+        &testbed.client_ns(),
+        SocketAddrV4::new(OWNED_VIP, TCP_ECHO_PORT),
+        30,
+        MESSAGE_INTERVAL,
+    )
+    .expect("open the long-lived connections to the owned VIP");
+    let shared = Chatter::start(
+        &testbed.client_ns(),
+        SocketAddrV4::new(lb_testbed::VIP, TCP_ECHO_PORT),
+        30,
+        MESSAGE_INTERVAL,
+    )
+    .expect("open the long-lived connections to the shared VIP");
+    sleep(Duration::from_secs(2));
+    owned.new_window();
+    shared.new_window();
+    let out = testbed
+        .lb_cli(OWNED_VIP_OWNER, &["drain-instance"])
+        .expect("lb drain-instance");
+    println!("{out}");
+    // Its VIP is a peer's now, and it announces nothing: the shared VIP goes to the
+    // other two.
+    wait_owner(&testbed, 2, MOVE_LIMIT);
+    testbed
+        .wait_next_hops(
+            Side::Front,
+            &format!("{}/32", lb_testbed::VIP),
+            &ScaleOut::front_hops(&[2, 3]),
+            CONVERGE,
+        )
+        .expect("the shared VIP via the other two");
+    sleep(Duration::from_secs(1));
+    testbed
+        .stop_lb(OWNED_VIP_OWNER)
+        .expect("stop the drained instance");
+    testbed.stop_bird(OWNED_VIP_OWNER).expect("stop its BIRD");
+    sleep(Duration::from_secs(2));
+    for (name, chatter) in [("owned", owned), ("shared", shared)] {
+        let report = chatter.stop();
+        println!(
+            "{name}: {} connections, {} broken, max gap {:?}",
+            report.connections,
+            report.broken.len(),
+            report.max_gap
+        );
+        assert!(
+            report.broken.is_empty(),
+            "{name}: broken {:?}",
+            report.broken
+        );
+        assert!(
+            report.max_gap <= MAX_GAP,
+            "{name}: gap {:?}",
+            report.max_gap
+        );
+    }
+}
