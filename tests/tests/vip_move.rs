@@ -235,3 +235,80 @@ fn drain_instance_moves_its_vips_away_and_then_it_can_stop() {
         );
     }
 }
+
+/// After a failure mid-move: the VIP stays announced and never has two primaries. With
+/// every instance's BIRD up, the front router's best paths are the one primary, or all
+/// three backups; two would be two primaries.
+fn assert_one_primary_or_backups(testbed: &ScaleOut, what: &str) -> usize {
+    let hops = testbed
+        .router_next_hops(Side::Front, &format!("{OWNED_VIP}/32"))
+        .expect("the front router's route of the owned VIP");
+    assert!(
+        hops.len() == 1 || hops.len() == 3,
+        "{what}: the owned VIP via {hops:?}"
+    );
+    hops.len()
+}
+
+/// Kills `victim`'s controller right after the move from 1 to 2 starts; the VIP's
+/// routes and connections are judged for a few seconds after.
+fn kill_mid_move(victim: usize) {
+    let mut testbed = cluster();
+    let chatter = Chatter::start(
+        &testbed.client_ns(),
+        SocketAddrV4::new(OWNED_VIP, TCP_ECHO_PORT),
+        30,
+        MESSAGE_INTERVAL,
+    )
+    .expect("open the long-lived connections to the owned VIP");
+    sleep(Duration::from_secs(2));
+    chatter.new_window();
+    testbed
+        .lb_cli(
+            OWNED_VIP_OWNER,
+            &["vip", "move", &OWNED_VIP.to_string(), "--to", "2"],
+        )
+        .expect("the move starts");
+    // Mid-move: the target has taken the offer (transition), the flows are streaming.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while mode(&testbed, 2).0 != "transition" {
+        assert!(Instant::now() < deadline, "the target never went transition");
+        sleep(Duration::from_millis(5));
+    }
+    testbed.kill_lb(victim).expect("kill -9 lb");
+    // The survivor notices within dead_after (1 s) and settles; sample meanwhile.
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < Duration::from_secs(5) {
+        seen.push(assert_one_primary_or_backups(&testbed, "after the kill"));
+        sleep(Duration::from_millis(100));
+    }
+    let survivor = if victim == 1 { 2 } else { 1 };
+    println!(
+        "killed {victim}: front router hop counts {seen:?}; survivor's table {}",
+        testbed
+            .lb_json(survivor, "vips")
+            .expect("lb vips on the survivor")
+    );
+    let report = chatter.stop();
+    println!(
+        "{} connections, {} broken, max gap {:?}",
+        report.connections,
+        report.broken.len(),
+        report.max_gap
+    );
+    assert!(report.broken.is_empty(), "broken: {:?}", report.broken);
+    assert!(report.max_gap <= MAX_GAP, "gap {:?}", report.max_gap);
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, XDP, BIRD)"]
+fn a_source_killed_mid_move_leaves_one_primary_or_the_backups() {
+    kill_mid_move(OWNED_VIP_OWNER);
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, XDP, BIRD)"]
+fn a_target_killed_mid_move_leaves_one_primary_or_the_backups() {
+    kill_mid_move(2);
+}
