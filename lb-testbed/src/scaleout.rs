@@ -260,11 +260,38 @@ pub fn instance_peers_config(dir: &Path, i: usize, options: &PeersOptions) -> St
         }
     }
     text.push_str(&format!(
-        "[[bgp.owned_vip]]\nvip = \"{OWNED_VIP}\"\nowner = {OWNED_VIP_OWNER}\n\
-         [[service]]\nname = \"owned-echo\"\nvip = \"{OWNED_VIP}\"\nport = {TCP_ECHO_PORT}\n{snat}"
+        "[[bgp.owned_vip]]\nvip = \"{OWNED_VIP}\"\nowner = {OWNED_VIP_OWNER}\n"
     ));
-    for ip in SERVER_IPS {
-        text.push_str(&format!("[[service.backend]]\naddress = \"{ip}\"\n"));
+    // The owned VIP serves every kind: full-NAT echo and web, DNAT and SYN-proxied echo,
+    // UDP echo.
+    for (service, port, extra) in [
+        ("owned-echo", TCP_ECHO_PORT, snat.clone()),
+        ("owned-web", HTTP_PORT, snat.clone()),
+        (
+            "owned-dnat",
+            DNAT_ECHO_PORT,
+            "mode = \"dnat\"\n".to_string(),
+        ),
+        (
+            "owned-proxy",
+            PROXY_ECHO_PORT,
+            format!("syn_proxy = true\n{snat}"),
+        ),
+        ("owned-udp", UDP_PORT, format!("protocol = \"udp\"\n{snat}")),
+    ] {
+        text.push_str(&format!(
+            "[[service]]\nname = \"{service}\"\nvip = \"{OWNED_VIP}\"\nport = {port}\n{extra}"
+        ));
+        let backend_port = if port == DNAT_ECHO_PORT || port == PROXY_ECHO_PORT {
+            TCP_ECHO_PORT
+        } else {
+            port
+        };
+        for ip in SERVER_IPS {
+            text.push_str(&format!(
+                "[[service.backend]]\naddress = \"{ip}\"\nport = {backend_port}\n"
+            ));
+        }
     }
     text
 }

@@ -4,7 +4,7 @@
 // remaining `unwrap`/`expect` outside tests is an explicit `#[expect]` with its reason.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -102,6 +102,14 @@ enum Command {
     Vips {
         #[arg(long)]
         json: bool,
+    },
+    /// Before a planned stop: move every owned VIP this instance announces as primary
+    /// to its ready peers (`lb vip move`, one after another), then withdraw every route
+    /// (`lb drain`). The instance can then be stopped with no connection broken.
+    DrainInstance {
+        /// Longest wait for one VIP's move, seconds.
+        #[arg(long, default_value_t = 30)]
+        move_timeout: u64,
     },
     /// Owned VIPs of the running cluster.
     Vip {
@@ -212,6 +220,53 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "s" => Ok(std::time::Duration::from_secs(value)),
         _ => Err(format!("{text:?}: unit must be ms or s")),
     }
+}
+
+/// `lb drain-instance`: the owned VIPs to the ready peers, one move at a time, then
+/// `lb drain`. Stops at the first move that fails or does not finish in `move_timeout`,
+/// leaving the remaining VIPs where they are.
+fn drain_instance(socket: &std::path::Path, move_timeout: Duration) -> Result<()> {
+    use lb_userspace::peers::{membership::PeerState, moves, wire::NodeState};
+    let rows = match api::call(socket, &Request::Vips) {
+        Ok(api::Reply::Vips(rows)) => rows,
+        // No owned VIPs: draining is all there is to do.
+        _ => Vec::new(),
+    };
+    let ready: Vec<u16> = match api::call(socket, &Request::Peers)? {
+        api::Reply::Peers(status) => status
+            .peers
+            .iter()
+            .filter(|p| p.state == PeerState::Up && p.announced == Some(NodeState::Ready))
+            .map(|p| p.node_id)
+            .collect(),
+        other => anyhow::bail!("unexpected answer to peers: {other:?}"),
+    };
+    let plan = moves::drain_plan(&rows, &ready)
+        .ok_or_else(|| anyhow::anyhow!("no ready peer to take this instance's VIPs"))?;
+    for (vip, to) in plan {
+        println!("moving {vip} to node {to}");
+        api::call(socket, &Request::VipMove { vip, to })?;
+        let started = std::time::Instant::now();
+        loop {
+            let done = match api::call(socket, &Request::Vips)? {
+                api::Reply::Vips(rows) => rows
+                    .iter()
+                    .any(|r| r.vip == vip && r.mode == moves::Mode::Backup && r.moving.is_none()),
+                other => anyhow::bail!("unexpected answer to vips: {other:?}"),
+            };
+            if done {
+                println!("{vip} is node {to}'s after {:.1?}", started.elapsed());
+                break;
+            }
+            if started.elapsed() > move_timeout {
+                anyhow::bail!("the move of {vip} to node {to} did not finish in {move_timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let reply = api::call(socket, &Request::Drain)?;
+    print!("{}", output::render(&reply));
+    Ok(())
 }
 
 fn run_node(args: NodeArgs) -> Result<()> {
@@ -328,6 +383,9 @@ fn run(cli: Cli) -> Result<()> {
             false,
         ),
         Command::Node(args) => return run_node(args),
+        Command::DrainInstance { move_timeout } => {
+            return drain_instance(&cli.socket, Duration::from_secs(move_timeout));
+        }
     };
     let reply = api::call(&cli.socket, &request)?;
     if json {

@@ -524,6 +524,33 @@ impl Moves {
     }
 }
 
+/// `lb drain-instance`: where each owned VIP this instance announces as primary goes,
+/// round-robin over `ready_peers` (node ids of peers up and ready, any order). Empty
+/// when there is nothing to move; `None` when a VIP must move and no peer can take it.
+pub fn drain_plan(rows: &[VipRow], ready_peers: &[u16]) -> Option<Vec<(Ipv4Addr, u16)>> {
+    let mut peers = ready_peers.to_vec();
+    peers.sort_unstable();
+    peers.dedup();
+    let owned: Vec<Ipv4Addr> = rows
+        .iter()
+        .filter(|r| r.mode == Mode::Normal && r.moving.is_none())
+        .map(|r| r.vip)
+        .collect();
+    if owned.is_empty() {
+        return Some(Vec::new());
+    }
+    if peers.is_empty() {
+        return None;
+    }
+    Some(
+        owned
+            .into_iter()
+            .zip(peers.iter().cycle())
+            .map(|(vip, &peer)| (vip, peer))
+            .collect(),
+    )
+}
+
 fn set_step(v: &mut Vip, step: Step, now: Instant) {
     if let Some(m) = &mut v.moving {
         m.step = step;

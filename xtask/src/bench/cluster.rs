@@ -11,19 +11,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use lb_testbed::scaleout::{
-    self, BFD_INTERVAL_MS, BFD_MULTIPLIER, PeersOptions, ScaleOut, Side, TCP_ECHO_PORT, back_link,
+    self, BFD_INTERVAL_MS, BFD_MULTIPLIER, OWNED_VIP, OWNED_VIP_OWNER, PeersOptions, ScaleOut,
+    Side, TCP_ECHO_PORT, back_link,
 };
+use lb_testbed::workload::Chatter;
 use lb_testbed::{VIP, spawn_in_netns};
 use lb_userspace::bgp::routes::PROTO_VIPS;
+use lb_userspace::peers::moves::MoveTimers;
 use lb_userspace::peers::record::ANNOUNCEMENT_BYTES;
 
-use super::model::{ClusterResults, ConvergenceStep, InstanceLag};
+use super::model::{ClusterResults, ConvergenceStep, InstanceLag, VipMoveResult};
 
 pub struct ClusterParams {
     pub lb_binary: PathBuf,
     pub out_dir: PathBuf,
     /// Short connections opened for the lag and bytes rows.
     pub new_flows: usize,
+    /// Long-lived connections on the owned VIP while it moves.
+    pub move_flows: usize,
 }
 
 /// Instances of the testbed (a 4th is added and removed by the steps).
@@ -67,6 +72,7 @@ fn measure(testbed: &mut ScaleOut, p: &ClusterParams) -> Result<ClusterResults> 
         ..ClusterResults::default()
     };
     flows_rows(testbed, p.new_flows, &mut results)?;
+    results.vip_move = Some(vip_move(testbed, p.move_flows)?);
     steps(testbed, &mut results)?;
     Ok(results)
 }
@@ -115,6 +121,57 @@ fn flows_rows(testbed: &ScaleOut, new_flows: usize, r: &mut ClusterResults) -> R
     }
     r.network_rtt_ms = peer_rtt_ms(testbed)?;
     Ok(())
+}
+
+/// `lb vip move` of the owned VIP from its owner to instance 2 with `flows` long-lived
+/// connections on it: the time to the routes' flip and to the target's `normal`, and
+/// the announcement bytes the source sent meanwhile (the VIP's stream).
+fn vip_move(testbed: &ScaleOut, flows: usize) -> Result<VipMoveResult> {
+    let (from, to) = (OWNED_VIP_OWNER, 2);
+    let vip = format!("{OWNED_VIP}/32");
+    testbed.wait_next_hops(Side::Front, &vip, &ScaleOut::front_hops(&[from]), CONVERGE)?;
+    let chatter = Chatter::start(
+        &testbed.client_ns(),
+        SocketAddrV4::new(OWNED_VIP, TCP_ECHO_PORT),
+        flows,
+        Duration::from_millis(200),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let bytes_before = totals(testbed, &[from])?.bytes;
+    let started = Instant::now();
+    testbed.lb_cli(
+        from,
+        &[
+            "vip",
+            "move",
+            &OWNED_VIP.to_string(),
+            "--to",
+            &to.to_string(),
+        ],
+    )?;
+    testbed.wait_next_hops(Side::Front, &vip, &ScaleOut::front_hops(&[to]), CONVERGE)?;
+    let routes = started.elapsed();
+    loop {
+        let vips = testbed.lb_json(to, "vips")?;
+        if vips[0]["mode"] == "normal" {
+            break;
+        }
+        if started.elapsed() > CONVERGE {
+            bail!("the move did not end: {vips}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let normal = started.elapsed();
+    let bytes = totals(testbed, &[from])?.bytes - bytes_before;
+    let report = chatter.stop();
+    Ok(VipMoveResult {
+        flows: report.connections as u64,
+        broken: report.broken.len() as u64,
+        routes_s: routes.as_secs_f64(),
+        normal_s: normal.as_secs_f64(),
+        drain_s: MoveTimers::default().drain.as_secs_f64(),
+        bytes,
+    })
 }
 
 /// One short connection: connect, one 64-byte message, its echo, close.

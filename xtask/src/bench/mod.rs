@@ -178,6 +178,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
             lb_binary: opts.lb_binary.clone(),
             out_dir: opts.out_dir.clone(),
             new_flows: if opts.quick { 500 } else { 2000 },
+            move_flows: if opts.quick { 100 } else { 300 },
         })?);
     }
     report.targets = targets(&report);

@@ -194,6 +194,29 @@ pub struct ClusterResults {
     /// Median ping round trip between two instances' peer addresses.
     pub network_rtt_ms: f64,
     pub steps: Vec<ConvergenceStep>,
+    pub vip_move: Option<VipMoveResult>,
+}
+
+/// One `lb vip move` of the owned VIP with long-lived connections on it.
+#[derive(Clone, Debug, Default)]
+pub struct VipMoveResult {
+    /// Connections on the VIP during the move, and how many broke.
+    pub flows: u64,
+    pub broken: u64,
+    /// From the request to the front router sending the VIP to the target alone.
+    pub routes_s: f64,
+    /// From the request to the target's `normal` (after its drain window).
+    pub normal_s: f64,
+    /// The drain window, included in `normal_s`.
+    pub drain_s: f64,
+    /// Announcement bytes the source sent during the move (the stream, whole frames).
+    pub bytes: u64,
+}
+
+impl VipMoveResult {
+    pub fn bytes_per_1000_flows(&self) -> f64 {
+        per(self.bytes * 1000, self.flows)
+    }
 }
 
 impl ClusterResults {
@@ -307,6 +330,11 @@ impl Report {
                     "step": s.step, "seconds": s.seconds, "baseline": s.baseline,
                     "baseline_seconds": s.baseline_seconds, "note": s.note,
                 })).collect::<Vec<_>>(),
+                "vip_move": c.vip_move.as_ref().map(|m| json!({
+                    "flows": m.flows, "broken": m.broken, "routes_s": m.routes_s,
+                    "normal_s": m.normal_s, "drain_s": m.drain_s, "bytes": m.bytes,
+                    "bytes_per_1000_flows": m.bytes_per_1000_flows(),
+                })),
             })),
             "targets": self.targets.iter().map(|t| json!({
                 "name": t.name, "goal": t.goal, "measured": t.measured, "met": t.met,

@@ -175,6 +175,45 @@ pub fn cluster_section(c: &ClusterResults) -> String {
             s.note
         );
     }
+    if let Some(m) = &c.vip_move {
+        let floor = (c.record_bytes * 1000) as f64;
+        let _ = writeln!(
+            out,
+            "\n| `lb vip move` of the owned VIP, {} connections on it ({} broken) | measured | baseline (same run) | × baseline |\n|---|---:|---:|---:|",
+            m.flows, m.broken
+        );
+        let bird = c
+            .steps
+            .iter()
+            .find(|s| s.baseline.starts_with("BIRD alone withdrawing"))
+            .map_or(0.0, |s| s.baseline_seconds)
+            + c.steps
+                .iter()
+                .find(|s| s.baseline.starts_with("BIRD alone announcing"))
+                .map_or(0.0, |s| s.baseline_seconds);
+        let _ = writeln!(
+            out,
+            "| request → the front router sends it to the target alone | {:.3} s | {:.3} s (BIRD alone: withdraw + announce) | {} |",
+            m.routes_s,
+            bird,
+            ratio(m.routes_s, bird)
+        );
+        let _ = writeln!(
+            out,
+            "| request → the target `normal` (drain window {:.0} s included) | {:.3} s | {:.3} s (BIRD alone + the drain window) | {} |",
+            m.drain_s,
+            m.normal_s,
+            bird + m.drain_s,
+            ratio(m.normal_s, bird + m.drain_s)
+        );
+        let _ = writeln!(
+            out,
+            "| bytes sent per 1,000 flows (the stream, whole frames) | {:.0} | {floor:.0} (one {}-byte record each) | {} |",
+            m.bytes_per_1000_flows(),
+            c.record_bytes,
+            ratio(m.bytes_per_1000_flows(), floor)
+        );
+    }
     out
 }
 
@@ -564,6 +603,14 @@ mod tests {
                     baseline_seconds: 0.04,
                     note: String::new(),
                 }],
+                vip_move: Some(VipMoveResult {
+                    flows: 200,
+                    broken: 0,
+                    routes_s: 0.2,
+                    normal_s: 2.2,
+                    drain_s: 2.0,
+                    bytes: 19_200,
+                }),
             }),
             targets: vec![Target {
                 name: "forward".into(),
@@ -593,6 +640,7 @@ mod tests {
             "| 480 | 96 | 5.00× |",
             "| announcements | 8.00 | 2 | 4.00× |",
             "| drain | 0.050 s | BIRD alone | 0.040 s | 1.25× |  |",
+            "| bytes sent per 1,000 flows (the stream, whole frames) | 96000 | 48000 (one 48-byte record each) | 2.00× |",
         ] {
             assert!(md.contains(needle), "missing {needle:?} in\n{md}");
         }

@@ -259,3 +259,31 @@ fn refusals_round_trip_on_the_wire() {
     }
     assert_eq!(Refusal::from_wire(0), None);
 }
+
+#[test]
+fn a_drain_spreads_the_owned_vips_over_the_ready_peers() {
+    let row = |last: u8, mode: Mode| VipRow {
+        vip: Ipv4Addr::new(198, 18, 1, last),
+        mode,
+        owner: 1,
+        epoch: 0,
+        since_ms: 0,
+        moving: None,
+    };
+    let rows = [
+        row(20, Mode::Normal),
+        row(21, Mode::Backup),
+        row(22, Mode::Normal),
+        row(23, Mode::Normal),
+    ];
+    assert_eq!(
+        drain_plan(&rows, &[3, 2, 3]),
+        Some(vec![
+            (Ipv4Addr::new(198, 18, 1, 20), 2),
+            (Ipv4Addr::new(198, 18, 1, 22), 3),
+            (Ipv4Addr::new(198, 18, 1, 23), 2),
+        ])
+    );
+    assert_eq!(drain_plan(&rows, &[]), None);
+    assert_eq!(drain_plan(&[row(21, Mode::Backup)], &[]), Some(Vec::new()));
+}
