@@ -24,8 +24,9 @@ use lb_userspace::{
     config::{PeerConfig, PeersConfig},
     peers::{
         io::{self as peers_io, PeerInput, QUEUE_LIMIT},
+        moves::MoveMessage,
         record::{Announcement, FlowRecord, RecordOp},
-        wire::{self, Header, Message, NodeState, PacketType},
+        wire::{self, Header, Message, MoveStep, NodeState, PacketType},
     },
 };
 use serde_json::Value;
@@ -396,6 +397,25 @@ impl Raw {
     }
 
     fn message(&self, packet_type: PacketType, sequence: u64) -> Vec<u8> {
+        self.message_with(packet_type, sequence, None)
+    }
+
+    /// A VIP move's offer (docs/scale-out.md, "Moving a VIP").
+    fn move_offer(&self, sequence: u64) -> Vec<u8> {
+        let step = MoveStep {
+            vip: Ipv4Addr::new(198, 18, 78, 20),
+            epoch: 1,
+            message: MoveMessage::Offer,
+        };
+        self.message_with(PacketType::Move, sequence, Some(step))
+    }
+
+    fn message_with(
+        &self,
+        packet_type: PacketType,
+        sequence: u64,
+        move_step: Option<MoveStep>,
+    ) -> Vec<u8> {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -416,7 +436,7 @@ impl Raw {
                 .then_some(NodeState::Transition),
             snat: Vec::new(),
             announcements: Vec::new(),
-            move_step: None,
+            move_step,
             claims: Vec::new(),
         };
         wire::framed(&wire::encode(&message, &self.key).unwrap())
@@ -541,6 +561,8 @@ fn forged_other_cluster_and_replayed_messages_are_dropped_and_counted() {
     let mut expected = std::collections::BTreeMap::new();
     for (reason, bytes) in [
         ("bad_tag", forged.message(PacketType::Hello, 200)),
+        // A move step under the wrong key: dropped before anything reads it.
+        ("bad_tag", forged.move_offer(201)),
         (
             "wrong_cluster",
             other_cluster.message(PacketType::Hello, 202),
@@ -612,7 +634,17 @@ fn forged_other_cluster_and_replayed_messages_are_dropped_and_counted() {
         s["counters"]["messages_received"] == 4 && peer_state(s, 2) == "up"
     });
     drop(idle);
-    drop(good);
+    // A replayed move step on the bound connection: dropped, counted, and the
+    // connection closed (the peer reconnects and resyncs).
+    good.write_all(&raw.move_offer(104)).unwrap();
+    good.write_all(&raw.move_offer(104)).unwrap();
+    assert_closed_by_peer(good);
+    peers.wait(
+        0,
+        Duration::from_secs(2),
+        "counting the replayed move",
+        |s| s["counters"]["rejected"]["replay"] == expected["replay"] + 1,
+    );
     peers.net.stop(a);
 }
 

@@ -549,6 +549,12 @@ async fn session(shared: &Shared, outbox: &Outbox) -> Result<()> {
     heartbeat.tick().await;
     let hello = shared.framed(&shared.message(PacketType::Hello, peer))?;
     write_with_timeout(&mut stream, &hello, dead_after).await?;
+    // The owned-VIP claims before the snapshot: a peer that restarted with its config's
+    // placement learns who owns what before it is ready to announce.
+    if !lock(&shared.claims).is_empty() {
+        let claims = shared.framed(&shared.message(PacketType::Heartbeat, peer))?;
+        write_with_timeout(&mut stream, &claims, dead_after).await?;
+    }
     if shared.announce {
         let (reply, answer) = oneshot::channel();
         shared

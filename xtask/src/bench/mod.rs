@@ -116,7 +116,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
     report.runs = kparams.runs;
     if opts.e2e_only || opts.controller_only || opts.cluster_only {
         report.notes.push(
-            "per-packet, scale and Maglev groups not run (--e2e-only or --controller-only).".into(),
+            "per-packet, scale and Maglev groups not run (--e2e-only, --controller-only or --cluster-only).".into(),
         );
     } else {
         println!("bench: group 1 + scale: BPF_PROG_TEST_RUN");
@@ -143,7 +143,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
             vec![(100, 1_000), (10_000, 100_000)]
         },
     };
-    if !opts.kernel_only {
+    if !opts.kernel_only && !opts.cluster_only {
         println!("bench: group 2: end to end over veth");
     }
     if opts.kernel_only {
