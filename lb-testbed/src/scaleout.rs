@@ -71,6 +71,8 @@ const SERVER_IF: &str = "eth0";
 const BRIDGE_IF: &str = "br0";
 /// The nftables table of [`ScaleOut::links_down`].
 const LOST_TABLE: &str = "lbt_lost";
+/// nftables table of `ScaleOut::partition_peers`.
+const PARTITION_TABLE: &str = "lbt_partition";
 /// How long a stopped child may take before SIGKILL.
 const CHILD_GRACE: Duration = Duration::from_secs(5);
 
@@ -931,6 +933,31 @@ impl ScaleOut {
         ] {
             self.exec(&ns, &["nft", "delete", "table", "netdev", LOST_TABLE])?;
         }
+        Ok(())
+    }
+
+    /// Cuts the peer protocol between instances `i` and `j` (both directions, at `i`'s
+    /// input and output); everything else between them, and the routes, stay.
+    pub fn partition_peers(&self, i: usize, j: usize) -> Result<()> {
+        let peer = back_link(j).1;
+        let mut rules = format!("table inet {PARTITION_TABLE} {{\n");
+        for (hook, field) in [("input", "saddr"), ("output", "daddr")] {
+            rules.push_str(&format!(
+                "  chain {hook} {{ type filter hook {hook} priority -500; \
+                 ip {field} {peer} tcp dport {PEERS_PORT} drop; \
+                 ip {field} {peer} tcp sport {PEERS_PORT} drop; }}\n"
+            ));
+        }
+        rules.push_str("}\n");
+        self.nft(&self.instance_ns(i), &rules)
+    }
+
+    /// Undoes [`partition_peers`](Self::partition_peers) at instance `i`.
+    pub fn heal_peers(&self, i: usize) -> Result<()> {
+        self.exec(
+            &self.instance_ns(i),
+            &["nft", "delete", "table", "inet", PARTITION_TABLE],
+        )?;
         Ok(())
     }
 

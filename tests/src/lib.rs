@@ -37,6 +37,31 @@ pub fn test_dir(prefix: &str) -> PathBuf {
     dir
 }
 
+/// The scale-out testbed (`lb_testbed::scaleout`) with three instances sharing flows
+/// (`options`), each running `lb`, once the routers learned every instance's routes
+/// (within `converge`).
+pub fn scaleout_cluster(
+    options: lb_testbed::scaleout::PeersOptions,
+    converge: Duration,
+) -> lb_testbed::scaleout::ScaleOut {
+    let prefix = lb_testbed::scaleout::unique_prefix();
+    let mut testbed = lb_testbed::scaleout::ScaleOut::up_with_peers(
+        &prefix,
+        &test_dir(&prefix),
+        &lb_binary(),
+        3,
+        options,
+    )
+    .expect("build the scale-out testbed");
+    for i in 1..=3 {
+        testbed.start_lb(i).expect("start lb");
+    }
+    testbed
+        .wait_announced(&[1, 2, 3], converge)
+        .expect("the routers learn every instance's routes");
+    testbed
+}
+
 /// A standard config for the testbed: web (tcp/80) and dns-like (udp/5353) services
 /// in full-NAT mode over the three servers with the given weights, plus `extra` TOML
 /// (e.g. a `[timeouts]` table) placed before the services.

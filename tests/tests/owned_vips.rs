@@ -10,9 +10,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::thread::sleep;
 use std::time::Duration;
 
-use lb_integration::{lb_binary, test_dir};
+use lb_integration::scaleout_cluster;
 use lb_testbed::scaleout::{
-    self, OWNED_VIP, OWNED_VIP_OWNER, PeersOptions, ScaleOut, Side, TCP_ECHO_PORT,
+    OWNED_VIP, OWNED_VIP_OWNER, PeersOptions, ScaleOut, Side, TCP_ECHO_PORT,
 };
 use lb_testbed::workload::Chatter;
 
@@ -35,20 +35,11 @@ fn front_hops(testbed: &ScaleOut) -> BTreeSet<Ipv4Addr> {
 #[test]
 #[ignore = "needs root (network namespaces, XDP, BIRD)"]
 fn an_owned_vip_goes_to_its_owner_alone_and_to_the_backups_when_it_drains() {
-    let prefix = scaleout::unique_prefix();
     let options = PeersOptions {
         announce: true,
         tcp_established_s: 60,
     };
-    let mut testbed =
-        ScaleOut::up_with_peers(&prefix, &test_dir(&prefix), &lb_binary(), 3, options)
-            .expect("build the scale-out testbed");
-    for i in 1..=3 {
-        testbed.start_lb(i).expect("start lb");
-    }
-    testbed
-        .wait_announced(&[1, 2, 3], CONVERGE)
-        .expect("the routers learn every instance's routes");
+    let mut testbed = scaleout_cluster(options, CONVERGE);
     // The owner's path is the shortest: the front router uses it alone, where the shared
     // VIP goes to all three.
     testbed

@@ -12,9 +12,9 @@ use std::net::SocketAddrV4;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use lb_integration::{lb_binary, test_dir};
+use lb_integration::scaleout_cluster;
 use lb_testbed::scaleout::{
-    self, CLIENT_IP, DNAT_ECHO_PORT, PROXY_ECHO_PORT, PeersOptions, ScaleOut, Side, TCP_ECHO_PORT,
+    CLIENT_IP, DNAT_ECHO_PORT, PROXY_ECHO_PORT, PeersOptions, ScaleOut, Side, TCP_ECHO_PORT,
 };
 use lb_testbed::workload::{Chatter, ChatterReport, NewConnections, UdpFlows};
 use lb_testbed::{UDP_PORT, VIP};
@@ -197,9 +197,13 @@ fn judge(step: &str, testbed: &ScaleOut, load: &Load, running: &[usize]) {
         udp.answered, udp.sent, udp.wrong
     );
     assert_eq!(udp.wrong, 0, "{step}: misrouted UDP replies");
+    // A lost instance's share of the datagrams sent before BFD takes it out (~0.3 s, plus
+    // the routers' reaction) is lost: UDP has no retransmission. Over a window of ~3.5 s
+    // with a third of the flows on it, that is about 5 %.
+    let floor = if step == "lost" { 90 } else { 95 };
     assert!(
-        udp.answered * 100 >= udp.sent * 95,
-        "{step}: UDP answered {} of {}",
+        udp.answered * 100 >= udp.sent * floor,
+        "{step}: UDP answered {} of {} (at least {floor} % expected)",
         udp.answered,
         udp.sent
     );
@@ -243,21 +247,11 @@ fn wait_front(testbed: &ScaleOut, instances: &[usize]) -> Duration {
 
 /// `instances` instances with `lb` on each, synced and announcing.
 fn cluster(announce: bool) -> ScaleOut {
-    let prefix = scaleout::unique_prefix();
     let options = PeersOptions {
         announce,
         tcp_established_s: ESTABLISHED_S,
     };
-    let mut testbed =
-        ScaleOut::up_with_peers(&prefix, &test_dir(&prefix), &lb_binary(), 3, options)
-            .expect("build the scale-out testbed");
-    for i in 1..=3 {
-        testbed.start_lb(i).expect("start lb");
-    }
-    testbed
-        .wait_announced(&[1, 2, 3], CONVERGE)
-        .expect("the routers learn every instance's routes");
-    testbed
+    scaleout_cluster(options, CONVERGE)
 }
 
 fn peers_ready(testbed: &ScaleOut, i: usize, limit: Duration) {

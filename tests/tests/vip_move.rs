@@ -10,11 +10,11 @@ use std::net::SocketAddrV4;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use lb_integration::{lb_binary, test_dir};
+use lb_integration::scaleout_cluster;
 use lb_testbed::UDP_PORT;
 use lb_testbed::scaleout::{
-    self, CLIENT_IP, DNAT_ECHO_PORT, OWNED_VIP, OWNED_VIP_OWNER, PROXY_ECHO_PORT, PeersOptions,
-    ScaleOut, Side, TCP_ECHO_PORT,
+    CLIENT_IP, DNAT_ECHO_PORT, OWNED_VIP, OWNED_VIP_OWNER, PROXY_ECHO_PORT, PeersOptions, ScaleOut,
+    Side, TCP_ECHO_PORT,
 };
 use lb_testbed::workload::{Chatter, NewConnections, UdpFlows};
 
@@ -27,20 +27,11 @@ const MAX_GAP: Duration = Duration::from_millis(1500);
 const MOVE_LIMIT: Duration = Duration::from_secs(15);
 
 fn cluster() -> ScaleOut {
-    let prefix = scaleout::unique_prefix();
     let options = PeersOptions {
         announce: true,
         tcp_established_s: 60,
     };
-    let mut testbed =
-        ScaleOut::up_with_peers(&prefix, &test_dir(&prefix), &lb_binary(), 3, options)
-            .expect("build the scale-out testbed");
-    for i in 1..=3 {
-        testbed.start_lb(i).expect("start lb");
-    }
-    testbed
-        .wait_announced(&[1, 2, 3], CONVERGE)
-        .expect("the routers learn every instance's routes");
+    let testbed = scaleout_cluster(options, CONVERGE);
     wait_owner(&testbed, OWNED_VIP_OWNER, CONVERGE);
     testbed
 }
@@ -346,9 +337,18 @@ fn assert_one_primary_or_backups(testbed: &ScaleOut, what: &str) -> usize {
     hops.len()
 }
 
-/// Kills `victim`'s controller right after the move from 1 to 2 starts; the VIP's
-/// routes and connections are judged for a few seconds after.
-fn kill_mid_move(victim: usize) {
+/// What fails mid-move.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    /// `kill -9` of this instance's controller (its BIRD and data path stay).
+    Kill(usize),
+    /// The peer protocol between the source and the target is cut.
+    Partition,
+}
+
+/// Injects `failure` once the move from 1 to 2 is under way (the target in transition);
+/// the VIP's routes and connections are judged for a few seconds after.
+fn fail_mid_move(failure: Failure) {
     let mut testbed = cluster();
     let chatter = Chatter::start(
         &testbed.client_ns(),
@@ -374,7 +374,12 @@ fn kill_mid_move(victim: usize) {
         );
         sleep(Duration::from_millis(5));
     }
-    testbed.kill_lb(victim).expect("kill -9 lb");
+    match failure {
+        Failure::Kill(victim) => testbed.kill_lb(victim).expect("kill -9 lb"),
+        Failure::Partition => testbed
+            .partition_peers(2, OWNED_VIP_OWNER)
+            .expect("cut the peer protocol"),
+    }
     // The survivor notices within dead_after (1 s) and settles; sample meanwhile.
     let started = Instant::now();
     let mut seen = Vec::new();
@@ -382,13 +387,14 @@ fn kill_mid_move(victim: usize) {
         seen.push(assert_one_primary_or_backups(&testbed, "after the kill"));
         sleep(Duration::from_millis(100));
     }
-    let survivor = if victim == 1 { 2 } else { 1 };
-    println!(
-        "killed {victim}: front router hop counts {seen:?}; survivor's table {}",
-        testbed
-            .lb_json(survivor, "vips")
-            .expect("lb vips on the survivor")
-    );
+    let tables: Vec<String> = (1..=2)
+        .map(|i| {
+            testbed
+                .lb_json(i, "vips")
+                .map_or_else(|e| format!("{e:#}"), |v| v.to_string())
+        })
+        .collect();
+    println!("{failure:?}: front router hop counts {seen:?}; tables {tables:?}");
     let report = chatter.stop();
     println!(
         "{} connections, {} broken, max gap {:?}",
@@ -403,11 +409,17 @@ fn kill_mid_move(victim: usize) {
 #[test]
 #[ignore = "needs root (network namespaces, XDP, BIRD)"]
 fn a_source_killed_mid_move_leaves_one_primary_or_the_backups() {
-    kill_mid_move(OWNED_VIP_OWNER);
+    fail_mid_move(Failure::Kill(OWNED_VIP_OWNER));
 }
 
 #[test]
 #[ignore = "needs root (network namespaces, XDP, BIRD)"]
 fn a_target_killed_mid_move_leaves_one_primary_or_the_backups() {
-    kill_mid_move(2);
+    fail_mid_move(Failure::Kill(2));
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, XDP, BIRD)"]
+fn a_partition_mid_move_leaves_one_primary_or_the_backups() {
+    fail_mid_move(Failure::Partition);
 }
