@@ -423,3 +423,41 @@ fn a_target_killed_mid_move_leaves_one_primary_or_the_backups() {
 fn a_partition_mid_move_leaves_one_primary_or_the_backups() {
     fail_mid_move(Failure::Partition);
 }
+
+#[test]
+#[ignore = "needs root (network namespaces, XDP, BIRD)"]
+fn an_owner_by_move_restarted_with_the_config_gives_the_vip_back_to_its_configured_owner() {
+    let mut testbed = cluster();
+    let chatter = Chatter::start(
+        &testbed.client_ns(),
+        SocketAddrV4::new(OWNED_VIP, TCP_ECHO_PORT),
+        30,
+        MESSAGE_INTERVAL,
+    )
+    .expect("open the long-lived connections to the owned VIP");
+    sleep(Duration::from_secs(2));
+    testbed
+        .lb_cli(
+            OWNED_VIP_OWNER,
+            &["vip", "move", &OWNED_VIP.to_string(), "--to", "2"],
+        )
+        .expect("move to 2");
+    wait_owner(&testbed, 2, MOVE_LIMIT);
+    chatter.new_window();
+    // 2's controller restarts with the config's placement (owner 1, epoch 0): it is a
+    // backup, claims nothing, and 1 takes the VIP back at a new epoch.
+    testbed.kill_lb(2).expect("kill -9 lb on 2");
+    testbed.start_lb(2).expect("restart lb on 2");
+    let took = wait_owner(&testbed, OWNED_VIP_OWNER, Duration::from_secs(20));
+    println!("back at the configured owner {took:?} after the restart");
+    let vips = testbed.lb_json(2, "vips").expect("lb vips on 2");
+    assert_eq!(vips[0]["epoch"], 2, "{vips}");
+    let report = chatter.stop();
+    println!(
+        "{} connections, {} broken, max gap {:?}",
+        report.connections,
+        report.broken.len(),
+        report.max_gap
+    );
+    assert!(report.broken.is_empty(), "broken: {:?}", report.broken);
+}

@@ -204,7 +204,16 @@ struct Vip {
     epoch: u64,
     since: Instant,
     moving: Option<Move>,
+    /// The owner in the config: the fallback when the believed owner disclaims it.
+    configured_owner: u16,
+    /// When the believed owner last claimed it (or became the believed owner).
+    owner_heard: Instant,
 }
+
+/// A backup that is the VIP's configured owner takes it back when the believed owner is
+/// up but has not claimed it for this long (it restarted with its config's placement).
+/// Heartbeats, which carry the claims, come every `dead_after / 4`.
+pub const RECLAIM_AFTER: Duration = Duration::from_secs(3);
 
 /// The transfer processing mode table of one instance.
 pub struct Moves {
@@ -237,6 +246,8 @@ impl Moves {
                         epoch: 0,
                         since: now,
                         moving: None,
+                        configured_owner: owner,
+                        owner_heard: now,
                     },
                 )
             })
@@ -395,6 +406,7 @@ impl Moves {
                 // Release: backup from now on; primary withdrawn once BIRD took it.
                 v.mode = Mode::Backup;
                 v.owner = from;
+                v.owner_heard = now;
                 v.epoch = epoch;
                 v.since = now;
                 set_step(v, Step::Releasing, now);
@@ -448,7 +460,24 @@ impl Moves {
         let node_id = self.node_id;
         let mut effects = Vec::new();
         for (&vip, v) in &mut self.vips {
-            let Some(m) = v.moving else { continue };
+            let Some(m) = v.moving else {
+                // Only the configured owner, and only while the believed owner is up and
+                // silent about the VIP: a lost owner may still be primary elsewhere (a
+                // partition), and any other backup taking it would make two primaries.
+                if v.mode == Mode::Backup
+                    && v.configured_owner == node_id
+                    && v.owner != node_id
+                    && peer_up(v.owner)
+                    && now.duration_since(v.owner_heard) >= RECLAIM_AFTER
+                {
+                    v.mode = Mode::Normal;
+                    v.owner = node_id;
+                    v.epoch += 1;
+                    v.since = now;
+                    effects.push(Effect::Routes);
+                }
+                continue;
+            };
             let waited = now.duration_since(m.step_since);
             match (m.side, m.step) {
                 // Before the release the source still owns the VIP: a silent or lost
@@ -495,6 +524,9 @@ impl Moves {
         let Some(v) = self.vips.get_mut(&vip) else {
             return Vec::new();
         };
+        if from == v.owner && epoch >= v.epoch {
+            v.owner_heard = now;
+        }
         if epoch < v.epoch || (epoch == v.epoch && v.owner == from) || v.moving.is_some() {
             return Vec::new();
         }
@@ -505,6 +537,7 @@ impl Moves {
         let was_primary = v.mode == Mode::Normal;
         v.mode = Mode::Backup;
         v.owner = from;
+        v.owner_heard = now;
         v.epoch = epoch;
         if was_primary {
             v.since = now;
@@ -516,9 +549,10 @@ impl Moves {
 
     /// What this instance claims in its heartbeats: its primary VIPs with their epochs.
     pub fn claims(&self) -> Vec<(Ipv4Addr, u64)> {
+        let primary = self.primary();
         self.vips
             .iter()
-            .filter(|(_, v)| v.mode == Mode::Normal)
+            .filter(|(vip, _)| primary.contains(vip))
             .map(|(vip, v)| (*vip, v.epoch))
             .collect()
     }

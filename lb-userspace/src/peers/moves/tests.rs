@@ -287,3 +287,66 @@ fn a_drain_spreads_the_owned_vips_over_the_ready_peers() {
     assert_eq!(drain_plan(&rows, &[]), None);
     assert_eq!(drain_plan(&[row(21, Mode::Backup)], &[]), Some(Vec::new()));
 }
+
+#[test]
+fn the_configured_owner_takes_back_a_vip_its_owner_no_longer_claims() {
+    let mut p = Pair::new();
+    // Moved to B at epoch 1; B then restarts with the config's placement (A's) and
+    // claims nothing.
+    let offer = p.a.start(V, B, true, true, p.at(0)).unwrap();
+    p.deliver(A, offer, 0);
+    p.deliver(A, vec![send(B, V, 1, MoveMessage::StreamDone)], 10);
+    let released = p.a.routes_applied(p.at(20));
+    p.deliver(A, released, 20);
+    assert_eq!(mode(&p.a, p.at(20)), (Mode::Backup, B, 1));
+    // While B claims it, A leaves it alone, however long.
+    for ms in [1000, 2000, 3000, 4000] {
+        p.a.claim(B, V, 1, p.at(ms));
+        assert!(p.a.tick(p.at(ms + 500), |_| true, |_| false).is_empty());
+    }
+    // B up but silent about it: after RECLAIM_AFTER, A takes it back at a new epoch.
+    let silent_since = 4000;
+    let just_before = silent_since + RECLAIM_AFTER.as_millis() as u64 - 1;
+    assert!(p.a.tick(p.at(just_before), |_| true, |_| false).is_empty());
+    assert_eq!(
+        p.a.tick(p.at(just_before + 1), |_| true, |_| false),
+        vec![Effect::Routes]
+    );
+    assert_eq!(mode(&p.a, p.at(just_before + 1)), (Mode::Normal, A, 2));
+    assert_eq!(p.a.claims(), vec![(V, 2)]);
+    // The restarted B, at epoch 0, yields to that claim.
+    let owned = BTreeMap::from([(V, A)]);
+    let mut restarted = Moves::new(B, &owned, MoveTimers::default(), p.at(0));
+    restarted.claim(A, V, 2, p.at(9000));
+    assert_eq!(mode(&restarted, p.at(9000)), (Mode::Backup, A, 2));
+}
+
+#[test]
+fn only_the_configured_owner_reclaims_and_never_from_a_lost_owner() {
+    let t0 = Instant::now();
+    let later = t0 + RECLAIM_AFTER * 2;
+    // Node 3 believes B owns V (a claim at epoch 1); the config says A: not 3's to take.
+    let owned = BTreeMap::from([(V, A)]);
+    let mut c = Moves::new(3, &owned, MoveTimers::default(), t0);
+    c.claim(B, V, 1, t0);
+    assert!(c.tick(later, |_| true, |_| false).is_empty());
+    assert_eq!(c.primary(), Vec::<Ipv4Addr>::new());
+    // A, the configured owner, with B lost (maybe only partitioned): no reclaim.
+    let mut a = Moves::new(A, &owned, MoveTimers::default(), t0);
+    a.claim(B, V, 1, t0);
+    assert!(a.tick(later, |n| n != B, |_| false).is_empty());
+    assert_eq!(a.primary(), Vec::<Ipv4Addr>::new());
+}
+
+#[test]
+fn a_target_claims_the_vip_as_soon_as_it_is_primary() {
+    let mut p = Pair::new();
+    let offer = p.a.start(V, B, true, true, p.at(0)).unwrap();
+    p.deliver(A, offer, 0);
+    assert!(p.b.claims().is_empty(), "not primary while streaming");
+    p.deliver(A, vec![send(B, V, 1, MoveMessage::StreamDone)], 10);
+    let released = p.a.routes_applied(p.at(20));
+    p.deliver(A, released, 20);
+    // Primary, still forwarding misses: it claims, so the source never reclaims.
+    assert_eq!(p.b.claims(), vec![(V, 1)]);
+}
