@@ -519,6 +519,15 @@ mod tests {
     use super::*;
     use lb_common::FLOW_DIR_SERVER_TO_CLIENT;
 
+    /// Instance 1 with peers `live`, nothing else known.
+    fn node1(live: &BTreeSet<u16>) -> Sharing<'_> {
+        Sharing {
+            self_node: 1,
+            live,
+            ..Sharing::NONE
+        }
+    }
+
     const SEC: u64 = 1_000_000_000;
 
     fn timeouts() -> Timeouts {
@@ -856,13 +865,7 @@ mod tests {
     #[test]
     fn a_copy_held_for_a_live_owner_never_expires_here() {
         let live = BTreeSet::from([2]);
-        let sharing = Sharing {
-            self_node: 1,
-            live: &live,
-            activity: None,
-            owners_heard: None,
-            known_since_ns: 0,
-        };
+        let sharing = node1(&live);
         let held = owned_pair(2, 0, 0);
         assert!(expired(&held, 1000 * SEC, &timeouts(), &sharing).is_empty());
         // Judged again as it goes: a candidate of an earlier pass is kept as well.
@@ -884,12 +887,10 @@ mod tests {
         // Idle here since 0 (its packets went to its owner), owner lost at 95 s.
         let held = owned_pair(2, 0, 0);
         let heard = BTreeMap::from([(2, 95 * SEC)]);
+        let none_live = BTreeSet::new();
         let lost = Sharing {
-            self_node: 1,
-            live: &BTreeSet::new(),
-            activity: None,
             owners_heard: Some(&heard),
-            known_since_ns: 0,
+            ..node1(&none_live)
         };
         // 101 s: 6 s after the owner went, within the established timeout.
         assert_eq!(collected_shared(&held, 101 * SEC, &lost).entries, 0);
@@ -913,11 +914,8 @@ mod tests {
         let own = owned_pair(1, 0, 0);
         let live = BTreeSet::from([2]);
         let restarted = Sharing {
-            self_node: 1,
-            live: &live,
-            activity: None,
-            owners_heard: None,
             known_since_ns: 95 * SEC,
+            ..node1(&live)
         };
         assert_eq!(collected_shared(&own, 101 * SEC, &restarted).entries, 0);
         let forgetful = Sharing {
@@ -930,13 +928,7 @@ mod tests {
     #[test]
     fn own_flows_expire_as_before_and_their_end_is_announced() {
         let live = BTreeSet::from([2]);
-        let sharing = Sharing {
-            self_node: 1,
-            live: &live,
-            activity: None,
-            owners_heard: None,
-            known_since_ns: 0,
-        };
+        let sharing = node1(&live);
         let own = owned_pair(1, 10 * SEC, 20 * SEC);
         assert_eq!(
             collected_shared(&own, 110 * SEC, &sharing),
@@ -961,11 +953,8 @@ mod tests {
         // The connection's forward key, touched through either entry.
         activity.touch(own[0].0, 100 * SEC);
         let sharing = Sharing {
-            self_node: 1,
-            live: &live,
             activity: Some(&activity),
-            owners_heard: None,
-            known_since_ns: 0,
+            ..node1(&live)
         };
         assert_eq!(collected_shared(&own, 150 * SEC, &sharing).entries, 0);
         assert_eq!(collected_shared(&own, 201 * SEC, &sharing).entries, 2);
@@ -977,13 +966,7 @@ mod tests {
     #[test]
     fn touches_name_other_owners_flows_that_saw_packets_since_the_last_pass() {
         let live = BTreeSet::from([2]);
-        let sharing = Sharing {
-            self_node: 1,
-            live: &live,
-            activity: None,
-            owners_heard: None,
-            known_since_ns: 0,
-        };
+        let sharing = node1(&live);
         let mut entries = owned_pair(2, 10 * SEC, 10 * SEC);
         entries.extend(
             owned_pair(1, 10 * SEC, 10 * SEC)

@@ -65,6 +65,9 @@ impl Controller {
     /// On the peers' poll: BIRD took a release's routes; the moves' timers; the claims
     /// the heartbeats carry.
     pub(super) fn tick_moves(&mut self) {
+        let (Some(moves), Some(peers)) = (&mut self.moves, &self.peers) else {
+            return;
+        };
         let now = Instant::now();
         let forwarded = self
             .dataplane
@@ -74,9 +77,6 @@ impl Controller {
             self.move_io.forwarded = forwarded;
             self.move_io.forwarded_at = Some(now);
         }
-        let (Some(moves), Some(peers)) = (&mut self.moves, &self.peers) else {
-            return;
-        };
         let mut effects = Vec::new();
         if self.move_io.routes_pending
             && self
@@ -94,12 +94,7 @@ impl Controller {
                 .iter()
                 .any(|p| p.node_id == node && p.state == crate::peers::membership::PeerState::Up)
         };
-        let drain = crate::peers::moves::MoveTimers::default().drain;
-        let forwarded_at = self.move_io.forwarded_at;
-        // One counter for every VIP: any forwarded miss keeps every transition open.
-        let recently =
-            |_vip: Ipv4Addr| forwarded_at.is_some_and(|at| now.duration_since(at) < drain);
-        effects.extend(moves.tick(now, up, recently));
+        effects.extend(moves.tick(now, up, self.move_io.forwarded_at));
         self.run_move_effects(effects);
     }
 

@@ -448,16 +448,19 @@ impl Moves {
         effects
     }
 
-    /// Clock and liveness: `peer_up(node)`; `forwarded_recently(vip)`: the data path
-    /// forwarded a miss of `vip` within the drain window.
+    /// Clock and liveness: `peer_up(node)`; `last_forwarded`: when the data path last
+    /// forwarded a miss to a previous owner (one counter for every VIP, so any forwarded
+    /// miss keeps every transition open).
     pub fn tick(
         &mut self,
         now: Instant,
         peer_up: impl Fn(u16) -> bool,
-        forwarded_recently: impl Fn(Ipv4Addr) -> bool,
+        last_forwarded: Option<Instant>,
     ) -> Vec<Effect> {
         let timers = self.timers;
         let node_id = self.node_id;
+        let forwarded_within =
+            |window: Duration| last_forwarded.is_some_and(|at| now.duration_since(at) < window);
         let mut effects = Vec::new();
         for (&vip, v) in &mut self.vips {
             let Some(m) = v.moving else {
@@ -503,7 +506,8 @@ impl Moves {
                     effects.push(Effect::Forward { vip, to: None });
                 }
                 (Side::Target, Step::Released)
-                    if (waited >= timers.drain && !forwarded_recently(vip)) || !peer_up(m.peer) =>
+                    if (waited >= timers.drain && !forwarded_within(timers.drain))
+                        || !peer_up(m.peer) =>
                 {
                     v.mode = Mode::Normal;
                     v.owner = node_id;

@@ -106,10 +106,10 @@ fn a_move_releases_before_it_takes_and_ends_normal_on_the_target() {
         "taken ends the source's side"
     );
     // The target forwards misses until the drain window passes without any.
-    assert!(p.b.tick(p.at(1000), |_| true, |_| false).is_empty());
-    assert!(p.b.tick(p.at(2100), |_| true, |_| true).is_empty());
+    assert!(p.b.tick(p.at(1000), |_| true, None).is_empty());
+    assert!(p.b.tick(p.at(2100), |_| true, Some(p.at(2100))).is_empty());
     assert_eq!(
-        p.b.tick(p.at(2100), |_| true, |_| false),
+        p.b.tick(p.at(2100), |_| true, None),
         vec![Effect::Forward { vip: V, to: None }]
     );
     assert_eq!(mode(&p.b, p.at(2100)), (Mode::Normal, B, 1));
@@ -159,7 +159,7 @@ fn a_target_lost_before_the_release_leaves_the_source_owner() {
     let offer = p.a.start(V, B, true, true, p.at(0)).unwrap();
     p.deliver(A, offer, 0);
     // The target dies while the flows stream: the source calls the move off.
-    let effects = p.a.tick(p.at(100), |n| n != B, |_| false);
+    let effects = p.a.tick(p.at(100), |n| n != B, None);
     assert_eq!(effects, vec![send(B, V, 1, MoveMessage::Abort)]);
     assert_eq!(mode(&p.a, p.at(100)), (Mode::Normal, A, 0));
     assert_eq!(p.a.primary(), vec![V]);
@@ -169,9 +169,9 @@ fn a_target_lost_before_the_release_leaves_the_source_owner() {
 fn a_silent_target_is_given_up_after_the_answer_timer() {
     let mut p = Pair::new();
     p.a.start(V, B, true, true, p.at(0)).unwrap();
-    assert!(p.a.tick(p.at(9_999), |_| true, |_| false).is_empty());
+    assert!(p.a.tick(p.at(9_999), |_| true, None).is_empty());
     assert_eq!(
-        p.a.tick(p.at(10_000), |_| true, |_| false),
+        p.a.tick(p.at(10_000), |_| true, None),
         vec![send(B, V, 1, MoveMessage::Abort)]
     );
     assert_eq!(p.a.primary(), vec![V]);
@@ -184,7 +184,7 @@ fn a_source_lost_before_the_release_leaves_the_vip_to_the_backups() {
     p.deliver(A, offer, 0);
     // The source dies mid-stream (or a partition cuts it off): the target never makes
     // itself primary; it stops forwarding and stays a backup, as every survivor is.
-    let effects = p.b.tick(p.at(50), |n| n != A, |_| false);
+    let effects = p.b.tick(p.at(50), |n| n != A, None);
     assert_eq!(effects, vec![Effect::Forward { vip: V, to: None }]);
     assert_eq!(mode(&p.b, p.at(50)), (Mode::Backup, A, 0));
     assert_eq!(p.b.backup(), vec![V]);
@@ -199,9 +199,9 @@ fn a_partition_after_the_release_makes_no_second_primary() {
     // Released, but the message never arrives (partition): the source is backup, the
     // target still transition without primary.
     let _lost = p.a.routes_applied(p.at(20));
-    let effects = p.a.tick(p.at(30), |n| n != B, |_| false);
+    let effects = p.a.tick(p.at(30), |n| n != B, None);
     assert!(effects.is_empty());
-    let effects = p.b.tick(p.at(30), |n| n != A, |_| false);
+    let effects = p.b.tick(p.at(30), |n| n != A, None);
     assert_eq!(effects, vec![Effect::Forward { vip: V, to: None }]);
     assert!(p.a.primary().is_empty() && p.b.primary().is_empty());
     assert_eq!(p.a.backup(), vec![V]);
@@ -302,14 +302,14 @@ fn the_configured_owner_takes_back_a_vip_its_owner_no_longer_claims() {
     // While B claims it, A leaves it alone, however long.
     for ms in [1000, 2000, 3000, 4000] {
         p.a.claim(B, V, 1, p.at(ms));
-        assert!(p.a.tick(p.at(ms + 500), |_| true, |_| false).is_empty());
+        assert!(p.a.tick(p.at(ms + 500), |_| true, None).is_empty());
     }
     // B up but silent about it: after RECLAIM_AFTER, A takes it back at a new epoch.
     let silent_since = 4000;
     let just_before = silent_since + RECLAIM_AFTER.as_millis() as u64 - 1;
-    assert!(p.a.tick(p.at(just_before), |_| true, |_| false).is_empty());
+    assert!(p.a.tick(p.at(just_before), |_| true, None).is_empty());
     assert_eq!(
-        p.a.tick(p.at(just_before + 1), |_| true, |_| false),
+        p.a.tick(p.at(just_before + 1), |_| true, None),
         vec![Effect::Routes]
     );
     assert_eq!(mode(&p.a, p.at(just_before + 1)), (Mode::Normal, A, 2));
@@ -329,12 +329,12 @@ fn only_the_configured_owner_reclaims_and_never_from_a_lost_owner() {
     let owned = BTreeMap::from([(V, A)]);
     let mut c = Moves::new(3, &owned, MoveTimers::default(), t0);
     c.claim(B, V, 1, t0);
-    assert!(c.tick(later, |_| true, |_| false).is_empty());
+    assert!(c.tick(later, |_| true, None).is_empty());
     assert_eq!(c.primary(), Vec::<Ipv4Addr>::new());
     // A, the configured owner, with B lost (maybe only partitioned): no reclaim.
     let mut a = Moves::new(A, &owned, MoveTimers::default(), t0);
     a.claim(B, V, 1, t0);
-    assert!(a.tick(later, |n| n != B, |_| false).is_empty());
+    assert!(a.tick(later, |n| n != B, None).is_empty());
     assert_eq!(a.primary(), Vec::<Ipv4Addr>::new());
 }
 
